@@ -1,0 +1,102 @@
+"""Client of the daemon's local API, used by the CLI (and later the TUI and the copilot)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ophiond.config import SYSTEM_HOME, default_paths
+from ophiond.errors import ApiError, DaemonNotRunning, OphionError
+
+_START_HINT = "start it with: ophion daemon start   (or: systemctl start ophiond)"
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def find_socket(api: str | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """The API socket: ``--api``/``OPHION_API``, else the one of ``OPHION_HOME`` or the user's
+    state directory, else the system service's."""
+    env = os.environ if env is None else env
+    chosen = api or env.get("OPHION_API")
+    if chosen:
+        if chosen.startswith("unix:"):
+            chosen = chosen[len("unix:") :].removeprefix("//")
+        if "://" in chosen:
+            raise OphionError(
+                f"cannot use API address {chosen!r}: this version reaches the daemon through its "
+                "Unix socket only",
+                hint="pass the socket path, e.g. --api unix:/var/lib/ophion/state/api.sock",
+            )
+        return Path(chosen)
+    own = default_paths(env).api_socket
+    system = SYSTEM_HOME / "state" / "api.sock"
+    if not own.exists() and not env.get("OPHION_HOME") and system.exists():
+        return system
+    return own
+
+
+class ApiClient:
+    """Calls ``/api/v1/...`` on the daemon; raises :class:`DaemonNotRunning` or :class:`ApiError`."""
+
+    def __init__(self, socket_path: Path, timeout: float = 60.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def get(self, path: str) -> dict[str, Any]:
+        return self._call("GET", path, None)
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", path, body)
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        conn = _UnixConnection(str(self.socket_path), self.timeout)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            conn.request(method, f"/api/v1{path}", body=payload, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise DaemonNotRunning(
+                f"ophiond is not running (no daemon at {self.socket_path})", hint=_START_HINT
+            ) from None
+        except PermissionError:
+            raise OphionError(
+                f"permission denied on {self.socket_path}: the API socket is readable only by "
+                "the user the daemon runs as",
+                hint="run the command as that user (or with sudo for the system service)",
+            ) from None
+        except (TimeoutError, OSError) as e:
+            raise DaemonNotRunning(
+                f"ophiond did not answer on {self.socket_path}: {e}", hint=_START_HINT
+            ) from None
+        finally:
+            conn.close()
+        try:
+            document = json.loads(data)
+        except ValueError:
+            raise ApiError(f"the daemon sent a reply that is not JSON ({response.status})") from None
+        if response.status != 200:
+            raise ApiError(document.get("error", f"HTTP {response.status}"), hint=document.get("hint"))
+        if not isinstance(document, dict):
+            raise ApiError("the daemon sent an unexpected reply")
+        return document

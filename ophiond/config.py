@@ -1,0 +1,348 @@
+"""Settings: defaults < config.toml < ``OPHION_*`` environment < command-line flags.
+
+Every field of :class:`Settings` has a docstring; ``docs/configuration.md`` is written from them
+and a test keeps the two in step. Paths come from platformdirs, all moved under ``OPHION_HOME``
+when it is set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ophiond.errors import ConfigError
+
+APP_NAME = "ophion"
+# Where a system service (share/systemd/ophiond.service) keeps its state; the CLI looks here last.
+SYSTEM_HOME = Path("/var/lib/ophion")
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where ophion keeps its configuration, data and runtime state."""
+
+    config_file: Path
+    data_dir: Path
+    state_dir: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "ophiond.pid"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / "ophiond.lock"
+
+    @property
+    def api_socket(self) -> Path:
+        return self.state_dir / "api.sock"
+
+    @property
+    def listen_file(self) -> Path:
+        """The addresses the running daemon actually listens on (ports of 0 resolved)."""
+        return self.state_dir / "listen.json"
+
+    @property
+    def log_file(self) -> Path:
+        """stderr of a daemon started in the background by ``ophion daemon start``."""
+        return self.state_dir / "ophiond.log"
+
+
+def default_paths(env: Mapping[str, str] | None = None) -> Paths:
+    """Paths from ``OPHION_HOME`` when set, else the platform's per-user directories."""
+    env = os.environ if env is None else env
+    home = env.get("OPHION_HOME")
+    if home:
+        root = Path(home).expanduser().absolute()
+        return Paths(root / "config.toml", root / "data", root / "state")
+    import platformdirs  # imported here: only needed when OPHION_HOME is not set
+
+    return Paths(
+        Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml",
+        Path(platformdirs.user_data_dir(APP_NAME)),
+        Path(platformdirs.user_state_dir(APP_NAME)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Value parsers shared by the config file, the environment and the flags
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_duration(text: str | int | float, what: str = "duration") -> float:
+    """Seconds from ``250ms``, ``1.5s``, ``2m``, ``12h``, ``7d``, ``1w`` (a bare number is seconds)."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        if text < 0:
+            raise ConfigError(f"{what} must not be negative: {text}")
+        return float(text)
+    match = _DURATION_RE.match(str(text))
+    if not match:
+        raise ConfigError(
+            f"{what}: {text!r} is not a duration",
+            hint="use a number and a unit: 250ms, 1.5s, 2m, 12h, 7d, 1w",
+        )
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_size(text: str | int, what: str = "size") -> int:
+    """Bytes from ``512MB``, ``20MiB``, ``10GB`` or a bare number of bytes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ConfigError(f"{what} must not be negative: {text}")
+        return text
+    match = _SIZE_RE.match(str(text))
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _SIZE_UNITS and unit != "":
+        raise ConfigError(
+            f"{what}: {text!r} is not a size", hint="use a number and a unit: 512MB, 20MiB, 10GB"
+        )
+    return int(float(match.group(1)) * _SIZE_UNITS.get(unit, 1))
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """A host and port to listen on; ``None`` from :func:`parse_listen` means the listener is off."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(text: str, what: str = "listen address") -> ListenAddress | None:
+    """``HOST:PORT``, ``[::1]:PORT`` or ``off``. A port of 0 lets the system pick a free one."""
+    text = text.strip()
+    if text.lower() in ("off", "none", "disabled", ""):
+        return None
+    match = re.match(r"^\[([^\]]+)\]:(\d+)$", text) or re.match(r"^([^:\[\]]+):(\d+)$", text)
+    if not match:
+        raise ConfigError(
+            f"{what}: {text!r} is not HOST:PORT",
+            hint="for example 127.0.0.1:4317, [::1]:4317, 0.0.0.0:4317 or off",
+        )
+    port = int(match.group(2))
+    if port > 65535:
+        raise ConfigError(f"{what}: port {port} is out of range (0-65535)")
+    return ListenAddress(match.group(1), port)
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass
+class Settings:
+    """Everything ophiond can be told. Field docstrings are the configuration reference."""
+
+    grpc_listen: str = "127.0.0.1:4317"
+    """OTLP/gRPC receiver address, ``HOST:PORT`` (port 0 picks a free one) or ``off``."""
+
+    http_listen: str = "127.0.0.1:4318"
+    """OTLP/HTTP receiver address, ``HOST:PORT`` (port 0 picks a free one) or ``off``."""
+
+    data_dir: str = ""
+    """Directory of the DuckDB partition files. Default: ``$OPHION_HOME/data`` or the user data dir."""
+
+    state_dir: str = ""
+    """Directory of the pid file, API socket and listen file. Default: ``$OPHION_HOME/state``."""
+
+    retention_max_age: str = "7d"
+    """Delete stored data once it is older than this (by arrival time), e.g. ``12h``, ``7d``, ``4w``."""
+
+    retention_max_disk: str = "5GB"
+    """Disk budget of the store; the oldest data is deleted first when it is exceeded."""
+
+    ingest_key: str = ""
+    """When set, receivers require ``Authorization: Bearer <key>`` (HTTP header or gRPC metadata)."""
+
+    queue_size: int = 200_000
+    """Records (spans, log records, metric points) waiting for the writer before receivers refuse
+    new requests with a retryable error (HTTP 503 / gRPC UNAVAILABLE)."""
+
+    max_request_size: str = "20MiB"
+    """Largest accepted request body, after decompression (HTTP 413 / gRPC RESOURCE_EXHAUSTED)."""
+
+    memory_limit: str = "512MB"
+    """Memory DuckDB may use for its buffers and queries."""
+
+    sql_timeout: str = "30s"
+    """Longest an ``ophion sql`` query may run before it is interrupted."""
+
+    housekeeping_interval: str = "60s"
+    """How often retention and partition roll-over are checked."""
+
+    log_level: str = "info"
+    """Daemon log level: ``debug``, ``info``, ``warning`` or ``error``."""
+
+    # Resolved values, filled by :meth:`validate`; not settings themselves.
+    paths: Paths = field(default_factory=lambda: default_paths(), repr=False)
+
+    def validate(self) -> ValidSettings:
+        """Parse and check every field; raise :class:`ConfigError` naming the first bad one."""
+        data_dir = Path(self.data_dir).expanduser() if self.data_dir else self.paths.data_dir
+        state_dir = Path(self.state_dir).expanduser() if self.state_dir else self.paths.state_dir
+        if self.queue_size < 1:
+            raise ConfigError(f"queue_size must be at least 1, not {self.queue_size}")
+        level = self.log_level.lower()
+        if level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(
+                f"log_level: {self.log_level!r} is not a level",
+                hint="use debug, info, warning or error",
+            )
+        max_age = parse_duration(self.retention_max_age, "retention_max_age")
+        if max_age <= 0:
+            raise ConfigError("retention_max_age must be positive")
+        return ValidSettings(
+            grpc_listen=parse_listen(self.grpc_listen, "grpc_listen"),
+            http_listen=parse_listen(self.http_listen, "http_listen"),
+            paths=Paths(self.paths.config_file, data_dir.absolute(), state_dir.absolute()),
+            retention_max_age=max_age,
+            retention_max_disk=parse_size(self.retention_max_disk, "retention_max_disk"),
+            ingest_key=self.ingest_key,
+            queue_size=self.queue_size,
+            max_request_size=parse_size(self.max_request_size, "max_request_size"),
+            memory_limit=parse_size(self.memory_limit, "memory_limit"),
+            sql_timeout=parse_duration(self.sql_timeout, "sql_timeout"),
+            housekeeping_interval=max(
+                0.05, parse_duration(self.housekeeping_interval, "housekeeping_interval")
+            ),
+            log_level=level,
+        )
+
+
+@dataclass(frozen=True)
+class ValidSettings:
+    """Settings after parsing: typed values the daemon uses directly."""
+
+    grpc_listen: ListenAddress | None
+    http_listen: ListenAddress | None
+    paths: Paths
+    retention_max_age: float
+    retention_max_disk: int
+    ingest_key: str
+    queue_size: int
+    max_request_size: int
+    memory_limit: int
+    sql_timeout: float
+    housekeeping_interval: float
+    log_level: str
+
+
+SETTING_NAMES: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(Settings) if f.name != "paths"
+)
+_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(Settings)}
+
+
+def _unknown_key(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, SETTING_NAMES, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "see docs/configuration.md for the settings"
+    return ConfigError(f"{where}: unknown setting {key!r}", hint=hint)
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    if _FIELD_TYPES[name] == "int":
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: {name} must be a whole number, not {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {name} must be a whole number, not {value!r}") from None
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ConfigError(f"{where}: {name} must be a string, not {value!r}")
+    return str(value)
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Build :class:`Settings` from the config file, then ``OPHION_*`` variables, then overrides.
+
+    ``config_file`` (or ``OPHION_CONFIG``) names the file; a missing default file is fine, a
+    missing named one is an error.
+    """
+    env = os.environ if env is None else env
+    paths = default_paths(env)
+    values: dict[str, Any] = {}
+
+    named = config_file or (Path(env["OPHION_CONFIG"]) if env.get("OPHION_CONFIG") else None)
+    path = named or paths.config_file
+    if named is not None and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from e
+        for key, value in data.items():
+            if key not in SETTING_NAMES:
+                raise _unknown_key(key, str(path))
+            values[key] = _coerce(key, value, str(path))
+    paths = Paths(path, paths.data_dir, paths.state_dir)
+
+    for var, value in env.items():
+        if not var.startswith("OPHION_") or var in _NON_SETTING_VARS:
+            continue
+        key = var[len("OPHION_") :].lower()
+        if key not in SETTING_NAMES:
+            raise _unknown_key(key, f"environment variable {var}")
+        values[key] = _coerce(key, value, f"environment variable {var}")
+
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value, "command line")
+
+    return Settings(paths=paths, **values)
+
+
+# OPHION_* variables that are not daemon settings (read by the CLI or by default_paths).
+_NON_SETTING_VARS = frozenset({"OPHION_HOME", "OPHION_CONFIG", "OPHION_API"})
+
+
+def settings_reference() -> list[tuple[str, str, str]]:
+    """(name, default, description) for every setting, in declaration order."""
+    import ast
+    import inspect
+
+    source = inspect.getsource(Settings)
+    tree = ast.parse(source)
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, following in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+        ):
+            docs[node.target.id] = " ".join(str(following.value.value).split())
+    defaults = Settings(paths=Paths(Path(), Path(), Path()))
+    return [(name, str(getattr(defaults, name)), docs[name]) for name in SETTING_NAMES]

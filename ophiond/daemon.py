@@ -1,0 +1,322 @@
+"""ophiond: start the parts, serve until SIGTERM/SIGINT, drain the queue, close cleanly.
+
+Start order: lock the state directory -> open the store -> start the writer -> start the API
+and the receivers -> write the pid and listen files -> READY=1. Stop order is the reverse, so
+every request already accepted by a receiver is committed before the store closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ophiond import __version__
+from ophiond.config import ValidSettings, load_settings
+from ophiond.errors import OphionError
+
+log = logging.getLogger("ophiond")
+
+_STOP_GRACE_S = 30.0
+
+
+# ---------------------------------------------------------------------------------------------
+# systemd notification protocol (sd_notify), without a libsystemd dependency
+
+
+def sd_notify(state: str, env: dict[str, str] | None = None) -> bool:
+    """Send ``state`` (e.g. ``READY=1``) to ``$NOTIFY_SOCKET``; False when not under systemd."""
+    address = (os.environ if env is None else env).get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        except OSError as e:
+            log.warning("sd_notify %s failed: %s", state, e)
+            return False
+    return True
+
+
+def _watchdog_interval() -> float | None:
+    """Half the watchdog timeout systemd asks for, or None when there is no watchdog."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return int(usec) / 2_000_000
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon
+
+
+class StateDirLock:
+    """An flock on ``ophiond.lock``: one daemon per state directory, released even on SIGKILL."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OphionError(
+                f"another ophiond already runs with state directory {self.path.parent}",
+                hint="stop it first (ophion daemon stop), or set OPHION_HOME to run a second one",
+            ) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Daemon:
+    """All the running parts of ophiond."""
+
+    def __init__(self, settings: ValidSettings) -> None:
+        self.settings = settings
+        self.paths = settings.paths
+        self._stop = threading.Event()
+        self.started_at = time.time()
+
+    def request_stop(self, signum: int | None = None, _frame: Any = None) -> None:
+        if signum is not None:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+        self._stop.set()
+
+    def run(self) -> int:
+        from ophiond.api.server import ApiServer
+        from ophiond.otlp.ingest import Ingest
+        from ophiond.store.partitions import PartitionSet, connect
+        from ophiond.store.writer import Writer
+        from ophiond.telemetry import Telemetry
+
+        settings, paths = self.settings, self.paths
+        lock = StateDirLock(paths.lock_file)
+        lock.acquire()
+        started: list[Any] = []
+        try:
+            paths.data_dir.mkdir(parents=True, exist_ok=True)
+            self.telemetry = Telemetry()
+            self.partitions = PartitionSet(connect(settings.memory_limit), paths.data_dir)
+            self.partitions.open()
+            self.writer = Writer(
+                self.partitions,
+                self.telemetry,
+                capacity=settings.queue_size,
+                disk_budget=settings.retention_max_disk,
+                max_age_s=settings.retention_max_age,
+                housekeeping_interval=settings.housekeeping_interval,
+            )
+            self.writer.start()
+            ingest = Ingest(self.writer, self.telemetry, settings.ingest_key)
+
+            self.api = ApiServer(paths.api_socket, self._routes())
+            self.api.start()
+            started.append(self.api)
+            self.grpc = self.http = None
+            if settings.grpc_listen is not None:
+                from ophiond.otlp.grpc import GrpcReceiver
+
+                self.grpc = GrpcReceiver(ingest, settings.grpc_listen, settings.max_request_size)
+                self.grpc.start()
+                started.append(self.grpc)
+            if settings.http_listen is not None:
+                from ophiond.otlp.http import HttpReceiver
+
+                self.http = HttpReceiver(ingest, settings.http_listen, settings.max_request_size)
+                self.http.start()
+                started.append(self.http)
+
+            self._write_state_files()
+            sd_notify("READY=1\nSTATUS=receiving OTLP")
+            log.info("ophiond %s ready (pid %d, data in %s)", __version__, os.getpid(), paths.data_dir)
+            self._serve()
+        finally:
+            sd_notify("STOPPING=1")
+            self._shutdown(started)
+            lock.release()
+        return 0
+
+    def _serve(self) -> None:
+        watchdog = _watchdog_interval()
+        while not self._stop.wait(watchdog or 3600):
+            # Pet the watchdog only while the writer makes progress: a stuck writer means
+            # requests hang, and systemd should restart us.
+            if watchdog and self.writer.is_healthy():
+                sd_notify("WATCHDOG=1")
+            elif watchdog:
+                log.error("writer is stalled; withholding the watchdog ping")
+
+    def _shutdown(self, started: list[Any]) -> None:
+        from ophiond.otlp.grpc import GrpcReceiver
+
+        # Receivers first (in-flight requests finish: they wait for their commit), then the
+        # writer drains what is queued, then the store closes.
+        for part in reversed(started):
+            try:
+                if isinstance(part, GrpcReceiver):
+                    part.stop(_STOP_GRACE_S)
+                else:
+                    part.stop()
+            except OSError as e:
+                log.warning("stopping %s: %s", type(part).__name__, e)
+        if hasattr(self, "writer"):
+            self.writer.stop()
+        if hasattr(self, "partitions"):
+            self.partitions.close()
+        for path in (self.paths.pid_file, self.paths.listen_file):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        if hasattr(self, "writer"):
+            log.info("stopped cleanly; %s", _summary(self.telemetry.snapshot()))
+
+    def _write_state_files(self) -> None:
+        self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        listen = {
+            "grpc": str(self.grpc.address) if self.grpc else None,
+            "http": str(self.http.address) if self.http else None,
+            "api": str(self.paths.api_socket),
+            "pid": os.getpid(),
+        }
+        _atomic_write(self.paths.listen_file, json.dumps(listen, indent=2) + "\n")
+        _atomic_write(self.paths.pid_file, f"{os.getpid()}\n")
+
+    # -- API ---------------------------------------------------------------------------------
+
+    def _routes(self) -> dict[tuple[str, str], Any]:
+        return {("GET", "/api/v1/status"): self.status, ("POST", "/api/v1/sql"): self.sql}
+
+    def status(self, _body: dict[str, Any]) -> dict[str, Any]:
+        partitions = list(self.partitions.partitions)
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": dt.datetime.fromtimestamp(self.started_at, dt.UTC).isoformat(),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "listen": {
+                "grpc": str(self.grpc.address) if self.grpc else None,
+                "http": str(self.http.address) if self.http else None,
+                "api": str(self.paths.api_socket),
+            },
+            "signals": self.telemetry.snapshot(),
+            "queue": {"depth": self.writer.depth, "capacity": self.settings.queue_size},
+            "storage": {
+                "data_dir": str(self.paths.data_dir),
+                "bytes": sum(p.size() for p in partitions),
+                "partitions": len(partitions),
+                "oldest_partition": partitions[0].opened_at.isoformat() if partitions else None,
+                "retention_max_age_s": self.settings.retention_max_age,
+                "retention_max_disk": self.settings.retention_max_disk,
+            },
+        }
+
+    def sql(self, body: dict[str, Any]) -> dict[str, Any]:
+        from ophiond.store.query import QueryError, run_query
+
+        sql = body.get("sql")
+        if not isinstance(sql, str) or not sql.strip():
+            raise QueryError("no SQL given")
+        max_rows = body.get("max_rows", 10_000)
+        if not isinstance(max_rows, int) or max_rows < 1:
+            raise QueryError("max_rows must be a positive whole number")
+        return run_query(self.partitions, sql, max_rows, self.settings.sql_timeout).to_json()
+
+
+def _summary(snapshot: dict[str, dict[str, int]]) -> str:
+    return ", ".join(f"{name}: {c['stored']} stored" for name, c in snapshot.items())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line (argparse: the daemon must not import the CLI stack)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ophiond",
+        description="Receive OpenTelemetry traces, metrics and logs over OTLP and store them in "
+        "DuckDB. Runs in the foreground; stop it with SIGTERM or Ctrl-C.",
+        epilog="Every flag has a config.toml key and an OPHION_* variable; see docs/configuration.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"ophiond {__version__}")
+    parser.add_argument("--config", type=Path, help="config file (default: $OPHION_HOME/config.toml)")
+    parser.add_argument("--grpc-listen", metavar="HOST:PORT", help="OTLP/gRPC address or 'off' (127.0.0.1:4317)")
+    parser.add_argument("--http-listen", metavar="HOST:PORT", help="OTLP/HTTP address or 'off' (127.0.0.1:4318)")
+    parser.add_argument("--data-dir", metavar="DIR", help="where the DuckDB files live")
+    parser.add_argument("--state-dir", metavar="DIR", help="pid file, API socket, listen file")
+    parser.add_argument("--retention-max-age", metavar="DURATION", help="delete data older than this (7d)")
+    parser.add_argument("--retention-max-disk", metavar="SIZE", help="disk budget of the store (5GB)")
+    parser.add_argument("--ingest-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the receivers")
+    parser.add_argument("--queue-size", type=int, metavar="RECORDS", help="records waiting before receivers refuse (200000)")
+    parser.add_argument("--max-request-size", metavar="SIZE", help="largest accepted request body (20MiB)")
+    parser.add_argument("--memory-limit", metavar="SIZE", help="DuckDB memory limit (512MB)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    # Under systemd the journal stamps each line; elsewhere we do.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%dT%H:%M:%S%z"))
+    logger = logging.getLogger("ophiond")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``ophiond``."""
+    args = build_parser().parse_args(argv)
+    overrides = {
+        key: value
+        for key, value in vars(args).items()
+        if key != "config" and value is not None
+    }
+    try:
+        settings = load_settings(overrides, config_file=args.config).validate()
+    except OphionError as e:
+        print(f"ophiond: {e.message}" + (f" ({e.hint})" if e.hint else ""), file=sys.stderr)
+        return 2
+    _setup_logging(settings.log_level)
+    daemon = Daemon(settings)
+    signal.signal(signal.SIGTERM, daemon.request_stop)
+    signal.signal(signal.SIGINT, daemon.request_stop)
+    try:
+        return daemon.run()
+    except OphionError as e:
+        log.error("%s%s", e.message, f" ({e.hint})" if e.hint else "")
+        return 1

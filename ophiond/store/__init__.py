@@ -1,0 +1,1 @@
+"""The DuckDB store: partition files, migrations, the single writer, read-only queries."""

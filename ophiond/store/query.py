@@ -1,0 +1,144 @@
+"""Read-only SQL over the stable views, with a time limit and JSON-ready results."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+import math
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ophiond.errors import OphionError, StoreError
+
+if TYPE_CHECKING:
+    from ophiond.store.partitions import PartitionSet
+
+
+class QueryError(OphionError):
+    """The user's SQL was refused or failed: a usage problem, not a daemon fault."""
+
+
+@dataclass
+class QueryResult:
+    columns: list[str]
+    types: list[str]
+    rows: list[list[Any]]
+    truncated: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"columns": self.columns, "types": self.types, "rows": self.rows, "truncated": self.truncated}
+
+
+def check_read_only(sql: str) -> None:
+    """Refuse anything but one SELECT (or EXPLAIN of one): the store is written by ophiond only."""
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise QueryError(f"SQL error: {e}") from e
+    if len(statements) != 1:
+        raise QueryError(
+            f"expected one statement, got {len(statements)}", hint="run statements one at a time"
+        )
+    kind = statements[0].type
+    if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
+        raise QueryError(
+            f"only SELECT queries are allowed, not {kind.name}",
+            hint="the store is read-only from ophion sql; views: spans, span_events, span_links, "
+            "logs, metric_points",
+        )
+
+
+def run_query(
+    partitions: PartitionSet, sql: str, max_rows: int, timeout_s: float
+) -> QueryResult:
+    """Run one read-only statement on its own cursor; interrupt it after ``timeout_s``."""
+    import duckdb
+
+    check_read_only(sql)
+    with partitions.lock:
+        cursor = partitions.con.cursor()
+    timed_out = threading.Event()
+
+    def interrupt() -> None:
+        timed_out.set()
+        cursor.interrupt()
+
+    timer = threading.Timer(timeout_s, interrupt)
+    timer.start()
+    try:
+        cursor.execute(sql)
+        description = cursor.description or []
+        rows = cursor.fetchmany(max_rows + 1)
+    except duckdb.Error as e:
+        if timed_out.is_set():
+            raise QueryError(
+                f"query interrupted after {timeout_s:g}s (sql_timeout)",
+                hint="narrow it with a WHERE on time, or raise sql_timeout",
+            ) from None
+        raise QueryError(f"SQL error: {e}") from None
+    finally:
+        timer.cancel()
+        cursor.close()
+    types = [str(d[1]) for d in description]
+    # JSON columns (attributes, bodies of structured logs) come back as text: give them as JSON.
+    is_json = [t == "JSON" for t in types]
+    return QueryResult(
+        columns=[d[0] for d in description],
+        types=types,
+        rows=[
+            [_parse_json(v) if j else to_json_value(v) for v, j in zip(row, is_json, strict=True)]
+            for row in rows[:max_rows]
+        ],
+        truncated=len(rows) > max_rows,
+    )
+
+
+def _parse_json(value: Any) -> Any:
+    if not isinstance(value, str):
+        return to_json_value(value)
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def to_json_value(value: Any) -> Any:
+    """A DuckDB result value as JSON: times ISO 8601, blobs base64, NaN as a string."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): to_json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json_value(v) for v in value]
+    return str(value)
+
+
+def open_read_only(data_dir: Any, memory_limit: int) -> PartitionSet:
+    """Attach the partition files read-only, for use while the daemon is not running."""
+    from ophiond.store.partitions import PartitionSet, connect
+
+    partitions = PartitionSet(connect(memory_limit), data_dir, read_only=True)
+    try:
+        partitions.open()
+    except StoreError:
+        partitions.con.close()
+        raise
+    return partitions

@@ -1,0 +1,341 @@
+"""Table layout of a partition file, its append-only migrations, and the stable views.
+
+Each partition file (see :mod:`ophiond.store.partitions`) holds the five base tables below and
+a ``schema_migrations`` table recording which migrations ran on it. Migrations are never edited
+or reordered once released: a change is a new entry at the end of :data:`MIGRATIONS`.
+
+The Arrow schemas are what the decoder produces; ``INSERT ... BY NAME`` maps them onto the
+tables, and a test checks that every Arrow column exists in the migrated tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+# Columns shared by every signal: where the record came from.
+_ORIGIN = """
+    service_name VARCHAR,
+    resource_attributes JSON,
+    resource_dropped_attributes_count UINTEGER,
+    resource_schema_url VARCHAR,
+    scope_name VARCHAR,
+    scope_version VARCHAR,
+    scope_attributes JSON,
+    scope_schema_url VARCHAR
+"""
+
+_MIGRATION_1 = f"""
+CREATE TABLE spans (
+    trace_id VARCHAR NOT NULL,
+    span_id VARCHAR NOT NULL,
+    parent_span_id VARCHAR,
+    trace_state VARCHAR,
+    flags UINTEGER,
+    name VARCHAR,
+    kind VARCHAR,
+    start_time TIMESTAMP_NS,
+    end_time TIMESTAMP_NS,
+    duration_ns BIGINT,
+    status_code VARCHAR,
+    status_message VARCHAR,
+    http_method VARCHAR,
+    http_route VARCHAR,
+    http_status_code INTEGER,
+    db_system VARCHAR,
+    attributes JSON,
+    dropped_attributes_count UINTEGER,
+    dropped_events_count UINTEGER,
+    dropped_links_count UINTEGER,
+    {_ORIGIN}
+);
+CREATE TABLE span_events (
+    trace_id VARCHAR NOT NULL,
+    span_id VARCHAR NOT NULL,
+    span_name VARCHAR,
+    time TIMESTAMP_NS,
+    name VARCHAR,
+    attributes JSON,
+    dropped_attributes_count UINTEGER,
+    service_name VARCHAR
+);
+CREATE TABLE span_links (
+    trace_id VARCHAR NOT NULL,
+    span_id VARCHAR NOT NULL,
+    linked_trace_id VARCHAR,
+    linked_span_id VARCHAR,
+    trace_state VARCHAR,
+    flags UINTEGER,
+    attributes JSON,
+    dropped_attributes_count UINTEGER,
+    service_name VARCHAR
+);
+CREATE TABLE logs (
+    timestamp TIMESTAMP_NS,
+    observed_timestamp TIMESTAMP_NS,
+    severity_number INTEGER,
+    severity_text VARCHAR,
+    body VARCHAR,
+    body_type VARCHAR,
+    trace_id VARCHAR,
+    span_id VARCHAR,
+    flags UINTEGER,
+    event_name VARCHAR,
+    attributes JSON,
+    dropped_attributes_count UINTEGER,
+    {_ORIGIN}
+);
+CREATE TABLE metric_points (
+    metric_name VARCHAR NOT NULL,
+    description VARCHAR,
+    unit VARCHAR,
+    metric_type VARCHAR NOT NULL,
+    temporality VARCHAR,
+    is_monotonic BOOLEAN,
+    metadata JSON,
+    start_time TIMESTAMP_NS,
+    timestamp TIMESTAMP_NS,
+    attributes JSON,
+    value DOUBLE,
+    value_int BIGINT,
+    count UBIGINT,
+    sum DOUBLE,
+    min DOUBLE,
+    max DOUBLE,
+    bucket_counts UBIGINT[],
+    explicit_bounds DOUBLE[],
+    scale INTEGER,
+    zero_count UBIGINT,
+    zero_threshold DOUBLE,
+    positive_offset INTEGER,
+    positive_bucket_counts UBIGINT[],
+    negative_offset INTEGER,
+    negative_bucket_counts UBIGINT[],
+    quantiles DOUBLE[],
+    quantile_values DOUBLE[],
+    flags UINTEGER,
+    exemplars JSON,
+    {_ORIGIN}
+);
+"""
+
+
+def _sql(statement: str) -> Callable[[duckdb.DuckDBPyConnection, str], None]:
+    def run(con: duckdb.DuckDBPyConnection, schema: str) -> None:
+        con.execute(f"USE {schema}")
+        try:
+            con.execute(statement)
+        finally:
+            con.execute("USE memory")
+
+    return run
+
+
+# (version, description, function). Append only.
+MIGRATIONS: list[tuple[int, str, Callable[[duckdb.DuckDBPyConnection, str], None]]] = [
+    (1, "spans, span events, span links, logs and metric points", _sql(_MIGRATION_1)),
+]
+
+TABLES = ("spans", "span_events", "span_links", "logs", "metric_points")
+
+
+def migrate(con: duckdb.DuckDBPyConnection, schema: str) -> list[int]:
+    """Run the migrations not yet recorded in the attached database ``schema``; return them."""
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations "
+        "(version INTEGER PRIMARY KEY, description VARCHAR, applied_at TIMESTAMP)"
+    )
+    done = {row[0] for row in con.execute(f"SELECT version FROM {schema}.schema_migrations").fetchall()}
+    ran = []
+    for version, description, apply in MIGRATIONS:
+        if version in done:
+            continue
+        con.execute("BEGIN")
+        try:
+            apply(con, schema)
+            con.execute(
+                f"INSERT INTO {schema}.schema_migrations VALUES (?, ?, now()::TIMESTAMP)",
+                [version, description],
+            )
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        ran.append(version)
+    return ran
+
+
+# ---------------------------------------------------------------------------------------------
+# Stable views (design section 7): the same names and columns whatever the partition layout.
+# Timestamps are exposed as TIMESTAMP (microseconds, UTC) so they compare with now() and
+# literals; the exact nanoseconds stay available in the *_unix_nano columns.
+
+_VIEW_SELECTS = {
+    "spans": (
+        "* REPLACE (start_time::TIMESTAMP AS start_time, end_time::TIMESTAMP AS end_time), "
+        "epoch_ns(start_time) AS start_time_unix_nano, epoch_ns(end_time) AS end_time_unix_nano"
+    ),
+    "span_events": "* REPLACE (time::TIMESTAMP AS time), epoch_ns(time) AS time_unix_nano",
+    "span_links": "*",
+    "logs": (
+        "* REPLACE (timestamp::TIMESTAMP AS timestamp, "
+        "observed_timestamp::TIMESTAMP AS observed_timestamp), "
+        "epoch_ns(timestamp) AS time_unix_nano, "
+        "epoch_ns(observed_timestamp) AS observed_time_unix_nano"
+    ),
+    "metric_points": (
+        "* REPLACE (start_time::TIMESTAMP AS start_time, timestamp::TIMESTAMP AS timestamp), "
+        "epoch_ns(start_time) AS start_time_unix_nano, epoch_ns(timestamp) AS time_unix_nano"
+    ),
+}
+
+
+def view_statements(schemas: list[str]) -> list[str]:
+    """``CREATE OR REPLACE VIEW`` for each stable view over the given partition schemas."""
+    statements = []
+    for table in TABLES:
+        union = " UNION ALL BY NAME ".join(f"SELECT * FROM {s}.main.{table}" for s in schemas)
+        statements.append(
+            f"CREATE OR REPLACE VIEW memory.main.{table} AS "
+            f"SELECT {_VIEW_SELECTS[table]} FROM ({union})"
+        )
+    return statements
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrow schemas of the batches the decoder produces.
+
+
+def arrow_schemas() -> dict[str, pa.Schema]:
+    """The Arrow schema of each table's batches, built on first use (pyarrow loads lazily)."""
+    global _ARROW
+    if _ARROW is None:
+        _ARROW = _build_arrow_schemas()
+    return _ARROW
+
+
+_ARROW: dict[str, pa.Schema] | None = None
+
+
+def _build_arrow_schemas() -> dict[str, pa.Schema]:
+    import pyarrow as pa
+
+    s, u32, i32, i64, u64, f64 = pa.string(), pa.uint32(), pa.int32(), pa.int64(), pa.uint64(), pa.float64()
+    ts = pa.timestamp("ns")
+    origin = [
+        ("service_name", s),
+        ("resource_attributes", s),
+        ("resource_dropped_attributes_count", u32),
+        ("resource_schema_url", s),
+        ("scope_name", s),
+        ("scope_version", s),
+        ("scope_attributes", s),
+        ("scope_schema_url", s),
+    ]
+    return {
+        "spans": pa.schema(
+            [
+                ("trace_id", s),
+                ("span_id", s),
+                ("parent_span_id", s),
+                ("trace_state", s),
+                ("flags", u32),
+                ("name", s),
+                ("kind", s),
+                ("start_time", ts),
+                ("end_time", ts),
+                ("duration_ns", i64),
+                ("status_code", s),
+                ("status_message", s),
+                ("http_method", s),
+                ("http_route", s),
+                ("http_status_code", i32),
+                ("db_system", s),
+                ("attributes", s),
+                ("dropped_attributes_count", u32),
+                ("dropped_events_count", u32),
+                ("dropped_links_count", u32),
+                *origin,
+            ]
+        ),
+        "span_events": pa.schema(
+            [
+                ("trace_id", s),
+                ("span_id", s),
+                ("span_name", s),
+                ("time", ts),
+                ("name", s),
+                ("attributes", s),
+                ("dropped_attributes_count", u32),
+                ("service_name", s),
+            ]
+        ),
+        "span_links": pa.schema(
+            [
+                ("trace_id", s),
+                ("span_id", s),
+                ("linked_trace_id", s),
+                ("linked_span_id", s),
+                ("trace_state", s),
+                ("flags", u32),
+                ("attributes", s),
+                ("dropped_attributes_count", u32),
+                ("service_name", s),
+            ]
+        ),
+        "logs": pa.schema(
+            [
+                ("timestamp", ts),
+                ("observed_timestamp", ts),
+                ("severity_number", i32),
+                ("severity_text", s),
+                ("body", s),
+                ("body_type", s),
+                ("trace_id", s),
+                ("span_id", s),
+                ("flags", u32),
+                ("event_name", s),
+                ("attributes", s),
+                ("dropped_attributes_count", u32),
+                *origin,
+            ]
+        ),
+        "metric_points": pa.schema(
+            [
+                ("metric_name", s),
+                ("description", s),
+                ("unit", s),
+                ("metric_type", s),
+                ("temporality", s),
+                ("is_monotonic", pa.bool_()),
+                ("metadata", s),
+                ("start_time", ts),
+                ("timestamp", ts),
+                ("attributes", s),
+                ("value", f64),
+                ("value_int", i64),
+                ("count", u64),
+                ("sum", f64),
+                ("min", f64),
+                ("max", f64),
+                ("bucket_counts", pa.list_(u64)),
+                ("explicit_bounds", pa.list_(f64)),
+                ("scale", i32),
+                ("zero_count", u64),
+                ("zero_threshold", f64),
+                ("positive_offset", i32),
+                ("positive_bucket_counts", pa.list_(u64)),
+                ("negative_offset", i32),
+                ("negative_bucket_counts", pa.list_(u64)),
+                ("quantiles", pa.list_(f64)),
+                ("quantile_values", pa.list_(f64)),
+                ("flags", u32),
+                ("exemplars", s),
+                *origin,
+            ]
+        ),
+    }
