@@ -1,0 +1,212 @@
+"""The ``ophion`` command: parse -> call the core or the API -> render.
+
+Heavy modules (Rich tables, DuckDB) are imported inside the commands so ``ophion --help`` stays
+fast. Expected failures are :class:`OphionError`; :func:`run` prints them as one line plus a
+hint on stderr and exits 1, without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from ophion_cli import render
+from ophion_cli.output import error_line, print_json
+from ophiond.errors import DaemonNotRunning, OphionError
+
+app = typer.Typer(
+    name="ophion",
+    help="Observability for this host: query what ophiond stored, manage the daemon.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+daemon_app = typer.Typer(help="Run, start, stop and install the ophiond daemon.", no_args_is_help=True)
+app.add_typer(daemon_app, name="daemon")
+
+ApiOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api",
+        envvar="OPHION_API",
+        help="The daemon's API socket (path or unix:PATH). Default: the socket in OPHION_HOME "
+        "or the user state directory, else the system service's.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
+
+
+def _client(api: str | None) -> Any:
+    from ophiond.api.client import ApiClient, find_socket
+
+    return ApiClient(find_socket(api))
+
+
+def _paths() -> Any:
+    from ophiond.config import load_settings
+
+    return load_settings().validate().paths
+
+
+# ---------------------------------------------------------------------------------------------
+# ophion status
+
+
+@app.command()
+def status(api: ApiOption = None, json_output: JsonOption = False) -> None:
+    """Is ophiond up; what it received, rejected and stored; how much disk it uses."""
+    document = _client(api).get("/status")
+    if json_output:
+        print_json(document)
+    else:
+        render.status(document)
+
+
+# ---------------------------------------------------------------------------------------------
+# ophion sql
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="One SELECT over spans, span_events, span_links, logs, metric_points.")],
+    api: ApiOption = None,
+    json_output: JsonOption = False,
+    max_rows: Annotated[int, typer.Option("--max-rows", min=1, help="Return at most this many rows.")] = 10_000,
+) -> None:
+    """Run a read-only SQL query over the stored telemetry (docs/sql.md lists the views)."""
+    try:
+        result = _client(api).post("/sql", {"sql": query, "max_rows": max_rows})
+    except DaemonNotRunning:
+        if api or os.environ.get("OPHION_API"):
+            raise
+        result = _sql_without_daemon(query, max_rows)
+    if json_output:
+        print_json([dict(zip(result["columns"], row, strict=True)) for row in result["rows"]])
+    else:
+        render.query_result(result)
+    if result["truncated"]:
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            f"[yellow]note:[/] only the first {max_rows} rows are shown; raise --max-rows or add LIMIT"
+        )
+
+
+def _sql_without_daemon(query: str, max_rows: int) -> dict[str, Any]:
+    """The daemon is down: read the partition files directly, read-only."""
+    from rich.console import Console
+
+    from ophiond.config import load_settings
+    from ophiond.store.query import open_read_only, run_query
+
+    settings = load_settings().validate()
+    Console(stderr=True).print(
+        f"[dim]ophiond is not running; reading {settings.paths.data_dir} directly (read-only)[/]"
+    )
+    partitions = open_read_only(settings.paths.data_dir, settings.memory_limit)
+    try:
+        return run_query(partitions, query, max_rows, settings.sql_timeout).to_json()
+    finally:
+        partitions.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# ophion daemon ...
+
+
+@daemon_app.command(
+    "run",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def daemon_run(ctx: typer.Context) -> None:
+    """Run ophiond in the foreground (what systemd runs). Extra flags go to ophiond."""
+    from ophion_cli.daemon_control import ophiond_command
+
+    command = ophiond_command()
+    os.execv(command[0], [*command, *ctx.args])
+
+
+@daemon_app.command(
+    "start",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def daemon_start(
+    ctx: typer.Context,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait until it serves.")] = 30.0,
+) -> None:
+    """Start ophiond in the background (pid file and log in the state directory).
+
+    Extra flags go to ophiond, e.g. ophion daemon start --grpc-listen 127.0.0.1:14317.
+    """
+    from ophion_cli.daemon_control import start
+
+    paths = _paths()
+    running = start(paths, list(ctx.args), timeout)
+    render.started(running, paths)
+
+
+@daemon_app.command("stop")
+def daemon_stop(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait while it drains its queue.")] = 60.0,
+) -> None:
+    """Stop the background ophiond: it commits what it accepted, then exits."""
+    from ophion_cli.daemon_control import stop
+
+    pid = stop(_paths(), timeout)
+    if pid is None:
+        render.note("ophiond is not running")
+    else:
+        render.note(f"ophiond (pid {pid}) stopped")
+
+
+@daemon_app.command("status")
+def daemon_status(api: ApiOption = None, json_output: JsonOption = False) -> None:
+    """Whether ophiond runs, with its pid and addresses. Exit code 3 when it does not."""
+    try:
+        document = _client(api).get("/status")
+    except DaemonNotRunning as e:
+        if json_output:
+            print_json({"running": False, "reason": e.message})
+        else:
+            render.note(f"ophiond is not running ({e.hint})")
+        raise typer.Exit(3) from None
+    summary = {
+        "running": True,
+        "pid": document["pid"],
+        "version": document["version"],
+        "uptime_s": document["uptime_s"],
+        "listen": document["listen"],
+    }
+    if json_output:
+        print_json(summary)
+    else:
+        render.daemon_summary(summary)
+
+
+@daemon_app.command("install")
+def daemon_install(
+    user: Annotated[bool, typer.Option("--user", help="Install a user unit instead of the system unit.")] = False,
+    now: Annotated[bool, typer.Option("--now", help="Also enable and start it.")] = False,
+) -> None:
+    """Install ophiond as a systemd service (system-wide needs root; --user for your user)."""
+    from ophion_cli.daemon_control import install_unit
+
+    result = install_unit(user, now)
+    render.installed(result, user, now)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run() -> None:
+    """Console-script entry point: expected failures become one line on stderr, exit 1."""
+    try:
+        app()  # click's standalone mode handles usage errors (exit 2) and Ctrl-C itself
+    except OphionError as e:
+        error_line(e)
+        sys.exit(1)

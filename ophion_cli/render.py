@@ -1,0 +1,106 @@
+"""Rich rendering of command results; fetching lives in the commands, so --json shows the same data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ophion_cli.output import human_bytes, human_duration
+
+_out = Console(highlight=False)
+
+
+def note(text: str) -> None:
+    _out.print(text)
+
+
+def status(doc: dict[str, Any]) -> None:
+    listen = doc["listen"]
+    storage = doc["storage"]
+    queue = doc["queue"]
+    _out.print(
+        f"[bold green]ophiond {doc['version']}[/] running, pid {doc['pid']}, "
+        f"up {human_duration(doc['uptime_s'])}"
+    )
+    _out.print(f"  OTLP/gRPC  {listen['grpc'] or 'off'}")
+    _out.print(f"  OTLP/HTTP  {listen['http'] or 'off'}")
+    _out.print(f"  API        {listen['api']}")
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("signal")
+    for column in ("requests", "received", "stored", "rejected", "refused", "failed", "invalid requests"):
+        table.add_column(column, justify="right")
+    for name, counts in doc["signals"].items():
+        table.add_row(
+            name,
+            *(
+                f"{counts[key]:,}"
+                for key in ("requests", "received", "stored", "rejected", "refused", "failed", "invalid_requests")
+            ),
+        )
+    _out.print()
+    _out.print(table)
+    _out.print()
+    _out.print(f"queue    {queue['depth']:,} of {queue['capacity']:,} records waiting")
+    _out.print(
+        f"storage  {human_bytes(storage['bytes'])} in {storage['partitions']} partition file(s) "
+        f"under {storage['data_dir']}"
+    )
+    _out.print(
+        f"         retention: {human_duration(storage['retention_max_age_s'])} or "
+        f"{human_bytes(storage['retention_max_disk'])}, whichever comes first"
+    )
+
+
+def query_result(result: dict[str, Any]) -> None:
+    import json
+
+    table = Table(header_style="bold", show_lines=False)
+    for column in result["columns"]:
+        table.add_column(column, overflow="fold")
+    for row in result["rows"]:
+        table.add_row(
+            *(
+                "" if v is None else json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else str(v)
+                for v in row
+            )
+        )
+    _out.print(table)
+    _out.print(f"[dim]{len(result['rows'])} row(s)[/]")
+
+
+def started(running: Any, paths: Any) -> None:
+    listen = running.listen
+    _out.print(f"ophiond started (pid {running.pid})")
+    _out.print(f"  OTLP/gRPC  {listen.get('grpc') or 'off'}")
+    _out.print(f"  OTLP/HTTP  {listen.get('http') or 'off'}")
+    _out.print(f"  log        {paths.log_file}")
+
+
+def daemon_summary(summary: dict[str, Any]) -> None:
+    listen = summary["listen"]
+    _out.print(
+        f"ophiond {summary['version']} running, pid {summary['pid']}, up {human_duration(summary['uptime_s'])}"
+    )
+    _out.print(f"  OTLP/gRPC  {listen['grpc'] or 'off'}")
+    _out.print(f"  OTLP/HTTP  {listen['http'] or 'off'}")
+    _out.print(f"  API        {listen['api']}")
+
+
+def installed(result: Any, user: bool, now: bool) -> None:
+    scope = "--user " if user else ""
+    _out.print(f"wrote {result.unit_path}")
+    if result.config_path is not None:
+        _out.print(f"settings in {result.config_path}")
+    for warning in result.warnings:
+        Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
+    if now and result.reloaded:
+        _out.print("ophiond.service enabled and started")
+    elif result.reloaded:
+        _out.print(f"start it now and at boot with: systemctl {scope}enable --now ophiond")
+    else:
+        _out.print(
+            f"systemd is not running here; where it is, run: systemctl {scope}daemon-reload && "
+            f"systemctl {scope}enable --now ophiond"
+        )
