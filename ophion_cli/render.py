@@ -9,7 +9,8 @@ from rich.table import Table
 
 from ophion_cli.output import human_bytes, human_duration
 
-_out = Console(highlight=False)
+# soft_wrap: paths and commands are printed whole, so they can be copied.
+_out = Console(highlight=False, soft_wrap=True)
 
 
 def note(text: str) -> None:

@@ -1,0 +1,553 @@
+"""What ophiond answers to bad, hostile or half-valid OTLP input, and that it keeps serving.
+
+Every case checks the exact answer a client sees (HTTP status, google.rpc.Status body, gRPC
+code, ``partial_success``) and then that a good request sent right after is stored: one bad
+client must never take the receiver down for the others.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import itertools
+import json
+import random
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.logs.v1 import logs_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from conftest import RunningDaemon
+
+SERVICE = "bad-input-test"
+TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+PROTOBUF = "application/x-protobuf"
+INVALID_ARGUMENT = 3  # google.rpc.Code values carried in HTTP error bodies
+UNAUTHENTICATED = 16
+MiB = 1 << 20
+
+_ids = itertools.count(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building requests
+
+
+def new_trace_id() -> bytes:
+    return next(_ids).to_bytes(16, "big")
+
+
+def new_span_id() -> bytes:
+    return (0xB0 << 56 | next(_ids)).to_bytes(8, "big")
+
+
+def make_span(
+    name: str,
+    *,
+    trace_id: bytes | None = None,
+    span_id: bytes | None = None,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    kind: int = trace_pb2.Span.SPAN_KIND_SERVER,
+    status_code: int = 0,
+) -> trace_pb2.Span:
+    """A span with valid ids and times unless the caller overrides them."""
+    start = time.time_ns() if start_ns is None else start_ns
+    return trace_pb2.Span(
+        trace_id=new_trace_id() if trace_id is None else trace_id,
+        span_id=new_span_id() if span_id is None else span_id,
+        name=name,
+        kind=kind,  # type: ignore[arg-type]  # proto3 enums are open: any int is sent as is
+        start_time_unix_nano=start,
+        end_time_unix_nano=start + 1_000_000 if end_ns is None else end_ns,
+        status=trace_pb2.Status(code=status_code),  # type: ignore[arg-type]
+    )
+
+
+def _resource() -> resource_pb2.Resource:
+    return resource_pb2.Resource(
+        attributes=[common_pb2.KeyValue(key="service.name", value=common_pb2.AnyValue(string_value=SERVICE))]
+    )
+
+
+def traces_request(*spans: trace_pb2.Span) -> trace_service_pb2.ExportTraceServiceRequest:
+    return trace_service_pb2.ExportTraceServiceRequest(
+        resource_spans=[
+            trace_pb2.ResourceSpans(resource=_resource(), scope_spans=[trace_pb2.ScopeSpans(spans=spans)])
+        ]
+    )
+
+
+def logs_request(*records: logs_pb2.LogRecord) -> logs_service_pb2.ExportLogsServiceRequest:
+    return logs_service_pb2.ExportLogsServiceRequest(
+        resource_logs=[
+            logs_pb2.ResourceLogs(resource=_resource(), scope_logs=[logs_pb2.ScopeLogs(log_records=records)])
+        ]
+    )
+
+
+def log_record(body: str, trace_id: bytes = b"") -> logs_pb2.LogRecord:
+    return logs_pb2.LogRecord(
+        time_unix_nano=time.time_ns(),
+        severity_number=logs_pb2.SEVERITY_NUMBER_INFO,
+        severity_text="INFO",
+        body=common_pb2.AnyValue(string_value=body),
+        trace_id=trace_id,
+    )
+
+
+def sdk_spans(count: int, name: str) -> Sequence[ReadableSpan]:
+    """Finished spans made by the real SDK, ready for an exporter's ``export``."""
+    recorder = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE}))
+    provider.add_span_processor(SimpleSpanProcessor(recorder))
+    tracer = provider.get_tracer("ophion.tests")
+    for i in range(count):
+        with tracer.start_as_current_span(f"{name}-{i}"):
+            pass
+    spans = recorder.get_finished_spans()
+    provider.shutdown()
+    return spans
+
+
+def span_hex(span: ReadableSpan) -> str:
+    assert span.context is not None
+    return format(span.context.span_id, "016x")
+
+
+# ---------------------------------------------------------------------------------------------
+# Talking to the daemon
+
+
+@dataclass
+class HttpReply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def rpc_status(self) -> status_pb2.Status:
+        """The google.rpc.Status protobuf body of an error answer."""
+        assert self.headers["Content-Type"] == PROTOBUF, self.headers["Content-Type"]
+        return status_pb2.Status.FromString(self.body)
+
+    def json(self) -> Any:
+        assert self.headers["Content-Type"] == "application/json", self.headers["Content-Type"]
+        return json.loads(self.body)
+
+    def trace_response(self) -> trace_service_pb2.ExportTraceServiceResponse:
+        assert self.status == 200, (self.status, self.body[:300])
+        return trace_service_pb2.ExportTraceServiceResponse.FromString(self.body)
+
+
+def send_http(
+    daemon: RunningDaemon,
+    body: bytes,
+    *,
+    path: str = "/v1/traces",
+    content_type: str | None = PROTOBUF,
+    headers: dict[str, str] | None = None,
+    method: str = "POST",
+    timeout: float = 60,
+) -> HttpReply:
+    """One request on a fresh connection; any status is returned, none raised."""
+    host, port = daemon.listen["http"].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    all_headers = dict(headers or {})
+    if content_type is not None:
+        all_headers["Content-Type"] = content_type
+    try:
+        conn.request(method, path, body=body if method == "POST" else None, headers=all_headers)
+        response = conn.getresponse()
+        return HttpReply(response.status, response.headers, response.read())
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def grpc_channel(daemon: RunningDaemon) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(daemon.grpc_endpoint) as channel:
+        yield channel
+
+
+def stored_span_ids(daemon: RunningDaemon, *span_ids: bytes) -> set[str]:
+    wanted = ", ".join(f"'{s.hex()}'" for s in span_ids)
+    rows = daemon.sql(f"SELECT span_id FROM spans WHERE span_id IN ({wanted})")
+    return {row["span_id"] for row in rows}
+
+
+def assert_still_serving(daemon: RunningDaemon, headers: dict[str, str] | None = None) -> None:
+    """A good OTLP/HTTP request right after the bad one is answered 200 and stored."""
+    span = make_span("after-bad-input")
+    reply = send_http(daemon, traces_request(span).SerializeToString(), headers=headers)
+    assert reply.status == 200, (reply.status, reply.body[:300])
+    assert not reply.trace_response().HasField("partial_success")
+    assert stored_span_ids(daemon, span.span_id) == {span.span_id.hex()}
+
+
+def assert_grpc_still_serving(channel: grpc.Channel) -> None:
+    span = make_span("after-bad-grpc-input")
+    stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+    response = stub.Export(traces_request(span), timeout=30)
+    assert not response.HasField("partial_success")
+
+
+def good_body() -> bytes:
+    return traces_request(make_span("good")).SerializeToString()
+
+
+# ---------------------------------------------------------------------------------------------
+# OTLP/HTTP: whole requests refused
+
+
+def test_http_random_bytes_is_400_with_rpc_status(daemon: RunningDaemon) -> None:
+    garbage = random.Random(20240611).randbytes(4096)
+    reply = send_http(daemon, garbage)
+    assert reply.status == 400
+    status = reply.rpc_status()
+    assert status.code == INVALID_ARGUMENT
+    assert "malformed protobuf ExportTraceServiceRequest" in status.message
+    assert daemon.status()["signals"]["traces"]["invalid_requests"] == 1
+    assert_still_serving(daemon)
+
+
+def test_http_truncated_protobuf_is_400(daemon: RunningDaemon) -> None:
+    whole = traces_request(*(make_span(f"cut-{i}") for i in range(20))).SerializeToString()
+    reply = send_http(daemon, whole[: len(whole) // 2])
+    assert reply.status == 400
+    assert reply.rpc_status().code == INVALID_ARGUMENT
+    assert daemon.sql("SELECT count(*) AS n FROM spans WHERE name LIKE 'cut-%'") == [{"n": 0}]
+    assert_still_serving(daemon)
+
+
+def test_http_invalid_json_is_400_with_json_status(daemon: RunningDaemon) -> None:
+    reply = send_http(daemon, b'{"resourceSpans": [', content_type="application/json")
+    assert reply.status == 400
+    document = reply.json()
+    assert document["code"] == INVALID_ARGUMENT
+    assert document["message"].startswith("invalid JSON")
+    assert_still_serving(daemon)
+
+
+def test_http_json_trace_id_not_hex_is_400(daemon: RunningDaemon) -> None:
+    now = time.time_ns()
+    document = {
+        "resourceSpans": [
+            {
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": "not-a-hex-trace-id-at-all-zzzzzz",
+                                "spanId": "00f067aa0ba902b7",
+                                "name": "bad-hex",
+                                "startTimeUnixNano": str(now),
+                                "endTimeUnixNano": str(now + 1000),
+                            }
+                        ]
+                    }
+                ]
+            }
+        ]
+    }
+    reply = send_http(daemon, json.dumps(document).encode(), content_type="application/json")
+    assert reply.status == 400
+    document_reply = reply.json()
+    assert document_reply["code"] == INVALID_ARGUMENT
+    assert "traceId" in document_reply["message"] and "not a hex string" in document_reply["message"]
+    assert daemon.sql("SELECT count(*) AS n FROM spans WHERE name = 'bad-hex'") == [{"n": 0}]
+    assert_still_serving(daemon)
+
+
+def test_http_wrong_content_type_is_415(daemon: RunningDaemon) -> None:
+    reply = send_http(daemon, good_body(), content_type="text/plain")
+    assert reply.status == 415
+    assert "text/plain" in reply.rpc_status().message
+    assert_still_serving(daemon)
+
+
+def test_http_unsupported_content_encoding_is_415(daemon: RunningDaemon) -> None:
+    reply = send_http(daemon, good_body(), headers={"Content-Encoding": "br"})
+    assert reply.status == 415
+    assert "'br'" in reply.rpc_status().message
+    assert_still_serving(daemon)
+
+
+def test_http_wrong_path_is_404(daemon: RunningDaemon) -> None:
+    reply = send_http(daemon, good_body(), path="/v1/trace")
+    assert reply.status == 404
+    assert "/v1/trace" in reply.rpc_status().message
+    assert_still_serving(daemon)
+
+
+def test_http_get_is_405(daemon: RunningDaemon) -> None:
+    reply = send_http(daemon, b"", method="GET")
+    assert reply.status == 405
+    assert reply.headers["Allow"] == "POST"
+    assert_still_serving(daemon)
+
+
+def test_http_50mb_body_is_413(daemon: RunningDaemon) -> None:
+    reply = send_http(daemon, b"\x00" * (50 * MiB))
+    assert reply.status == 413
+    status = reply.rpc_status()
+    assert "max_request_size" in status.message
+    assert str(20 * MiB) in status.message
+    assert_still_serving(daemon)
+
+
+def gzip_of_zeros(size: int) -> bytes:
+    """``size`` zero bytes gzip-compressed, built in slices so the test stays small too."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b"\x00" * MiB
+    parts = [compressor.compress(block) for _ in range(size // MiB)]
+    parts.append(compressor.flush())
+    return b"".join(parts)
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The highest resident set size the process ever had (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+def test_http_gzip_bomb_is_413_without_memory_blowup(daemon: RunningDaemon) -> None:
+    bomb = gzip_of_zeros(200 * MiB)
+    assert len(bomb) < 1 * MiB  # the point: a small body that inflates 200-fold and more
+    reply = send_http(daemon, bomb, headers={"Content-Encoding": "gzip"})
+    assert reply.status == 413
+    assert "max_request_size" in reply.rpc_status().message
+    # The peak, not the current value: a bomb inflated then freed would still have hit it.
+    assert peak_rss_bytes(daemon.process.pid) < 300 * MiB
+    assert_still_serving(daemon)
+
+
+def test_http_invalid_gzip_is_400(daemon: RunningDaemon) -> None:
+    reply = send_http(daemon, good_body(), headers={"Content-Encoding": "gzip"})
+    assert reply.status == 400
+    status = reply.rpc_status()
+    assert status.code == INVALID_ARGUMENT
+    assert "gzip" in status.message
+    assert_still_serving(daemon)
+
+
+def test_http_truncated_gzip_is_400(daemon: RunningDaemon) -> None:
+    compressed = gzip.compress(good_body())
+    reply = send_http(daemon, compressed[: len(compressed) // 2], headers={"Content-Encoding": "gzip"})
+    assert reply.status == 400
+    assert "gzip" in reply.rpc_status().message
+    assert_still_serving(daemon)
+
+
+# ---------------------------------------------------------------------------------------------
+# Partial success: the bad records are rejected, the good ones stored
+
+
+def test_http_bad_ids_are_rejected_one_by_one(daemon: RunningDaemon) -> None:
+    good = make_span("partial-good")
+    short_trace = make_span("partial-short-trace", trace_id=b"\x01\x02\x03\x04")
+    short_span = make_span("partial-short-span", span_id=b"\x01\x02\x03\x04\x05")
+    reply = send_http(daemon, traces_request(good, short_trace, short_span).SerializeToString())
+
+    partial = reply.trace_response().partial_success
+    assert partial.rejected_spans == 2
+    assert "trace_id is 4 bytes, not 16" in partial.error_message
+    assert "span_id is 5 bytes, not 8" in partial.error_message
+    names = daemon.sql("SELECT name FROM spans WHERE name LIKE 'partial-%'")
+    assert names == [{"name": "partial-good"}]
+    counters = daemon.status()["signals"]["traces"]
+    assert (counters["received"], counters["rejected"], counters["stored"]) == (3, 2, 1)
+    assert_still_serving(daemon)
+
+
+def test_grpc_bad_ids_are_rejected_one_by_one(daemon: RunningDaemon, grpc_channel: grpc.Channel) -> None:
+    good = make_span("grpc-partial-good")
+    short_trace = make_span("grpc-partial-short-trace", trace_id=b"\x01\x02\x03\x04")
+    short_span = make_span("grpc-partial-short-span", span_id=b"\x01\x02\x03\x04\x05")
+    stub = trace_service_pb2_grpc.TraceServiceStub(grpc_channel)
+
+    response = stub.Export(traces_request(good, short_trace, short_span), timeout=30)
+
+    assert response.partial_success.rejected_spans == 2
+    assert "trace_id is 4 bytes, not 16" in response.partial_success.error_message
+    assert "span_id is 5 bytes, not 8" in response.partial_success.error_message
+    names = daemon.sql("SELECT name FROM spans WHERE name LIKE 'grpc-partial-%'")
+    assert names == [{"name": "grpc-partial-good"}]
+    assert_grpc_still_serving(grpc_channel)
+
+
+def test_logs_with_short_trace_id_are_rejected(daemon: RunningDaemon, grpc_channel: grpc.Channel) -> None:
+    request = logs_request(log_record("log-good"), log_record("log-bad", trace_id=b"\xaa\xbb\xcc"))
+
+    stub = logs_service_pb2_grpc.LogsServiceStub(grpc_channel)
+    response = stub.Export(request, timeout=30)
+    assert response.partial_success.rejected_log_records == 1
+    assert "trace_id is 3 bytes, not 16" in response.partial_success.error_message
+
+    reply = send_http(daemon, request.SerializeToString(), path="/v1/logs")
+    assert reply.status == 200
+    http_partial = logs_service_pb2.ExportLogsServiceResponse.FromString(reply.body).partial_success
+    assert http_partial.rejected_log_records == 1
+
+    bodies = daemon.sql("SELECT body FROM logs ORDER BY body")
+    assert bodies == [{"body": "log-good"}, {"body": "log-good"}]
+    assert_still_serving(daemon)
+
+
+def test_span_ending_before_it_starts_is_stored_with_zero_duration(daemon: RunningDaemon) -> None:
+    start = time.time_ns()
+    backwards = make_span("backwards", start_ns=start, end_ns=start - 5_000_000)
+    reply = send_http(daemon, traces_request(backwards).SerializeToString())
+
+    partial = reply.trace_response().partial_success
+    assert partial.rejected_spans == 0
+    assert "ends before it starts" in partial.error_message
+    rows = daemon.sql(
+        "SELECT duration_ns, start_time_unix_nano, end_time_unix_nano FROM spans WHERE name = 'backwards'"
+    )
+    assert rows == [
+        {"duration_ns": 0, "start_time_unix_nano": start, "end_time_unix_nano": start - 5_000_000}
+    ]
+    assert_still_serving(daemon)
+
+
+def test_unknown_kind_and_status_are_kept_as_numbers(daemon: RunningDaemon) -> None:
+    future = make_span("from-a-newer-spec", kind=9, status_code=7)
+    reply = send_http(daemon, traces_request(future).SerializeToString())
+
+    assert not reply.trace_response().HasField("partial_success")
+    rows = daemon.sql("SELECT kind, status_code FROM spans WHERE name = 'from-a-newer-spec'")
+    assert rows == [{"kind": "9", "status_code": "7"}]
+    assert_still_serving(daemon)
+
+
+def test_timestamp_past_int64_rejects_that_span(daemon: RunningDaemon) -> None:
+    good = make_span("time-good")
+    too_late = make_span("time-too-late", start_ns=2**63, end_ns=2**63 + 10)
+    reply = send_http(daemon, traces_request(good, too_late).SerializeToString())
+
+    partial = reply.trace_response().partial_success
+    assert partial.rejected_spans == 1
+    assert "start_time_unix_nano" in partial.error_message
+    rows = daemon.sql("SELECT name FROM spans WHERE name LIKE 'time-%'")
+    assert rows == [{"name": "time-good"}]
+    assert_still_serving(daemon)
+
+
+# ---------------------------------------------------------------------------------------------
+# OTLP/gRPC
+
+
+def test_grpc_random_bytes_is_invalid_argument(daemon: RunningDaemon, grpc_channel: grpc.Channel) -> None:
+    export_raw = grpc_channel.unary_unary(TRACE_EXPORT, request_serializer=None, response_deserializer=None)
+    with pytest.raises(grpc.RpcError) as caught:
+        export_raw(random.Random(20240611).randbytes(4096), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed protobuf" in (caught.value.details() or "")
+    assert_grpc_still_serving(grpc_channel)
+    assert_still_serving(daemon)
+
+
+def test_grpc_message_over_max_request_size_is_resource_exhausted(daemon_factory: Any) -> None:
+    daemon = daemon_factory("--max-request-size", "1MiB")
+    huge = make_span("huge")
+    huge.attributes.add(key="blob", value=common_pb2.AnyValue(string_value="x" * (2 * MiB)))
+    with grpc.insecure_channel(daemon.grpc_endpoint) as channel:
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Export(traces_request(huge), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert_grpc_still_serving(channel)
+    assert daemon.sql("SELECT count(*) AS n FROM spans WHERE name = 'huge'") == [{"n": 0}]
+
+
+def test_grpc_gzip_request_is_accepted(daemon: RunningDaemon, grpc_channel: grpc.Channel) -> None:
+    spans = [make_span(f"gzipped-{i}") for i in range(50)]
+    stub = trace_service_pb2_grpc.TraceServiceStub(grpc_channel)
+    response = stub.Export(traces_request(*spans), timeout=30, compression=grpc.Compression.Gzip)
+    assert not response.HasField("partial_success")
+    assert stored_span_ids(daemon, *(s.span_id for s in spans)) == {s.span_id.hex() for s in spans}
+
+
+# ---------------------------------------------------------------------------------------------
+# Ingest key
+
+KEY = "secret"
+BEARER = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture
+def keyed_daemon(daemon_factory: Any) -> RunningDaemon:
+    result: RunningDaemon = daemon_factory("--ingest-key", KEY)
+    return result
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}],
+    ids=["none", "wrong-key", "no-bearer-scheme"],
+)
+def test_http_without_the_ingest_key_is_401(keyed_daemon: RunningDaemon, headers: dict[str, str]) -> None:
+    span = make_span("unauthorized")
+    reply = send_http(keyed_daemon, traces_request(span).SerializeToString(), headers=headers)
+    assert reply.status == 401
+    assert reply.rpc_status().code == UNAUTHENTICATED
+    assert stored_span_ids(keyed_daemon, span.span_id) == set()
+    assert_still_serving(keyed_daemon, headers=BEARER)
+
+
+def test_http_with_the_ingest_key_is_stored(keyed_daemon: RunningDaemon) -> None:
+    assert_still_serving(keyed_daemon, headers=BEARER)
+
+
+def test_grpc_ingest_key(keyed_daemon: RunningDaemon) -> None:
+    refused, accepted = make_span("grpc-no-key"), make_span("grpc-with-key")
+    with grpc.insecure_channel(keyed_daemon.grpc_endpoint) as channel:
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Export(traces_request(refused), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Export(traces_request(refused), timeout=30, metadata=[("authorization", "Bearer wrong")])
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        stub.Export(traces_request(accepted), timeout=30, metadata=[("authorization", f"Bearer {KEY}")])
+    stored = stored_span_ids(keyed_daemon, refused.span_id, accepted.span_id)
+    assert stored == {accepted.span_id.hex()}
+
+
+def test_sdk_exporters_send_the_ingest_key(keyed_daemon: RunningDaemon) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    http_spans, grpc_spans = sdk_spans(5, "sdk-http-keyed"), sdk_spans(5, "sdk-grpc-keyed")
+    http_exporter = HttpExporter(
+        endpoint=keyed_daemon.http_url("/v1/traces"), headers={"authorization": f"Bearer {KEY}"}
+    )
+    grpc_exporter = GrpcExporter(
+        endpoint=keyed_daemon.grpc_endpoint, insecure=True, headers={"authorization": f"Bearer {KEY}"}
+    )
+    try:
+        assert http_exporter.export(http_spans) == SpanExportResult.SUCCESS
+        assert grpc_exporter.export(grpc_spans) == SpanExportResult.SUCCESS
+    finally:
+        http_exporter.shutdown()
+        grpc_exporter.shutdown()
+    rows = keyed_daemon.sql("SELECT span_id FROM spans WHERE name LIKE 'sdk-%-keyed-%'")
+    assert {row["span_id"] for row in rows} == {span_hex(s) for s in [*http_spans, *grpc_spans]}

@@ -1,0 +1,107 @@
+"""ophiond as a process: systemd notifications, one daemon per state directory, clean stops."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def _receive_all(sock: socket.socket, until: str, timeout: float = 20) -> list[str]:
+    messages: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            messages.append(sock.recv(4096).decode())
+        except TimeoutError:
+            break
+        if any(until in m for m in messages):
+            break
+    return messages
+
+
+def test_sd_notify_ready_watchdog_stopping(daemon_factory: Any, tmp_path: Path) -> None:
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(notify_path))
+        daemon = daemon_factory(env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "200000"})
+        assert any("READY=1" in m for m in _receive_all(sock, "READY=1"))
+        assert any("WATCHDOG=1" in m for m in _receive_all(sock, "WATCHDOG=1"))
+        daemon.process.send_signal(signal.SIGTERM)
+        assert any("STOPPING=1" in m for m in _receive_all(sock, "STOPPING=1"))
+        assert daemon.process.wait(30) == 0
+
+
+def test_sigterm_and_sigint_stop_cleanly_and_remove_state_files(daemon_factory: Any) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        daemon = daemon_factory()
+        state = daemon.home / "state"
+        assert (state / "ophiond.pid").read_text().strip() == str(daemon.process.pid)
+        assert daemon.stop(sig) == 0
+        assert "stopped cleanly" in daemon.log()
+        assert not (state / "ophiond.pid").exists()
+        assert not (state / "api.sock").exists()
+        assert not (state / "listen.json").exists()
+
+
+def test_a_second_daemon_on_the_same_state_directory_is_refused(daemon: Any) -> None:
+    second = subprocess.run(
+        [sys.executable, "-m", "ophiond", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode == 1
+    assert "another ophiond already runs" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert daemon.status()["pid"] == daemon.process.pid  # the first one is unharmed
+
+
+def test_a_port_in_use_is_reported_plainly(daemon: Any, isolated_env: Path) -> None:
+    taken = daemon.listen["http"]
+    other = subprocess.run(
+        [sys.executable, "-m", "ophiond", "--grpc-listen", "off", "--http-listen", taken],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"OPHION_HOME": str(isolated_env.parent / "other"), "PATH": "/usr/bin:/bin"},
+    )
+    assert other.returncode == 1
+    assert f"cannot listen for OTLP/HTTP on {taken}" in other.stderr
+    assert "Traceback" not in other.stderr
+
+
+def test_bad_settings_exit_2_with_one_line(isolated_env: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ophiond", "--retention-max-age", "forever"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("ophiond: retention_max_age: 'forever' is not a duration")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_environment_and_config_file_reach_the_daemon(daemon_factory: Any, isolated_env: Path) -> None:
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text('queue_size = 1234\nretention_max_disk = "2GB"\n')
+    daemon = daemon_factory(env={"OPHION_RETENTION_MAX_AGE": "3d"})
+    status = daemon.status()
+    assert status["queue"]["capacity"] == 1234
+    assert status["storage"]["retention_max_disk"] == 2_000_000_000
+    assert status["storage"]["retention_max_age_s"] == 3 * 86400
+
+
+@pytest.mark.parametrize("listener", ["grpc", "http"])
+def test_a_receiver_can_be_turned_off(daemon_factory: Any, listener: str) -> None:
+    daemon = daemon_factory(f"--{listener}-listen", "off")
+    assert daemon.listen[listener] is None
+    assert daemon.status()["listen"][listener] is None

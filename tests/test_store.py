@@ -1,0 +1,197 @@
+"""The store on its own: migrations, partitions, roll-over and retention, on real DuckDB files."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from ophiond.errors import StoreError
+from ophiond.otlp.decode import decode_traces
+from ophiond.store import schema
+from ophiond.store.partitions import PartitionSet, connect, list_partitions
+from ophiond.store.query import QueryError, open_read_only, run_query
+from ophiond.store.writer import QueueFull, Writer
+from ophiond.telemetry import Telemetry
+
+T0 = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.UTC)
+
+
+def _trace_request(n: int, service: str = "checkout", payload: str = "") -> object:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    attr = resource_spans.resource.attributes.add()
+    attr.key, attr.value.string_value = "service.name", service
+    scope = resource_spans.scope_spans.add()
+    for i in range(n):
+        span = scope.spans.add()
+        span.trace_id = (i + 1).to_bytes(16, "big")
+        span.span_id = (i + 1).to_bytes(8, "big")
+        span.name = f"op-{i}"
+        span.start_time_unix_nano = 1_000
+        span.end_time_unix_nano = 2_000
+        if payload:
+            a = span.attributes.add()
+            a.key, a.value.string_value = "payload", payload
+    return request
+
+
+def _open(data_dir: Path, now: dt.datetime = T0) -> PartitionSet:
+    partitions = PartitionSet(connect(256 << 20), data_dir)
+    partitions.open(now)
+    return partitions
+
+
+def _writer(partitions: PartitionSet, capacity: int = 1_000_000, budget: int = 10**12) -> Writer:
+    return Writer(partitions, Telemetry(), capacity, budget, 7 * 86400, 3600, clock=lambda: T0)
+
+
+def test_every_arrow_column_exists_in_the_migrated_tables(tmp_path: Path) -> None:
+    partitions = _open(tmp_path)
+    alias = partitions.current.alias
+    for table, arrow_schema in schema.arrow_schemas().items():
+        columns = {
+            row[0]
+            for row in partitions.con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_catalog = ? AND table_name = ?",
+                [alias, table],
+            ).fetchall()
+        }
+        assert set(arrow_schema.names) <= columns, table
+    partitions.close()
+
+
+def test_migrations_are_recorded_and_run_once(tmp_path: Path) -> None:
+    partitions = _open(tmp_path)
+    alias = partitions.current.alias
+    assert schema.migrate(partitions.con, alias) == []
+    versions = partitions.con.execute(f"SELECT version FROM {alias}.schema_migrations").fetchall()
+    assert [v[0] for v in versions] == [m[0] for m in schema.MIGRATIONS]
+    partitions.close()
+
+
+def test_group_commit_writes_all_batches_and_views_see_them(tmp_path: Path) -> None:
+    partitions = _open(tmp_path)
+    writer = _writer(partitions)
+    writer.start()
+    pending = [writer.submit(decode_traces(_trace_request(10, f"svc{i}"))) for i in range(5)]
+    for p in pending:
+        p.wait()
+    writer.stop()
+    rows = partitions.con.execute(
+        "SELECT service_name, count(*) FROM spans GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert rows == [(f"svc{i}", 10) for i in range(5)]
+    assert writer.telemetry.snapshot()["traces"]["stored"] == 50
+    partitions.close()
+
+
+def test_a_full_queue_refuses_instead_of_growing(tmp_path: Path) -> None:
+    partitions = _open(tmp_path)
+    writer = _writer(partitions, capacity=15)  # not started: nothing drains
+    writer.submit(decode_traces(_trace_request(10)))
+    with pytest.raises(QueueFull):
+        writer.submit(decode_traces(_trace_request(10)))
+    writer.submit(decode_traces(_trace_request(5)))  # still fits
+    assert writer.depth == 15
+    writer.start()
+    writer.stop()  # drains what was accepted
+    assert partitions.con.execute("SELECT count(*) FROM spans").fetchone() == (15,)
+    partitions.close()
+
+
+def test_an_oversized_batch_is_taken_when_the_queue_is_empty(tmp_path: Path) -> None:
+    partitions = _open(tmp_path)
+    writer = _writer(partitions, capacity=5)
+    writer.submit(decode_traces(_trace_request(20)))
+    assert writer.depth == 20
+    partitions.close()
+
+
+def test_a_new_day_starts_a_new_partition(tmp_path: Path) -> None:
+    partitions = _open(tmp_path)
+    assert partitions.roll_over_if_due(T0 + dt.timedelta(hours=1), 10**12) is None
+    new = partitions.roll_over_if_due(T0 + dt.timedelta(days=1), 10**12)
+    assert new is not None and new.opened_at.date() == (T0 + dt.timedelta(days=1)).date()
+    assert [p.path.name for p in list_partitions(tmp_path)] == [
+        "20261120T100000Z.duckdb",
+        "20261121T100000Z.duckdb",
+    ]
+    partitions.close()
+
+
+def test_age_retention_deletes_partitions_whose_data_is_all_too_old(tmp_path: Path) -> None:
+    partitions = _open(tmp_path)
+    for day in (1, 2, 3):
+        partitions.roll_over_if_due(T0 + dt.timedelta(days=day), 10**12)
+    names = [p.path.name for p in partitions.partitions]
+    # At T0+3d with a 36h limit: the T0 partition ended at T0+1d (gone), the T0+1d one ended at
+    # T0+2d, only 24h ago (kept).
+    removed = partitions.apply_retention(T0 + dt.timedelta(days=3), 36 * 3600, 10**12)
+    assert [p.name for p in removed] == names[:1]
+    assert [p.path.name for p in partitions.partitions] == names[1:]
+    assert not (tmp_path / names[0]).exists()
+    partitions.con.execute("SELECT count(*) FROM spans").fetchone()  # views still valid
+    partitions.close()
+
+
+def test_disk_budget_rolls_over_and_deletes_oldest_first(tmp_path: Path) -> None:
+    budget = 8 << 20
+    partitions = _open(tmp_path)
+    writer = _writer(partitions, budget=budget)
+    writer.start()
+    now = T0
+    for i in range(40):
+        writer.submit(decode_traces(_trace_request(2000, payload=f"{i}-" + "x" * 200))).wait()
+        now += dt.timedelta(seconds=1)
+        partitions.roll_over_if_due(now, budget)
+        partitions.apply_retention(now, 30 * 86400, budget)
+    writer.stop()
+    assert len(partitions.partitions) > 1
+    assert partitions.total_size() <= budget + budget // 8 + (2 << 20)
+    total = partitions.con.execute("SELECT count(*) FROM spans").fetchone()
+    assert total is not None and 0 < total[0] < 40 * 2000
+    # The newest data survived: retention removed the oldest partitions.
+    payloads = {
+        row[0].split("-")[0]
+        for row in partitions.con.execute("SELECT DISTINCT attributes->>'$.payload' FROM spans").fetchall()
+    }
+    assert "39" in payloads and "0" not in payloads
+    partitions.close()
+
+
+def test_read_only_open_sees_the_data_and_refuses_writes(tmp_path: Path) -> None:
+    partitions = _open(tmp_path)
+    writer = _writer(partitions)
+    writer.start()
+    writer.submit(decode_traces(_trace_request(3))).wait()
+    writer.stop()
+    partitions.close()
+    readonly = open_read_only(tmp_path, 128 << 20)
+    result = run_query(readonly, "SELECT count(*) AS n FROM spans", 10, 5)
+    assert result.rows == [[3]]
+    with pytest.raises(QueryError, match="only SELECT"):
+        run_query(readonly, "DELETE FROM spans", 10, 5)
+    readonly.close()
+
+
+def test_read_only_open_of_an_empty_store_says_so(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no data has been stored yet"):
+        open_read_only(tmp_path / "nothing", 128 << 20)
+
+
+def test_sql_refuses_writes_and_times_out(tmp_path: Path) -> None:
+    partitions = _open(tmp_path)
+    for statement in ("DROP VIEW spans", "INSERT INTO spans (trace_id) VALUES ('x')", "COPY spans TO 'x.csv'"):
+        with pytest.raises(QueryError, match="only SELECT"):
+            run_query(partitions, statement, 10, 5)
+    with pytest.raises(QueryError, match="one statement"):
+        run_query(partitions, "SELECT 1; SELECT 2", 10, 5)
+    with pytest.raises(QueryError, match="interrupted after 0.3s"):
+        run_query(partitions, "SELECT count(*) FROM range(100000000000) a", 10, 0.3)
+    result = run_query(partitions, "SELECT * FROM range(5) r(x)", 3, 5)
+    assert result.rows == [[0], [1], [2]] and result.truncated
+    partitions.close()
