@@ -215,7 +215,9 @@ def install_unit(user: bool, now: bool) -> UnitInstall:
     reloaded = _systemctl(user, "daemon-reload")
     if now and reloaded:
         if not _systemctl(user, "enable", "--now", "ophiond.service"):
-            warnings.append("systemctl enable --now ophiond.service failed; see systemctl status ophiond")
+            warnings.append(
+                "systemctl enable --now ophiond.service failed; see systemctl status ophiond"
+            )
     elif now:
         warnings.append("systemd is not running here, so the unit was written but not started")
     return UnitInstall(unit_path, config_path, reloaded, warnings)

@@ -25,7 +25,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-daemon_app = typer.Typer(help="Run, start, stop and install the ophiond daemon.", no_args_is_help=True)
+daemon_app = typer.Typer(
+    help="Run, start, stop and install the ophiond daemon.", no_args_is_help=True
+)
 app.add_typer(daemon_app, name="daemon")
 
 ApiOption = Annotated[
@@ -38,7 +40,9 @@ ApiOption = Annotated[
         show_default=False,
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document instead of a table.")
+]
 
 
 def _client(api: str | None) -> Any:
@@ -73,10 +77,15 @@ def status(api: ApiOption = None, json_output: JsonOption = False) -> None:
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="One SELECT over spans, span_events, span_links, logs, metric_points.")],
+    query: Annotated[
+        str,
+        typer.Argument(help="One SELECT over spans, span_events, span_links, logs, metric_points."),
+    ],
     api: ApiOption = None,
     json_output: JsonOption = False,
-    max_rows: Annotated[int, typer.Option("--max-rows", min=1, help="Return at most this many rows.")] = 10_000,
+    max_rows: Annotated[
+        int, typer.Option("--max-rows", min=1, help="Return at most this many rows.")
+    ] = 10_000,
 ) -> None:
     """Run a read-only SQL query over the stored telemetry (docs/sql.md lists the views)."""
     try:
@@ -152,7 +161,9 @@ def daemon_start(
 
 @daemon_app.command("stop")
 def daemon_stop(
-    timeout: Annotated[float, typer.Option(help="Seconds to wait while it drains its queue.")] = 60.0,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait while it drains its queue.")
+    ] = 60.0,
 ) -> None:
     """Stop the background ophiond: it commits what it accepted, then exits."""
     from ophion_cli.daemon_control import stop
@@ -190,7 +201,9 @@ def daemon_status(api: ApiOption = None, json_output: JsonOption = False) -> Non
 
 @daemon_app.command("install")
 def daemon_install(
-    user: Annotated[bool, typer.Option("--user", help="Install a user unit instead of the system unit.")] = False,
+    user: Annotated[
+        bool, typer.Option("--user", help="Install a user unit instead of the system unit.")
+    ] = False,
     now: Annotated[bool, typer.Option("--now", help="Also enable and start it.")] = False,
 ) -> None:
     """Install ophiond as a systemd service (system-wide needs root; --user for your user)."""

@@ -30,14 +30,30 @@ def status(doc: dict[str, Any]) -> None:
     _out.print(f"  API        {listen['api']}")
     table = Table(box=None, pad_edge=False, header_style="bold")
     table.add_column("signal")
-    for column in ("requests", "received", "stored", "rejected", "refused", "failed", "invalid requests"):
+    for column in (
+        "requests",
+        "received",
+        "stored",
+        "rejected",
+        "refused",
+        "failed",
+        "invalid requests",
+    ):
         table.add_column(column, justify="right")
     for name, counts in doc["signals"].items():
         table.add_row(
             name,
             *(
                 f"{counts[key]:,}"
-                for key in ("requests", "received", "stored", "rejected", "refused", "failed", "invalid_requests")
+                for key in (
+                    "requests",
+                    "received",
+                    "stored",
+                    "rejected",
+                    "refused",
+                    "failed",
+                    "invalid_requests",
+                )
             ),
         )
     _out.print()
@@ -63,7 +79,11 @@ def query_result(result: dict[str, Any]) -> None:
     for row in result["rows"]:
         table.add_row(
             *(
-                "" if v is None else json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else str(v)
+                ""
+                if v is None
+                else json.dumps(v, ensure_ascii=False)
+                if isinstance(v, dict | list)
+                else str(v)
                 for v in row
             )
         )

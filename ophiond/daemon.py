@@ -153,7 +153,9 @@ class Daemon:
 
             self._write_state_files()
             sd_notify("READY=1\nSTATUS=receiving OTLP")
-            log.info("ophiond %s ready (pid %d, data in %s)", __version__, os.getpid(), paths.data_dir)
+            log.info(
+                "ophiond %s ready (pid %d, data in %s)", __version__, os.getpid(), paths.data_dir
+            )
             self._serve()
         finally:
             sd_notify("STOPPING=1")
@@ -270,16 +272,35 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every flag has a config.toml key and an OPHION_* variable; see docs/configuration.md.",
     )
     parser.add_argument("--version", action="version", version=f"ophiond {__version__}")
-    parser.add_argument("--config", type=Path, help="config file (default: $OPHION_HOME/config.toml)")
-    parser.add_argument("--grpc-listen", metavar="HOST:PORT", help="OTLP/gRPC address or 'off' (127.0.0.1:4317)")
-    parser.add_argument("--http-listen", metavar="HOST:PORT", help="OTLP/HTTP address or 'off' (127.0.0.1:4318)")
+    parser.add_argument(
+        "--config", type=Path, help="config file (default: $OPHION_HOME/config.toml)"
+    )
+    parser.add_argument(
+        "--grpc-listen", metavar="HOST:PORT", help="OTLP/gRPC address or 'off' (127.0.0.1:4317)"
+    )
+    parser.add_argument(
+        "--http-listen", metavar="HOST:PORT", help="OTLP/HTTP address or 'off' (127.0.0.1:4318)"
+    )
     parser.add_argument("--data-dir", metavar="DIR", help="where the DuckDB files live")
     parser.add_argument("--state-dir", metavar="DIR", help="pid file, API socket, listen file")
-    parser.add_argument("--retention-max-age", metavar="DURATION", help="delete data older than this (7d)")
-    parser.add_argument("--retention-max-disk", metavar="SIZE", help="disk budget of the store (5GB)")
-    parser.add_argument("--ingest-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the receivers")
-    parser.add_argument("--queue-size", type=int, metavar="RECORDS", help="records waiting before receivers refuse (200000)")
-    parser.add_argument("--max-request-size", metavar="SIZE", help="largest accepted request body (20MiB)")
+    parser.add_argument(
+        "--retention-max-age", metavar="DURATION", help="delete data older than this (7d)"
+    )
+    parser.add_argument(
+        "--retention-max-disk", metavar="SIZE", help="disk budget of the store (5GB)"
+    )
+    parser.add_argument(
+        "--ingest-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the receivers"
+    )
+    parser.add_argument(
+        "--queue-size",
+        type=int,
+        metavar="RECORDS",
+        help="records waiting before receivers refuse (200000)",
+    )
+    parser.add_argument(
+        "--max-request-size", metavar="SIZE", help="largest accepted request body (20MiB)"
+    )
     parser.add_argument("--memory-limit", metavar="SIZE", help="DuckDB memory limit (512MB)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return parser
@@ -302,9 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ophiond``."""
     args = build_parser().parse_args(argv)
     overrides = {
-        key: value
-        for key, value in vars(args).items()
-        if key != "config" and value is not None
+        key: value for key, value in vars(args).items() if key != "config" and value is not None
     }
     try:
         settings = load_settings(overrides, config_file=args.config).validate()

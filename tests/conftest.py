@@ -74,7 +74,9 @@ class RunningDaemon:
         return self.process.wait(timeout)
 
 
-def start_daemon(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 20) -> RunningDaemon:
+def start_daemon(
+    home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 20
+) -> RunningDaemon:
     """Start ``python -m ophiond`` on free ports and wait until it has written its listen file."""
     state = home / "state"
     listen_file = state / "listen.json"
@@ -117,7 +119,9 @@ def daemon_factory(isolated_env: Path) -> Iterator[Any]:
     """Start daemons with extra flags; all are stopped (SIGKILL if need be) after the test."""
     started: list[RunningDaemon] = []
 
-    def factory(*args: str, env: dict[str, str] | None = None, home: Path | None = None) -> RunningDaemon:
+    def factory(
+        *args: str, env: dict[str, str] | None = None, home: Path | None = None
+    ) -> RunningDaemon:
         daemon = start_daemon(home or isolated_env, *args, env=env)
         started.append(daemon)
         return daemon

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 from typer.testing import CliRunner
 
 from ophion_cli.main import app
@@ -20,7 +19,11 @@ runner = CliRunner()
 def ophion(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the real ``ophion`` entry point in a subprocess (errors, exit codes, stderr)."""
     return subprocess.run(
-        [sys.executable, "-m", "ophion_cli", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+        [sys.executable, "-m", "ophion_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
     )
 
 
@@ -31,7 +34,9 @@ def _send_spans(daemon: Any, names: list[str]) -> None:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
     provider = TracerProvider(resource=Resource.create({"service.name": "cli-test"}))
-    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=daemon.http_url("/v1/traces"))))
+    provider.add_span_processor(
+        SimpleSpanProcessor(OTLPSpanExporter(endpoint=daemon.http_url("/v1/traces")))
+    )
     tracer = provider.get_tracer("cli")
     for name in names:
         with tracer.start_as_current_span(name):
@@ -63,7 +68,9 @@ def test_status_table_for_people(daemon: Any) -> None:
 
 def test_sql_json_returns_rows_as_objects(daemon: Any) -> None:
     _send_spans(daemon, ["first", "second"])
-    result = runner.invoke(app, ["sql", "SELECT name, service_name, kind FROM spans ORDER BY name", "--json"])
+    result = runner.invoke(
+        app, ["sql", "SELECT name, service_name, kind FROM spans ORDER BY name", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == [
         {"name": "first", "service_name": "cli-test", "kind": "INTERNAL"},
@@ -85,7 +92,9 @@ def test_sql_errors_are_one_line_without_traceback(daemon: Any) -> None:
     assert result.stderr.startswith("error: only SELECT queries are allowed, not DELETE")
     assert "Traceback" not in result.stderr
     result = ophion("sql", "SELECT nope FROM spans")
-    assert result.returncode == 1 and "SQL error" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 1 and "SQL error" in result.stderr and "Traceback" not in result.stderr
+    )
 
 
 def test_sql_reads_the_files_when_the_daemon_is_down(daemon: Any) -> None:
@@ -106,7 +115,9 @@ def test_status_without_daemon_says_how_to_start_it() -> None:
 
 
 def test_daemon_start_status_stop(isolated_env: Path) -> None:
-    started = ophion("daemon", "start", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0")
+    started = ophion(
+        "daemon", "start", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"
+    )
     try:
         assert started.returncode == 0, started.stderr
         assert "ophiond started (pid" in started.stdout
@@ -172,4 +183,6 @@ def test_every_command_has_help() -> None:
                 walk(command, [*prefix, name])
 
     walk(typer.main.get_command(app), [])
-    assert {"status", "sql", "daemon run", "daemon start", "daemon stop", "daemon install"} <= set(seen)
+    assert {"status", "sql", "daemon run", "daemon start", "daemon stop", "daemon install"} <= set(
+        seen
+    )

@@ -26,7 +26,11 @@ def test_precedence_defaults_file_env_flags(isolated_env: Path) -> None:
         'grpc_listen = "127.0.0.1:1111"\nhttp_listen = "127.0.0.1:2222"\nqueue_size = 5\n'
         'retention_max_age = "2d"\n'
     )
-    env = {"OPHION_HOME": str(isolated_env), "OPHION_HTTP_LISTEN": "127.0.0.1:3333", "OPHION_QUEUE_SIZE": "7"}
+    env = {
+        "OPHION_HOME": str(isolated_env),
+        "OPHION_HTTP_LISTEN": "127.0.0.1:3333",
+        "OPHION_QUEUE_SIZE": "7",
+    }
     valid = load_settings({"queue_size": 9}, env=env).validate()
     assert valid.grpc_listen == ListenAddress("127.0.0.1", 1111)  # file over default
     assert valid.http_listen == ListenAddress("127.0.0.1", 3333)  # env over file
@@ -75,13 +79,23 @@ def test_missing_named_config_file_is_an_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("250ms", 0.25), ("1.5s", 1.5), ("2m", 120), ("12h", 43200), ("7d", 604800), ("1w", 604800), (30, 30)],
+    [
+        ("250ms", 0.25),
+        ("1.5s", 1.5),
+        ("2m", 120),
+        ("12h", 43200),
+        ("7d", 604800),
+        ("1w", 604800),
+        (30, 30),
+    ],
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize(("text", "size"), [("512MB", 512_000_000), ("20MiB", 20 * 2**20), ("1GB", 10**9), ("100", 100)])
+@pytest.mark.parametrize(
+    ("text", "size"), [("512MB", 512_000_000), ("20MiB", 20 * 2**20), ("1GB", 10**9), ("100", 100)]
+)
 def test_sizes(text: str, size: int) -> None:
     assert parse_size(text) == size
 

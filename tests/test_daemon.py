@@ -53,7 +53,15 @@ def test_sigterm_and_sigint_stop_cleanly_and_remove_state_files(daemon_factory: 
 
 def test_a_second_daemon_on_the_same_state_directory_is_refused(daemon: Any) -> None:
     second = subprocess.run(
-        [sys.executable, "-m", "ophiond", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
+        [
+            sys.executable,
+            "-m",
+            "ophiond",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -90,7 +98,9 @@ def test_bad_settings_exit_2_with_one_line(isolated_env: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_environment_and_config_file_reach_the_daemon(daemon_factory: Any, isolated_env: Path) -> None:
+def test_environment_and_config_file_reach_the_daemon(
+    daemon_factory: Any, isolated_env: Path
+) -> None:
     isolated_env.mkdir(parents=True, exist_ok=True)
     (isolated_env / "config.toml").write_text('queue_size = 1234\nretention_max_disk = "2GB"\n')
     daemon = daemon_factory(env={"OPHION_RETENTION_MAX_AGE": "3d"})

@@ -157,7 +157,9 @@ def test_disk_budget_rolls_over_and_deletes_oldest_first(tmp_path: Path) -> None
     # The newest data survived: retention removed the oldest partitions.
     payloads = {
         row[0].split("-")[0]
-        for row in partitions.con.execute("SELECT DISTINCT attributes->>'$.payload' FROM spans").fetchall()
+        for row in partitions.con.execute(
+            "SELECT DISTINCT attributes->>'$.payload' FROM spans"
+        ).fetchall()
     }
     assert "39" in payloads and "0" not in payloads
     partitions.close()
@@ -185,7 +187,11 @@ def test_read_only_open_of_an_empty_store_says_so(tmp_path: Path) -> None:
 
 def test_sql_refuses_writes_and_times_out(tmp_path: Path) -> None:
     partitions = _open(tmp_path)
-    for statement in ("DROP VIEW spans", "INSERT INTO spans (trace_id) VALUES ('x')", "COPY spans TO 'x.csv'"):
+    for statement in (
+        "DROP VIEW spans",
+        "INSERT INTO spans (trace_id) VALUES ('x')",
+        "COPY spans TO 'x.csv'",
+    ):
         with pytest.raises(QueryError, match="only SELECT"):
             run_query(partitions, statement, 10, 5)
     with pytest.raises(QueryError, match="one statement"):

@@ -94,9 +94,13 @@ class ApiClient:
         try:
             document = json.loads(data)
         except ValueError:
-            raise ApiError(f"the daemon sent a reply that is not JSON ({response.status})") from None
+            raise ApiError(
+                f"the daemon sent a reply that is not JSON ({response.status})"
+            ) from None
         if response.status != 200:
-            raise ApiError(document.get("error", f"HTTP {response.status}"), hint=document.get("hint"))
+            raise ApiError(
+                document.get("error", f"HTTP {response.status}"), hint=document.get("hint")
+            )
         if not isinstance(document, dict):
             raise ApiError("the daemon sent an unexpected reply")
         return document

@@ -35,7 +35,8 @@ class _Handler(BaseHTTPRequestHandler):
         return "unix"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("api " + format, *args)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("api %s", format % args)
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         self._dispatch("GET", {})
@@ -66,7 +67,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.BAD_REQUEST, {"error": e.message, "hint": e.hint})
         except Exception:
             log.exception("API %s %s failed", method, self.path)
-            self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; see the daemon's log"})
+            self._reply(
+                HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; see the daemon's log"}
+            )
 
     def _reply(self, status: HTTPStatus, document: dict[str, Any]) -> None:
         body = json.dumps(document).encode()

@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from ophiond.errors import OphionError
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
-class Signal(str, Enum):
+class Signal(StrEnum):
     TRACES = "traces"
     METRICS = "metrics"
     LOGS = "logs"
@@ -54,12 +54,18 @@ class DecodedBatch:
 # Parsing the body: protobuf or OTLP/JSON
 
 _REQUEST_TYPES: dict[Signal, tuple[str, str]] = {
-    Signal.TRACES: ("opentelemetry.proto.collector.trace.v1.trace_service_pb2", "ExportTraceServiceRequest"),
+    Signal.TRACES: (
+        "opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+        "ExportTraceServiceRequest",
+    ),
     Signal.METRICS: (
         "opentelemetry.proto.collector.metrics.v1.metrics_service_pb2",
         "ExportMetricsServiceRequest",
     ),
-    Signal.LOGS: ("opentelemetry.proto.collector.logs.v1.logs_service_pb2", "ExportLogsServiceRequest"),
+    Signal.LOGS: (
+        "opentelemetry.proto.collector.logs.v1.logs_service_pb2",
+        "ExportLogsServiceRequest",
+    ),
 }
 _RESPONSE_TYPES: dict[Signal, str] = {
     Signal.TRACES: "ExportTraceServiceResponse",
@@ -140,12 +146,17 @@ def encode_response(signal: Signal, batch: DecodedBatch | None, as_json: bool) -
     if as_json:
         from google.protobuf import json_format
 
-        return json_format.MessageToJson(response, indent=None).encode()
+        text: str = json_format.MessageToJson(response, indent=None)
+        return text.encode()
     data: bytes = response.SerializeToString()
     return data
 
 
-_REJECTED_FIELD = {Signal.TRACES: "spans", Signal.METRICS: "data_points", Signal.LOGS: "log_records"}
+_REJECTED_FIELD = {
+    Signal.TRACES: "spans",
+    Signal.METRICS: "data_points",
+    Signal.LOGS: "log_records",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +312,11 @@ def _as_str(value: Any) -> str | None:
 
 def decode_traces(request: Any) -> DecodedBatch:
     """Flatten an ExportTraceServiceRequest into spans, span_events and span_links tables."""
-    spans, events, links = _new_columns("spans"), _new_columns("span_events"), _new_columns("span_links")
+    spans, events, links = (
+        _new_columns("spans"),
+        _new_columns("span_events"),
+        _new_columns("span_links"),
+    )
     problems = _Problems()
     accepted = 0
     for resource_spans in request.resource_spans:
@@ -323,7 +338,9 @@ def decode_traces(request: Any) -> DecodedBatch:
                         )
                         for link in span.links
                     ]
-                    span_events = [(_ns(e.time_unix_nano, "event time_unix_nano"), e) for e in span.events]
+                    span_events = [
+                        (_ns(e.time_unix_nano, "event time_unix_nano"), e) for e in span.events
+                    ]
                 except _Reject as reason:
                     problems.reject(str(reason))
                     continue
@@ -342,7 +359,9 @@ def decode_traces(request: Any) -> DecodedBatch:
                 spans["duration_ns"].append(max(0, end - start))
                 spans["status_code"].append(_enum_name(_STATUS, span.status.code))
                 spans["status_message"].append(span.status.message or None)
-                spans["http_method"].append(_as_str(_first(attrs, "http.request.method", "http.method")))
+                spans["http_method"].append(
+                    _as_str(_first(attrs, "http.request.method", "http.method"))
+                )
                 spans["http_route"].append(_as_str(attrs.get("http.route")))
                 spans["http_status_code"].append(
                     _as_int(_first(attrs, "http.response.status_code", "http.status_code"))
@@ -424,7 +443,10 @@ def decode_logs(request: Any, received_ns: int) -> DecodedBatch:
                 try:
                     trace_id = _hex_id(record.trace_id, 16, "trace_id", required=False)
                     span_id = _hex_id(record.span_id, 8, "span_id", required=False)
-                    observed = _ns(record.observed_time_unix_nano, "observed_time_unix_nano") or received_ns
+                    observed = (
+                        _ns(record.observed_time_unix_nano, "observed_time_unix_nano")
+                        or received_ns
+                    )
                     time_ns = _ns(record.time_unix_nano, "time_unix_nano") or observed
                 except _Reject as reason:
                     problems.reject(str(reason))
@@ -446,7 +468,10 @@ def decode_logs(request: Any, received_ns: int) -> DecodedBatch:
                     logs[key].append(value)
                 accepted += 1
     return DecodedBatch(
-        Signal.LOGS, {"logs": _table("logs", logs)}, accepted, problems.rejected,
+        Signal.LOGS,
+        {"logs": _table("logs", logs)},
+        accepted,
+        problems.rejected,
         problems.messages("log record"),
     )
 
@@ -493,7 +518,9 @@ def _exemplars(point: Any) -> str | None:
                 "value": exemplar.as_int if kind == "as_int" else _json_double(exemplar.as_double),
                 "trace_id": trace_id,
                 "span_id": span_id,
-                "filtered_attributes": {kv.key: any_value(kv.value) for kv in exemplar.filtered_attributes},
+                "filtered_attributes": {
+                    kv.key: any_value(kv.value) for kv in exemplar.filtered_attributes
+                },
             }
         )
     return _json_encoder.encode(out)

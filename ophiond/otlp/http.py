@@ -72,7 +72,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s " + format, self.client_address[0], *args)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s", self.client_address[0], format % args)
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"use POST\n", "text/plain", {"Allow": "POST"})
@@ -82,11 +83,15 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             signal = _PATHS.get(self.path.split("?", 1)[0])
             if signal is None:
-                raise _Reply(HTTPStatus.NOT_FOUND, 5, f"no OTLP endpoint at {self.path}", close=True)
+                raise _Reply(
+                    HTTPStatus.NOT_FOUND, 5, f"no OTLP endpoint at {self.path}", close=True
+                )
             content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
             as_json = content_type == _JSON_TYPE
             if not self.server.ingest.authorized(self.headers.get("Authorization")):
-                raise _Reply(HTTPStatus.UNAUTHORIZED, _UNAUTHENTICATED, "missing or wrong ingest key", True)
+                raise _Reply(
+                    HTTPStatus.UNAUTHORIZED, _UNAUTHENTICATED, "missing or wrong ingest key", True
+                )
             if not as_json and content_type not in _PROTOBUF_TYPES:
                 raise _Reply(
                     HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
@@ -97,7 +102,9 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             body = self._read_body()
             if not self.server.slots.acquire(blocking=False):
-                raise _Reply(HTTPStatus.SERVICE_UNAVAILABLE, _UNAVAILABLE, "too many requests at once")
+                raise _Reply(
+                    HTTPStatus.SERVICE_UNAVAILABLE, _UNAVAILABLE, "too many requests at once"
+                )
             try:
                 batch = self.server.ingest.export(signal, body, as_json)
             finally:
@@ -136,17 +143,26 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             length_header = self.headers.get("Content-Length")
             if length_header is None:
-                raise _Reply(HTTPStatus.LENGTH_REQUIRED, _INVALID_ARGUMENT, "Content-Length required", True)
+                raise _Reply(
+                    HTTPStatus.LENGTH_REQUIRED, _INVALID_ARGUMENT, "Content-Length required", True
+                )
             try:
                 length = int(length_header)
             except ValueError:
-                raise _Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "bad Content-Length", True) from None
+                raise _Reply(
+                    HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "bad Content-Length", True
+                ) from None
             if length > limit:
                 self._discard(length)
                 raise self._too_large(limit)
             raw = self.rfile.read(length)
             if len(raw) < length:
-                raise _Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "body shorter than Content-Length", True)
+                raise _Reply(
+                    HTTPStatus.BAD_REQUEST,
+                    _INVALID_ARGUMENT,
+                    "body shorter than Content-Length",
+                    True,
+                )
         if encoding == "gzip":
             return self._gunzip(raw, limit)
         return raw
@@ -176,7 +192,9 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 size = int(line.split(b";")[0].strip(), 16)
             except ValueError:
-                raise _Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "bad chunked encoding", True) from None
+                raise _Reply(
+                    HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "bad chunked encoding", True
+                ) from None
             if size == 0:
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                     pass  # trailers
@@ -193,7 +211,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             data = inflater.decompress(raw, limit + 1)
         except zlib.error as e:
-            raise _Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, f"invalid gzip body: {e}") from None
+            raise _Reply(
+                HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, f"invalid gzip body: {e}"
+            ) from None
         if len(data) > limit or inflater.unconsumed_tail:
             raise self._too_large(limit)
         if not inflater.eof:
@@ -213,7 +233,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(reply.status, body, _JSON_TYPE if as_json else _PROTOBUF_TYPES[0], headers)
 
     def _send(
-        self, status: HTTPStatus, body: bytes, content_type: str, headers: dict[str, str] | None = None
+        self,
+        status: HTTPStatus,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import hmac
 import time
 
-from ophiond.otlp.decode import DecodedBatch, InvalidPayload, Signal, decode, parse_json, parse_protobuf
+from ophiond.otlp.decode import (
+    DecodedBatch,
+    InvalidPayload,
+    Signal,
+    decode,
+    parse_json,
+    parse_protobuf,
+)
 from ophiond.store.writer import QueueFull, Writer, WriterStopped
 from ophiond.telemetry import Telemetry
 

@@ -63,7 +63,9 @@ def list_partitions(data_dir: Path) -> list[Partition]:
         for path in data_dir.iterdir():
             match = _NAME_RE.match(path.name)
             if match:
-                opened = dt.datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+                opened = dt.datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(
+                    tzinfo=dt.UTC
+                )
                 found.append(Partition(path, opened))
     return sorted(found, key=lambda p: p.path.name)
 
@@ -84,7 +86,10 @@ def connect(memory_limit: int, threads: int = 2) -> duckdb.DuckDBPyConnection:
 
     con = duckdb.connect(
         ":memory:",
-        config={"memory_limit": f"{max(memory_limit, 64 << 20) // (1 << 20)}MB", "threads": threads},
+        config={
+            "memory_limit": f"{max(memory_limit, 64 << 20) // (1 << 20)}MB",
+            "threads": threads,
+        },
     )
     con.execute("SET TimeZone = 'UTC'")
     return con

@@ -30,7 +30,12 @@ class QueryResult:
     truncated: bool
 
     def to_json(self) -> dict[str, Any]:
-        return {"columns": self.columns, "types": self.types, "rows": self.rows, "truncated": self.truncated}
+        return {
+            "columns": self.columns,
+            "types": self.types,
+            "rows": self.rows,
+            "truncated": self.truncated,
+        }
 
 
 def check_read_only(sql: str) -> None:
@@ -54,9 +59,7 @@ def check_read_only(sql: str) -> None:
         )
 
 
-def run_query(
-    partitions: PartitionSet, sql: str, max_rows: int, timeout_s: float
-) -> QueryResult:
+def run_query(partitions: PartitionSet, sql: str, max_rows: int, timeout_s: float) -> QueryResult:
     """Run one read-only statement on its own cursor; interrupt it after ``timeout_s``."""
     import duckdb
 

@@ -149,7 +149,9 @@ def migrate(con: duckdb.DuckDBPyConnection, schema: str) -> list[int]:
         f"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations "
         "(version INTEGER PRIMARY KEY, description VARCHAR, applied_at TIMESTAMP)"
     )
-    done = {row[0] for row in con.execute(f"SELECT version FROM {schema}.schema_migrations").fetchall()}
+    done = {
+        row[0] for row in con.execute(f"SELECT version FROM {schema}.schema_migrations").fetchall()
+    }
     ran = []
     for version, description, apply in MIGRATIONS:
         if version in done:
@@ -224,7 +226,14 @@ _ARROW: dict[str, pa.Schema] | None = None
 def _build_arrow_schemas() -> dict[str, pa.Schema]:
     import pyarrow as pa
 
-    s, u32, i32, i64, u64, f64 = pa.string(), pa.uint32(), pa.int32(), pa.int64(), pa.uint64(), pa.float64()
+    s, u32, i32, i64, u64, f64 = (
+        pa.string(),
+        pa.uint32(),
+        pa.int32(),
+        pa.int64(),
+        pa.uint64(),
+        pa.float64(),
+    )
     ts = pa.timestamp("ns")
     origin = [
         ("service_name", s),

@@ -163,7 +163,9 @@ class Writer:
                 self._finish(group, e)
                 return
             # One bad batch must not fail the others: commit them one by one.
-            log.warning("group commit of %d batches failed (%s); retrying one by one", len(group), e)
+            log.warning(
+                "group commit of %d batches failed (%s); retrying one by one", len(group), e
+            )
             for pending in group:
                 self._commit_group([pending])
             return
@@ -198,7 +200,9 @@ class Writer:
                 combined = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
                 cur.register("_ophion_batch", combined)
                 try:
-                    cur.execute(f"INSERT INTO {alias}.main.{name} BY NAME SELECT * FROM _ophion_batch")
+                    cur.execute(
+                        f"INSERT INTO {alias}.main.{name} BY NAME SELECT * FROM _ophion_batch"
+                    )
                 finally:
                     cur.unregister("_ophion_batch")
             cur.execute("COMMIT")
