@@ -1,0 +1,442 @@
+"""Acknowledged means stored: through SIGKILL, under backpressure and across a graceful stop.
+
+The promise checked here is the one clients build on (design notes, sections 3 and 5): a request
+is answered with success only once its data is committed, an overloaded daemon answers with a
+retryable error (HTTP 503 + Retry-After, gRPC UNAVAILABLE) instead of dropping data, and the
+real SDK exporters, which retry those answers, end up getting everything in.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from conftest import RunningDaemon
+
+SERVICE = "durability-test"
+PROTOBUF = "application/x-protobuf"
+
+_span_numbers = itertools.count(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches of spans with known ids
+
+
+@dataclass
+class Batch:
+    """One export request: its protobuf body and the span ids (lowercase hex) it carries."""
+
+    body: bytes
+    span_ids: list[str]
+
+
+def make_batch(size: int, name: str = "load") -> Batch:
+    """A request of ``size`` spans with unique ids, a few attributes each (a typical span)."""
+    now = time.time_ns()
+    spans = []
+    for _ in range(size):
+        n = next(_span_numbers)
+        spans.append(
+            trace_pb2.Span(
+                trace_id=(n // 10 + 1).to_bytes(16, "big"),
+                span_id=(0xD0 << 56 | n).to_bytes(8, "big"),
+                name=name,
+                kind=trace_pb2.Span.SPAN_KIND_SERVER,
+                start_time_unix_nano=now,
+                end_time_unix_nano=now + 2_000_000,
+                attributes=[
+                    common_pb2.KeyValue(key="http.route", value=common_pb2.AnyValue(string_value="/items")),
+                    common_pb2.KeyValue(key="http.response.status_code", value=common_pb2.AnyValue(int_value=200)),
+                ],
+            )
+        )
+    resource = resource_pb2.Resource(
+        attributes=[common_pb2.KeyValue(key="service.name", value=common_pb2.AnyValue(string_value=SERVICE))]
+    )
+    request = trace_service_pb2.ExportTraceServiceRequest(
+        resource_spans=[trace_pb2.ResourceSpans(resource=resource, scope_spans=[trace_pb2.ScopeSpans(spans=spans)])]
+    )
+    return Batch(request.SerializeToString(), [s.span_id.hex() for s in spans])
+
+
+def sdk_spans(count: int, name: str) -> Sequence[ReadableSpan]:
+    """Finished spans made by the real SDK, ready for an exporter's ``export``."""
+    recorder = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE}))
+    provider.add_span_processor(SimpleSpanProcessor(recorder))
+    tracer = provider.get_tracer("ophion.tests")
+    for i in range(count):
+        with tracer.start_as_current_span(f"{name}-{i}"):
+            pass
+    spans = recorder.get_finished_spans()
+    provider.shutdown()
+    return spans
+
+
+def span_ids_of(spans: Sequence[ReadableSpan]) -> list[str]:
+    return [format(s.context.span_id, "016x") for s in spans if s.context is not None]
+
+
+def http_exporter(daemon: RunningDaemon, timeout: float = 10) -> SpanExporter:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=daemon.http_url("/v1/traces"), timeout=timeout)
+
+
+def grpc_exporter(daemon: RunningDaemon, timeout: float = 10) -> SpanExporter:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=daemon.grpc_endpoint, insecure=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw clients: one request, the answer as the client sees it
+
+
+@dataclass
+class HttpAnswer:
+    status: int
+    retry_after: str | None
+
+
+def post_http(daemon: RunningDaemon, batch: Batch, timeout: float = 60) -> HttpAnswer:
+    """POST one protobuf batch on a fresh connection; connection errors propagate."""
+    host, port = daemon.listen["http"].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("POST", "/v1/traces", body=batch.body, headers={"Content-Type": PROTOBUF})
+        response = conn.getresponse()
+        response.read()
+        return HttpAnswer(response.status, response.headers.get("Retry-After"))
+    finally:
+        conn.close()
+
+
+def export_grpc(stub: Any, batch: Batch, timeout: float = 60) -> None:
+    """Export one batch through the generated stub; grpc.RpcError when not acknowledged."""
+    request = trace_service_pb2.ExportTraceServiceRequest.FromString(batch.body)
+    response = stub.Export(request, timeout=timeout)
+    assert not response.HasField("partial_success"), response.partial_success
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the store
+
+
+def stored_span_ids(daemon: RunningDaemon) -> list[str]:
+    """Every stored span id, duplicates kept (a duplicate is a bug too)."""
+    return [row["span_id"] for row in daemon.sql("SELECT span_id FROM spans")]
+
+
+def assert_all_stored(daemon: RunningDaemon, acknowledged: set[str], sent: set[str] | None = None) -> None:
+    """Every acknowledged span is stored exactly once; nothing is stored that was not sent."""
+    stored = stored_span_ids(daemon)
+    assert len(stored) == len(set(stored)), "some spans are stored twice"
+    missing = acknowledged - set(stored)
+    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged spans are not stored"
+    if sent is not None:
+        assert set(stored) <= sent
+
+
+@dataclass
+class LoadRecord:
+    """What concurrent senders sent and what was acknowledged, shared between threads."""
+
+    sent: set[str] = field(default_factory=set)
+    acknowledged: set[str] = field(default_factory=set)
+    answers: list[HttpAnswer] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, batch: Batch, acknowledged: bool, answer: HttpAnswer | None = None) -> None:
+        with self.lock:
+            self.sent.update(batch.span_ids)
+            if acknowledged:
+                self.acknowledged.update(batch.span_ids)
+            if answer is not None:
+                self.answers.append(answer)
+
+
+class SenderThreads:
+    """Threads running client loops; an error in any of them fails the test on :meth:`join`."""
+
+    def __init__(self, targets: Sequence[Callable[[], None]]) -> None:
+        self.errors: list[BaseException] = []
+        self.threads = [threading.Thread(target=self._guarded(t)) for t in targets]
+
+    def _guarded(self, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as e:  # noqa: BLE001 - handed to the test thread by join()
+                self.errors.append(e)
+
+        return run
+
+    def start(self) -> SenderThreads:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def join(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(deadline - time.monotonic(), 0))
+            assert not thread.is_alive(), f"a sender thread was still running after {timeout}s"
+        if self.errors:
+            raise self.errors[0]
+
+
+def run_threads(targets: Sequence[Callable[[], None]], timeout: float = 300) -> None:
+    """Run the targets in threads, wait for all, and re-raise the first error of any."""
+    SenderThreads(targets).start().join(timeout)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGKILL
+
+
+@pytest.mark.slow
+def test_acknowledged_spans_survive_sigkill(daemon_factory: Any) -> None:
+    daemon = daemon_factory()
+    acknowledged: set[str] = set()
+    exporters = [http_exporter(daemon), grpc_exporter(daemon)]
+    try:
+        for i in range(50):
+            spans = sdk_spans(200, f"before-kill-{i}")
+            assert exporters[i % 2].export(spans) == SpanExportResult.SUCCESS
+            acknowledged.update(span_ids_of(spans))
+    finally:
+        for exporter in exporters:
+            exporter.shutdown()
+    assert len(acknowledged) == 50 * 200
+
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    restarted = daemon_factory(home=daemon.home)
+    assert sorted(stored_span_ids(restarted)) == sorted(acknowledged)
+
+
+def http_sender_until_refused(daemon: RunningDaemon, load: LoadRecord, stop: threading.Event) -> Callable[[], None]:
+    """A client posting 500-span batches until ``stop`` is set or the daemon is gone."""
+
+    def run() -> None:
+        while not stop.is_set():
+            batch = make_batch(500)
+            try:
+                answer = post_http(daemon, batch)
+            except (OSError, http.client.HTTPException):
+                load.record(batch, acknowledged=False)
+                return
+            load.record(batch, acknowledged=answer.status == 200, answer=answer)
+
+    return run
+
+
+def grpc_sender_until_refused(daemon: RunningDaemon, load: LoadRecord, stop: threading.Event) -> Callable[[], None]:
+    """A client exporting 500-span batches over gRPC until ``stop`` is set or it is refused."""
+
+    def run() -> None:
+        with grpc.insecure_channel(daemon.grpc_endpoint) as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            while not stop.is_set():
+                batch = make_batch(500)
+                try:
+                    export_grpc(stub, batch)
+                except grpc.RpcError as e:
+                    load.record(batch, acknowledged=False)
+                    # A going daemon is a retryable condition; anything else would make clients drop data.
+                    assert e.code() == grpc.StatusCode.UNAVAILABLE, (e.code(), e.details())
+                    return
+                load.record(batch, acknowledged=True)
+
+    return run
+
+
+def mixed_load(daemon: RunningDaemon, load: LoadRecord, stop: threading.Event) -> SenderThreads:
+    """Two OTLP/HTTP and two OTLP/gRPC clients sending at once."""
+    return SenderThreads(
+        [
+            http_sender_until_refused(daemon, load, stop),
+            http_sender_until_refused(daemon, load, stop),
+            grpc_sender_until_refused(daemon, load, stop),
+            grpc_sender_until_refused(daemon, load, stop),
+        ]
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_mid_load_loses_no_acknowledged_span(daemon_factory: Any) -> None:
+    daemon = daemon_factory()
+    load, stop = LoadRecord(), threading.Event()
+    senders = mixed_load(daemon, load, stop).start()
+    wait_for(lambda: len(load.acknowledged) >= 20 * 500, 120, "20 acknowledged requests")
+
+    daemon.stop(signal.SIGKILL)
+    stop.set()
+    senders.join(120)
+    assert {a.status for a in load.answers} <= {200, 503}
+
+    restarted = daemon_factory(home=daemon.home)
+    assert_all_stored(restarted, load.acknowledged, load.sent)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backpressure
+
+
+@pytest.mark.slow
+def test_full_queue_answers_503_and_stores_every_acknowledged_span(daemon_factory: Any) -> None:
+    daemon = daemon_factory("--queue-size", "1")
+    load = LoadRecord()
+    threads, requests, spans = 8, 10, 2000
+    plans = [[make_batch(spans) for _ in range(requests)] for _ in range(threads)]
+
+    def sender(batches: list[Batch]) -> Callable[[], None]:
+        def run() -> None:
+            for batch in batches:
+                answer = post_http(daemon, batch)
+                load.record(batch, acknowledged=answer.status == 200, answer=answer)
+
+        return run
+
+    run_threads([sender(batches) for batches in plans])
+
+    statuses = [a.status for a in load.answers]
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
+    refused = [a for a in load.answers if a.status == 503]
+    assert refused, "a queue of one record never refused a request: backpressure is not working"
+    assert all(a.retry_after is not None and a.retry_after.isdigit() for a in refused)
+    assert statuses.count(200) > 0
+    # Exactly what was acknowledged: a refused request must not be stored, or a retry duplicates it.
+    assert sorted(stored_span_ids(daemon)) == sorted(load.acknowledged)
+    counters = daemon.status()["signals"]["traces"]
+    assert counters["refused"] == len(refused) * spans
+    assert counters["stored"] == len(load.acknowledged)
+
+
+def export_in_rounds(
+    make_exporter: Callable[[], SpanExporter], exporters: int, rounds: int, spans: int, name: str
+) -> set[str]:
+    """``rounds`` times, ``exporters`` SDK exporters each export one batch at the same moment.
+
+    One export per exporter per round keeps the test deterministic: each refusal an exporter
+    meets is caused by another exporter's request that is being committed, so with fewer
+    exporters than the SDK's 6 attempts every export gets in within its retries.
+    """
+    assert exporters < 6
+    sent: set[str] = set()
+    pool = [make_exporter() for _ in range(exporters)]
+    try:
+        for round_number in range(rounds):
+            batches = [sdk_spans(spans, f"{name}-{round_number}-{i}") for i in range(exporters)]
+            start = threading.Barrier(exporters)
+            results: list[SpanExportResult] = []
+
+            def export(exporter: SpanExporter, batch: Sequence[ReadableSpan]) -> Callable[[], None]:
+                def run() -> None:
+                    start.wait()
+                    results.append(exporter.export(batch))
+
+                return run
+
+            run_threads([export(e, b) for e, b in zip(pool, batches, strict=True)])
+            assert results == [SpanExportResult.SUCCESS] * exporters
+            for batch in batches:
+                sent.update(span_ids_of(batch))
+    finally:
+        for exporter in pool:
+            exporter.shutdown()
+    return sent
+
+
+@pytest.mark.slow
+def test_sdk_http_exporter_retries_503_until_everything_is_stored(daemon_factory: Any) -> None:
+    daemon = daemon_factory("--queue-size", "1")
+    sent = export_in_rounds(lambda: http_exporter(daemon, timeout=60), 5, 3, 1000, "sdk-http")
+    assert daemon.status()["signals"]["traces"]["refused"] > 0, "no export was ever refused"
+    assert sorted(stored_span_ids(daemon)) == sorted(sent)
+
+
+@pytest.mark.slow
+def test_sdk_grpc_exporter_retries_unavailable_until_everything_is_stored(daemon_factory: Any) -> None:
+    daemon = daemon_factory("--queue-size", "1")
+    sent = export_in_rounds(lambda: grpc_exporter(daemon, timeout=60), 4, 2, 1000, "sdk-grpc")
+    assert daemon.status()["signals"]["traces"]["refused"] > 0, "no export was ever refused"
+    assert sorted(stored_span_ids(daemon)) == sorted(sent)
+
+
+# ---------------------------------------------------------------------------------------------
+# Graceful stop
+
+
+def stored_in_stop_summary(log: str) -> int:
+    match = re.search(r"stopped cleanly; traces: (\d+) stored", log)
+    assert match, f"no 'stopped cleanly' line in the log:\n{log[-2000:]}"
+    return int(match.group(1))
+
+
+@pytest.mark.slow
+def test_sigterm_under_load_stores_every_acknowledged_request(daemon_factory: Any) -> None:
+    daemon = daemon_factory()
+    load, stop = LoadRecord(), threading.Event()
+    senders = mixed_load(daemon, load, stop).start()
+    wait_for(lambda: len(load.acknowledged) >= 10 * 500, 120, "10 acknowledged requests")
+
+    # The senders keep going until the daemon refuses them: SIGTERM lands with requests in flight.
+    assert daemon.stop(signal.SIGTERM, timeout=60) == 0
+    senders.join(120)
+    assert {a.status for a in load.answers} <= {200, 503}
+    summary = stored_in_stop_summary(daemon.log())
+
+    restarted = daemon_factory(home=daemon.home)
+    assert_all_stored(restarted, load.acknowledged, load.sent)
+    assert len(stored_span_ids(restarted)) == summary
+
+
+def test_sigterm_does_not_wait_for_idle_keep_alive_connections(daemon_factory: Any) -> None:
+    """An app whose SDK exporter keeps its HTTP connection open must not hold up a stop."""
+    daemon = daemon_factory()
+    exporter = http_exporter(daemon)
+    try:
+        spans = sdk_spans(10, "keep-alive")
+        assert exporter.export(spans) == SpanExportResult.SUCCESS
+        started = time.monotonic()
+        daemon.process.send_signal(signal.SIGTERM)
+        try:
+            code = daemon.process.wait(25)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                "ophiond took more than 25s to stop after SIGTERM while an OTLP/HTTP client held "
+                "an idle keep-alive connection"
+            )
+        assert time.monotonic() - started < 10, f"stop took {time.monotonic() - started:.1f}s"
+        assert code == 0
+        assert stored_in_stop_summary(daemon.log()) == 10
+    finally:
+        exporter.shutdown()
