@@ -115,3 +115,19 @@ def test_a_receiver_can_be_turned_off(daemon_factory: Any, listener: str) -> Non
     daemon = daemon_factory(f"--{listener}-listen", "off")
     assert daemon.listen[listener] is None
     assert daemon.status()["listen"][listener] is None
+
+
+def test_listens_on_ipv6_loopback(daemon_factory: Any) -> None:
+    import urllib.request
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    daemon = daemon_factory("--grpc-listen", "[::1]:0", "--http-listen", "[::1]:0")
+    assert daemon.listen["http"].startswith("[::1]:") and daemon.listen["grpc"].startswith("[::1]:")
+    request = urllib.request.Request(
+        daemon.http_url("/v1/traces"),
+        data=ExportTraceServiceRequest().SerializeToString(),
+        headers={"Content-Type": "application/x-protobuf"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200

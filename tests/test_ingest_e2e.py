@@ -26,17 +26,23 @@ from opentelemetry.exporter.otlp.json.http._log_exporter import OTLPLogExporter 
 from opentelemetry.exporter.otlp.json.http.metric_exporter import (
     OTLPMetricExporter as JsonMetricExporter,
 )
-from opentelemetry.exporter.otlp.json.http.trace_exporter import OTLPSpanExporter as JsonSpanExporter
+from opentelemetry.exporter.otlp.json.http.trace_exporter import (
+    OTLPSpanExporter as JsonSpanExporter,
+)
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
     OTLPMetricExporter as GrpcMetricExporter,
 )
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+    OTLPSpanExporter as GrpcSpanExporter,
+)
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
     OTLPMetricExporter as HttpMetricExporter,
 )
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+    OTLPSpanExporter as HttpSpanExporter,
+)
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler, ReadableLogRecord
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
@@ -243,7 +249,9 @@ def send_checkout_trace(exporter: SpanExporter) -> None:
             kind=SpanKind.CLIENT,
             attributes={"db.system.name": "postgresql", "db.operation.name": "SELECT"},
         ) as client:
-            client.add_event("rows fetched", {"db.response.returned_rows": 3, "db.cache_hit": False})
+            client.add_event(
+                "rows fetched", {"db.response.returned_rows": 3, "db.cache_hit": False}
+            )
             with http.start_as_current_span(INTERNAL, kind=SpanKind.INTERNAL) as internal:
                 try:
                     raise ValueError("negative price: -4.5")
@@ -255,7 +263,9 @@ def send_checkout_trace(exporter: SpanExporter) -> None:
             message = producer.get_span_context()
     # The consumer handles the message later, in a trace of its own that links back to it.
     link = Link(message, {"messaging.message.id": "m-42", "messaging.batch.index": 0})
-    with http.start_as_current_span(CONSUMER, context=Context(), kind=SpanKind.CONSUMER, links=[link]):
+    with http.start_as_current_span(
+        CONSUMER, context=Context(), kind=SpanKind.CONSUMER, links=[link]
+    ):
         pass
     provider.force_flush()
     provider.shutdown()
@@ -376,7 +386,12 @@ def test_span_resource_and_scope(stored_trace: StoredTrace) -> None:
         assert row["resource_attributes"]["host.cpu.count"] == 8
         assert row["resource_schema_url"] == SCHEMA_URL, name
     scopes = {
-        name: (row["scope_name"], row["scope_version"], row["scope_attributes"], row["scope_schema_url"])
+        name: (
+            row["scope_name"],
+            row["scope_version"],
+            row["scope_attributes"],
+            row["scope_schema_url"],
+        )
         for name, row in stored_trace.rows.items()
     }
     http_scope = ("checkout.http", "1.2.3", {"library.mode": "e2e"}, SCHEMA_URL)
@@ -503,7 +518,9 @@ def stored_logs(daemon: RunningDaemon, transport: Transport) -> StoredLogs:
     assert len(rows) == len(sent) == 4
     # The observed time is a time_ns() reading per record: it pairs each row with its record.
     by_observed = {row["observed_time_unix_nano"]: row for row in rows}
-    return StoredLogs(daemon, span, [(r, by_observed[r.log_record.observed_timestamp]) for r in sent])
+    return StoredLogs(
+        daemon, span, [(r, by_observed[r.log_record.observed_timestamp]) for r in sent]
+    )
 
 
 def test_logs_from_python_logging_keep_severity_body_trace_and_attributes(
@@ -574,7 +591,11 @@ def test_structured_log_bodies_are_stored_as_json(stored_logs: StoredLogs) -> No
 # Metrics
 
 COUNTER, UP_DOWN, HISTOGRAM = "checkout.orders", "checkout.in_flight", "checkout.latency"
-GAUGE, OBSERVABLE_GAUGE, EXPONENTIAL = "checkout.queue.depth", "checkout.cpu.utilization", "checkout.payload.size"
+GAUGE, OBSERVABLE_GAUGE, EXPONENTIAL = (
+    "checkout.queue.depth",
+    "checkout.cpu.utilization",
+    "checkout.payload.size",
+)
 
 
 def cpu_utilization(options: CallbackOptions) -> Iterable[Observation]:
@@ -596,7 +617,9 @@ def send_metrics(exporter: MetricExporter) -> SpanContext:
     orders.add(4, {"payment.method": "card"})
     orders.add(1, {"payment.method": "cash"})
 
-    in_flight = meter.create_up_down_counter(UP_DOWN, unit="{request}", description="Requests in progress")
+    in_flight = meter.create_up_down_counter(
+        UP_DOWN, unit="{request}", description="Requests in progress"
+    )
     in_flight.add(5)
     in_flight.add(-8)
 
@@ -642,13 +665,19 @@ class StoredMetrics:
         rows = {json.dumps(row["attributes"], sort_keys=True): row for row in self.rows[name]}
         sent = self.sent[name].data.data_points
         assert len(rows) == len(self.rows[name]) == len(sent), name
-        return [(point, rows[json.dumps(as_json(point.attributes), sort_keys=True)]) for point in sent]
+        return [
+            (point, rows[json.dumps(as_json(point.attributes), sort_keys=True)]) for point in sent
+        ]
 
     def check_common(self, name: str, metric_type: str, unit: str, description: str) -> None:
         """What every point of ``name`` shares: names, type, clock readings, origin."""
         for point, row in self.points(name):
             assert row["metric_name"] == name
-            assert (row["metric_type"], row["unit"], row["description"]) == (metric_type, unit, description)
+            assert (row["metric_type"], row["unit"], row["description"]) == (
+                metric_type,
+                unit,
+                description,
+            )
             assert row["time_unix_nano"] == point.time_unix_nano, name
             assert row["start_time_unix_nano"] == (point.start_time_unix_nano or None), name
             assert_timestamp(row["timestamp"], point.time_unix_nano)
@@ -747,4 +776,3 @@ def test_exponential_histogram(stored_metrics: StoredMetrics) -> None:
     assert row["negative_offset"] == point.negative.offset
     assert row["negative_bucket_counts"] == list(point.negative.bucket_counts)
     assert row["explicit_bounds"] is None and row["bucket_counts"] is None
-

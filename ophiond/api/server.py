@@ -81,7 +81,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+    daemon_threads = False  # stop() waits for queries in flight (bounded by sql_timeout)
+    block_on_close = True
     routes: dict[tuple[str, str], Route]
 
 

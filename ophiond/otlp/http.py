@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import zlib
 from http import HTTPStatus
@@ -152,6 +153,8 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _Reply(
                     HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "bad Content-Length", True
                 ) from None
+            if length < 0:
+                raise _Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "bad Content-Length", True)
             if length > limit:
                 self._discard(length)
                 raise self._too_large(limit)
@@ -256,15 +259,17 @@ class _Server(ThreadingHTTPServer):
     slots: threading.BoundedSemaphore
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class HttpReceiver:
     """The OTLP/HTTP server on its own thread; :attr:`address` is the bound address."""
 
     def __init__(self, ingest: Ingest, listen: ListenAddress, max_request_size: int) -> None:
-        import socket
-
-        _Server.address_family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+        server_class = _Server6 if ":" in listen.host else _Server
         try:
-            self.server = _Server((listen.host, listen.port), _Handler)
+            self.server = server_class((listen.host, listen.port), _Handler)
         except OSError as e:
             raise OphionError(
                 f"cannot listen for OTLP/HTTP on {listen}: {e.strerror or e}",

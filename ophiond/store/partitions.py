@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import re
 import threading
 from dataclasses import dataclass
@@ -218,20 +217,14 @@ class PartitionSet:
         return removed
 
     def close(self) -> None:
+        import duckdb
+
         with self.lock:
             for partition in self.partitions:
                 try:
                     if not self.read_only:
                         self.con.execute(f"CHECKPOINT {partition.alias}")
-                except Exception as e:  # noqa: BLE001 - closing must go on for the other files
+                except duckdb.Error as e:  # closing must go on for the other files
                     log.warning("checkpoint of %s failed: %s", partition.path.name, e)
             self.con.close()
 
-
-def fsync_dir(path: Path) -> None:
-    """Make a file creation or deletion in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
