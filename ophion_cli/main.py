@@ -25,6 +25,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ophiond import __version__
+
+        typer.echo(f"ophion {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Observability for this host: query what ophiond stored, manage the daemon."""
+
+
 daemon_app = typer.Typer(
     help="Run, start, stop and install the ophiond daemon.", no_args_is_help=True
 )

@@ -155,7 +155,7 @@ def recorded(exporter: ExporterT) -> tuple[ExporterT, Exports]:
         exports.results.append(result)
         return result
 
-    exporter.export = export  # type: ignore[method-assign]
+    exporter.export = export  # type: ignore[method-assign,assignment]
     return exporter, exports
 
 
@@ -406,7 +406,7 @@ def test_span_resource_and_scope(stored_trace: StoredTrace) -> None:
 
 def test_span_events_and_recorded_exception(stored_trace: StoredTrace) -> None:
     events = stored_trace.daemon.sql("SELECT * FROM span_events ORDER BY time_unix_nano")
-    expected = [
+    expected: list[dict[str, Any]] = [
         {
             "trace_id": hex_trace_id(span.context.trace_id),
             "span_id": hex_span_id(span.context.span_id),
