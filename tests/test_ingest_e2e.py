@@ -8,6 +8,7 @@ the SDK handed to the OTLP exporter, which every test records on the way (see :f
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
@@ -18,10 +19,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+import grpc
 import pytest
 from opentelemetry import trace
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.common.http import Compression as HttpCompression
 from opentelemetry.exporter.otlp.json.http._log_exporter import OTLPLogExporter as JsonLogExporter
 from opentelemetry.exporter.otlp.json.http.metric_exporter import (
     OTLPMetricExporter as JsonMetricExporter,
@@ -94,15 +97,20 @@ RESOURCE = Resource.create(
 # Exporters, one per signal and transport
 
 
-def span_exporter(daemon: RunningDaemon, transport: Transport) -> SpanExporter:
+def span_exporter(daemon: RunningDaemon, transport: Transport, gzip: bool = False) -> SpanExporter:
     """The SDK's OTLP span exporter for ``transport``, aimed at ``daemon``."""
     if transport == "grpc":
         return GrpcSpanExporter(
-            endpoint=f"http://{daemon.grpc_endpoint}", insecure=True, timeout=EXPORT_TIMEOUT_S
+            endpoint=f"http://{daemon.grpc_endpoint}",
+            insecure=True,
+            timeout=EXPORT_TIMEOUT_S,
+            compression=grpc.Compression.Gzip if gzip else None,
         )
+    compression = HttpCompression.GZIP if gzip else None
+    url = daemon.http_url("/v1/traces")
     if transport == "http/protobuf":
-        return HttpSpanExporter(endpoint=daemon.http_url("/v1/traces"), timeout=EXPORT_TIMEOUT_S)
-    return JsonSpanExporter(endpoint=daemon.http_url("/v1/traces"), timeout=EXPORT_TIMEOUT_S)
+        return HttpSpanExporter(endpoint=url, timeout=EXPORT_TIMEOUT_S, compression=compression)
+    return JsonSpanExporter(endpoint=url, timeout=EXPORT_TIMEOUT_S, compression=compression)
 
 
 def log_exporter(daemon: RunningDaemon, transport: Transport) -> LogRecordExporter:
@@ -220,6 +228,7 @@ TYPED_ATTRIBUTES: dict[str, Any] = {
     "app.quantities": [1, 2, 3],
     "app.prices": [9.99, 0.5],
     "app.checks": [True, False],
+    "app.note": "naïve café ✓ 注文",
 }
 
 SERVER, CLIENT, INTERNAL = "GET /orders/{id}", "SELECT orders", "price order"
@@ -316,6 +325,13 @@ def test_span_tree_ids_and_clocks_are_exact(stored_trace: StoredTrace) -> None:
     assert rows[CONSUMER]["parent_span_id"] is None
     assert rows[CONSUMER]["trace_id"] != request_trace
     assert rows[SERVER]["duration_ns"] > rows[CLIENT]["duration_ns"] > rows[INTERNAL]["duration_ns"]
+
+    # The documented way to ask for recent spans finds them all (times are UTC, like now()).
+    recent = stored_trace.daemon.sql(
+        "SELECT count(*) AS n FROM spans WHERE start_time > now() - INTERVAL 1 HOUR "
+        "AND end_time <= now()"
+    )
+    assert recent == [{"n": len(sent)}]
 
 
 def test_span_kind_status_flags_and_trace_state(stored_trace: StoredTrace) -> None:
@@ -452,8 +468,36 @@ def test_span_links(stored_trace: StoredTrace) -> None:
     ]
 
 
+def test_gzip_compressed_spans_are_stored(daemon: RunningDaemon, transport: Transport) -> None:
+    """OTEL_EXPORTER_OTLP_COMPRESSION=gzip, which many deployments turn on, changes nothing."""
+    exporter, exports = recorded(span_exporter(daemon, transport, gzip=True))
+    provider = TracerProvider(resource=RESOURCE)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    with provider.get_tracer("checkout.http").start_as_current_span(
+        "GET /health", attributes={"http.route": "/health", "app.note": "naïve ✓"}
+    ):
+        pass
+    provider.shutdown()
+    exports.check_delivered(daemon)
+    [span] = [span for batch in exports.batches for span in batch]
+    rows = daemon.sql("SELECT trace_id, span_id, name, http_route, attributes FROM spans")
+    assert rows == [
+        {
+            "trace_id": hex_trace_id(span.context.trace_id),
+            "span_id": hex_span_id(span.context.span_id),
+            "name": "GET /health",
+            "http_route": "/health",
+            "attributes": {"http.route": "/health", "app.note": "naïve ✓"},
+        }
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # Logs
+
+
+# A body can be any AnyValue, not only a string or a map.
+SCALAR_BODIES: list[Any] = [42, 2.5, True, b"\x00\xffraw", ["refund", 2, True]]
 
 
 def send_logs(exporter: LogRecordExporter) -> SpanContext:
@@ -483,8 +527,10 @@ def send_logs(exporter: LogRecordExporter) -> SpanContext:
             except ConnectionError:
                 payments.exception("payment failed")
             payments.info({"event": "cart.updated", "items": 3, "total": 42.5, "tags": ["gift"]})
-    finally:
+    finally:  # loggers are process-wide: leave this one as other tests expect to find it
         payments.removeHandler(handler)
+        payments.setLevel(logging.NOTSET)
+        payments.propagate = True
     audit = provider.get_logger("checkout.audit", "2.0.0")
     # No timestamp on purpose: ophiond must then show the observed time.
     audit.emit(
@@ -494,6 +540,8 @@ def send_logs(exporter: LogRecordExporter) -> SpanContext:
         event_name="checkout.refund",
         attributes={"refund.amount": 12.5},
     )
+    for body in SCALAR_BODIES:
+        audit.emit(body=body, severity_number=SeverityNumber.DEBUG)
     provider.force_flush()
     provider.shutdown()
     return span.get_span_context()
@@ -515,9 +563,10 @@ def stored_logs(daemon: RunningDaemon, transport: Transport) -> StoredLogs:
     exports.check_delivered(daemon)
     sent: list[ReadableLogRecord] = [record for batch in exports.batches for record in batch]
     rows = daemon.sql("SELECT * FROM logs")
-    assert len(rows) == len(sent) == 4
+    assert len(rows) == len(sent) == 4 + len(SCALAR_BODIES)
     # The observed time is a time_ns() reading per record: it pairs each row with its record.
     by_observed = {row["observed_time_unix_nano"]: row for row in rows}
+    assert len(by_observed) == len(rows)
     return StoredLogs(
         daemon, span, [(r, by_observed[r.log_record.observed_timestamp]) for r in sent]
     )
@@ -562,7 +611,7 @@ def test_logs_from_python_logging_keep_severity_body_trace_and_attributes(
 
 
 def test_structured_log_bodies_are_stored_as_json(stored_logs: StoredLogs) -> None:
-    (_, logged_dict), (audit, audit_row) = stored_logs.pairs[2:]
+    (_, logged_dict), (audit, audit_row) = stored_logs.pairs[2:4]
 
     assert (logged_dict["severity_number"], logged_dict["severity_text"]) == (9, "INFO")
     assert logged_dict["body_type"] == "kvlist"
@@ -776,3 +825,16 @@ def test_exponential_histogram(stored_metrics: StoredMetrics) -> None:
     assert row["negative_offset"] == point.negative.offset
     assert row["negative_bucket_counts"] == list(point.negative.bucket_counts)
     assert row["explicit_bounds"] is None and row["bucket_counts"] is None
+
+
+def test_log_bodies_of_other_types_keep_their_type(stored_logs: StoredLogs) -> None:
+    shown = [(row["body_type"], json.loads(row["body"])) for _, row in stored_logs.pairs[4:]]
+    assert shown == [
+        ("int", 42),
+        ("double", 2.5),
+        ("bool", True),
+        ("bytes", base64.b64encode(b"\x00\xffraw").decode()),
+        ("array", ["refund", 2, True]),
+    ]
+    for _, row in stored_logs.pairs[4:]:
+        assert (row["severity_number"], row["severity_text"]) == (5, None)  # DEBUG, no text
