@@ -76,10 +76,29 @@ class _Handler(BaseHTTPRequestHandler):
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s", self.client_address[0], format % args)
 
+    # Connections are tracked so that a stop can close the idle keep-alive ones at once instead
+    # of waiting for their clients (SDK exporters keep theirs open for the life of the app).
+    busy = False
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self, add=True)
+
+    def finish(self) -> None:
+        self.server.track(self, add=False)
+        super().finish()
+
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"use POST\n", "text/plain", {"Allow": "POST"})
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        self.busy = True
+        try:
+            self._post()
+        finally:
+            self.busy = False
+
+    def _post(self) -> None:
         as_json = False
         try:
             signal = _PATHS.get(self.path.split("?", 1)[0])
@@ -242,6 +261,9 @@ class _Handler(BaseHTTPRequestHandler):
         content_type: str,
         headers: dict[str, str] | None = None,
     ) -> None:
+        if self.server.stopping:
+            self.close_connection = True
+            headers = {**(headers or {}), "Connection": "close"}
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -257,6 +279,30 @@ class _Server(ThreadingHTTPServer):
     ingest: Ingest
     max_request_size: int
     slots: threading.BoundedSemaphore
+    stopping = False
+
+    def track(self, handler: _Handler, add: bool) -> None:
+        with self._connections_lock:
+            if add:
+                self._connections.add(handler)
+            else:
+                self._connections.discard(handler)
+
+    def close_idle_connections(self) -> None:
+        """Stop: end idle keep-alive connections; busy ones close after their answer."""
+        self.stopping = True
+        with self._connections_lock:
+            idle = [h for h in self._connections if not h.busy]
+        for handler in idle:
+            try:
+                handler.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # the client closed it meanwhile
+
+    def server_activate(self) -> None:
+        self._connections: set[_Handler] = set()
+        self._connections_lock = threading.Lock()
+        super().server_activate()
 
 
 class _Server6(_Server):
@@ -291,4 +337,5 @@ class HttpReceiver:
         """Stop accepting; wait for requests in flight."""
         self.server.shutdown()
         self._thread.join()
+        self.server.close_idle_connections()
         self.server.server_close()
