@@ -118,6 +118,11 @@ class Daemon:
         lock = StateDirLock(paths.lock_file)
         lock.acquire()
         started: list[Any] = []
+        # Threads inherit the signal mask of the thread that creates them: with SIGTERM and
+        # SIGINT blocked while the parts start, every thread (ours, grpc's, DuckDB's) blocks
+        # them, and the kernel delivers them to the main thread, which wakes at once.
+        stop_signals = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         try:
             paths.data_dir.mkdir(parents=True, exist_ok=True)
             self.telemetry = Telemetry()
@@ -156,8 +161,10 @@ class Daemon:
             log.info(
                 "ophiond %s ready (pid %d, data in %s)", __version__, os.getpid(), paths.data_dir
             )
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
             self._serve()
         finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
             sd_notify("STOPPING=1")
             self._shutdown(started)
             lock.release()
@@ -165,12 +172,18 @@ class Daemon:
 
     def _serve(self) -> None:
         watchdog = _watchdog_interval()
-        while not self._stop.wait(watchdog or 3600):
+        next_ping = time.monotonic()
+        # Short waits as well: a stop signal that reached another thread anyway runs its
+        # handler only when the main thread next wakes.
+        while not self._stop.wait(min(watchdog or 1.0, 1.0)):
+            if not watchdog or time.monotonic() < next_ping:
+                continue
+            next_ping = time.monotonic() + watchdog
             # Pet the watchdog only while the writer makes progress: a stuck writer means
             # requests hang, and systemd should restart us.
-            if watchdog and self.writer.is_healthy():
+            if self.writer.is_healthy():
                 sd_notify("WATCHDOG=1")
-            elif watchdog:
+            else:
                 log.error("writer is stalled; withholding the watchdog ping")
 
     def _shutdown(self, started: list[Any]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+from conftest import RunningDaemon
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -31,8 +32,6 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-from conftest import RunningDaemon
 
 SERVICE = "bad-input-test"
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -72,23 +71,27 @@ def make_span(
         trace_id=new_trace_id() if trace_id is None else trace_id,
         span_id=new_span_id() if span_id is None else span_id,
         name=name,
-        kind=kind,  # type: ignore[arg-type]  # proto3 enums are open: any int is sent as is
+        kind=kind,  # proto3 enums are open: any number is sent as is
         start_time_unix_nano=start,
         end_time_unix_nano=start + 1_000_000 if end_ns is None else end_ns,
-        status=trace_pb2.Status(code=status_code),  # type: ignore[arg-type]
+        status=trace_pb2.Status(code=status_code),
     )
 
 
 def _resource() -> resource_pb2.Resource:
     return resource_pb2.Resource(
-        attributes=[common_pb2.KeyValue(key="service.name", value=common_pb2.AnyValue(string_value=SERVICE))]
+        attributes=[
+            common_pb2.KeyValue(key="service.name", value=common_pb2.AnyValue(string_value=SERVICE))
+        ]
     )
 
 
 def traces_request(*spans: trace_pb2.Span) -> trace_service_pb2.ExportTraceServiceRequest:
     return trace_service_pb2.ExportTraceServiceRequest(
         resource_spans=[
-            trace_pb2.ResourceSpans(resource=_resource(), scope_spans=[trace_pb2.ScopeSpans(spans=spans)])
+            trace_pb2.ResourceSpans(
+                resource=_resource(), scope_spans=[trace_pb2.ScopeSpans(spans=spans)]
+            )
         ]
     )
 
@@ -96,7 +99,9 @@ def traces_request(*spans: trace_pb2.Span) -> trace_service_pb2.ExportTraceServi
 def logs_request(*records: logs_pb2.LogRecord) -> logs_service_pb2.ExportLogsServiceRequest:
     return logs_service_pb2.ExportLogsServiceRequest(
         resource_logs=[
-            logs_pb2.ResourceLogs(resource=_resource(), scope_logs=[logs_pb2.ScopeLogs(log_records=records)])
+            logs_pb2.ResourceLogs(
+                resource=_resource(), scope_logs=[logs_pb2.ScopeLogs(log_records=records)]
+            )
         ]
     )
 
@@ -199,11 +204,13 @@ def assert_still_serving(daemon: RunningDaemon, headers: dict[str, str] | None =
     assert stored_span_ids(daemon, span.span_id) == {span.span_id.hex()}
 
 
-def assert_grpc_still_serving(channel: grpc.Channel) -> None:
+def assert_grpc_still_serving(daemon: RunningDaemon, channel: grpc.Channel) -> None:
+    """A good OTLP/gRPC export right after the bad one is answered OK and stored."""
     span = make_span("after-bad-grpc-input")
     stub = trace_service_pb2_grpc.TraceServiceStub(channel)
     response = stub.Export(traces_request(span), timeout=30)
     assert not response.HasField("partial_success")
+    assert stored_span_ids(daemon, span.span_id) == {span.span_id.hex()}
 
 
 def good_body() -> bytes:
@@ -268,7 +275,9 @@ def test_http_json_trace_id_not_hex_is_400(daemon: RunningDaemon) -> None:
     assert reply.status == 400
     document_reply = reply.json()
     assert document_reply["code"] == INVALID_ARGUMENT
-    assert "traceId" in document_reply["message"] and "not a hex string" in document_reply["message"]
+    assert (
+        "traceId" in document_reply["message"] and "not a hex string" in document_reply["message"]
+    )
     assert daemon.sql("SELECT count(*) AS n FROM spans WHERE name = 'bad-hex'") == [{"n": 0}]
     assert_still_serving(daemon)
 
@@ -350,7 +359,9 @@ def test_http_invalid_gzip_is_400(daemon: RunningDaemon) -> None:
 
 def test_http_truncated_gzip_is_400(daemon: RunningDaemon) -> None:
     compressed = gzip.compress(good_body())
-    reply = send_http(daemon, compressed[: len(compressed) // 2], headers={"Content-Encoding": "gzip"})
+    reply = send_http(
+        daemon, compressed[: len(compressed) // 2], headers={"Content-Encoding": "gzip"}
+    )
     assert reply.status == 400
     assert "gzip" in reply.rpc_status().message
     assert_still_serving(daemon)
@@ -377,7 +388,9 @@ def test_http_bad_ids_are_rejected_one_by_one(daemon: RunningDaemon) -> None:
     assert_still_serving(daemon)
 
 
-def test_grpc_bad_ids_are_rejected_one_by_one(daemon: RunningDaemon, grpc_channel: grpc.Channel) -> None:
+def test_grpc_bad_ids_are_rejected_one_by_one(
+    daemon: RunningDaemon, grpc_channel: grpc.Channel
+) -> None:
     good = make_span("grpc-partial-good")
     short_trace = make_span("grpc-partial-short-trace", trace_id=b"\x01\x02\x03\x04")
     short_span = make_span("grpc-partial-short-span", span_id=b"\x01\x02\x03\x04\x05")
@@ -390,10 +403,12 @@ def test_grpc_bad_ids_are_rejected_one_by_one(daemon: RunningDaemon, grpc_channe
     assert "span_id is 5 bytes, not 8" in response.partial_success.error_message
     names = daemon.sql("SELECT name FROM spans WHERE name LIKE 'grpc-partial-%'")
     assert names == [{"name": "grpc-partial-good"}]
-    assert_grpc_still_serving(grpc_channel)
+    assert_grpc_still_serving(daemon, grpc_channel)
 
 
-def test_logs_with_short_trace_id_are_rejected(daemon: RunningDaemon, grpc_channel: grpc.Channel) -> None:
+def test_logs_with_short_trace_id_are_rejected(
+    daemon: RunningDaemon, grpc_channel: grpc.Channel
+) -> None:
     request = logs_request(log_record("log-good"), log_record("log-bad", trace_id=b"\xaa\xbb\xcc"))
 
     stub = logs_service_pb2_grpc.LogsServiceStub(grpc_channel)
@@ -455,13 +470,17 @@ def test_timestamp_past_int64_rejects_that_span(daemon: RunningDaemon) -> None:
 # OTLP/gRPC
 
 
-def test_grpc_random_bytes_is_invalid_argument(daemon: RunningDaemon, grpc_channel: grpc.Channel) -> None:
-    export_raw = grpc_channel.unary_unary(TRACE_EXPORT, request_serializer=None, response_deserializer=None)
+def test_grpc_random_bytes_is_invalid_argument(
+    daemon: RunningDaemon, grpc_channel: grpc.Channel
+) -> None:
+    export_raw = grpc_channel.unary_unary(
+        TRACE_EXPORT, request_serializer=None, response_deserializer=None
+    )
     with pytest.raises(grpc.RpcError) as caught:
         export_raw(random.Random(20240611).randbytes(4096), timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "malformed protobuf" in (caught.value.details() or "")
-    assert_grpc_still_serving(grpc_channel)
+    assert_grpc_still_serving(daemon, grpc_channel)
     assert_still_serving(daemon)
 
 
@@ -474,7 +493,7 @@ def test_grpc_message_over_max_request_size_is_resource_exhausted(daemon_factory
         with pytest.raises(grpc.RpcError) as caught:
             stub.Export(traces_request(huge), timeout=30)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert_grpc_still_serving(channel)
+        assert_grpc_still_serving(daemon, channel)
     assert daemon.sql("SELECT count(*) AS n FROM spans WHERE name = 'huge'") == [{"n": 0}]
 
 
@@ -504,7 +523,9 @@ def keyed_daemon(daemon_factory: Any) -> RunningDaemon:
     [{}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}],
     ids=["none", "wrong-key", "no-bearer-scheme"],
 )
-def test_http_without_the_ingest_key_is_401(keyed_daemon: RunningDaemon, headers: dict[str, str]) -> None:
+def test_http_without_the_ingest_key_is_401(
+    keyed_daemon: RunningDaemon, headers: dict[str, str]
+) -> None:
     span = make_span("unauthorized")
     reply = send_http(keyed_daemon, traces_request(span).SerializeToString(), headers=headers)
     assert reply.status == 401
@@ -525,23 +546,33 @@ def test_grpc_ingest_key(keyed_daemon: RunningDaemon) -> None:
             stub.Export(traces_request(refused), timeout=30)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.RpcError) as caught:
-            stub.Export(traces_request(refused), timeout=30, metadata=[("authorization", "Bearer wrong")])
+            stub.Export(
+                traces_request(refused), timeout=30, metadata=[("authorization", "Bearer wrong")]
+            )
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        stub.Export(traces_request(accepted), timeout=30, metadata=[("authorization", f"Bearer {KEY}")])
+        stub.Export(
+            traces_request(accepted), timeout=30, metadata=[("authorization", f"Bearer {KEY}")]
+        )
     stored = stored_span_ids(keyed_daemon, refused.span_id, accepted.span_id)
     assert stored == {accepted.span_id.hex()}
 
 
 def test_sdk_exporters_send_the_ingest_key(keyed_daemon: RunningDaemon) -> None:
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+        OTLPSpanExporter as GrpcExporter,
+    )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpExporter,
+    )
 
     http_spans, grpc_spans = sdk_spans(5, "sdk-http-keyed"), sdk_spans(5, "sdk-grpc-keyed")
     http_exporter = HttpExporter(
         endpoint=keyed_daemon.http_url("/v1/traces"), headers={"authorization": f"Bearer {KEY}"}
     )
     grpc_exporter = GrpcExporter(
-        endpoint=keyed_daemon.grpc_endpoint, insecure=True, headers={"authorization": f"Bearer {KEY}"}
+        endpoint=keyed_daemon.grpc_endpoint,
+        insecure=True,
+        headers={"authorization": f"Bearer {KEY}"},
     )
     try:
         assert http_exporter.export(http_spans) == SpanExportResult.SUCCESS

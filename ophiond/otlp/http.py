@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import socket
 import threading
 import zlib
@@ -29,7 +30,9 @@ _PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
 _JSON_TYPE = "application/json"
 # gRPC status codes used in the google.rpc.Status bodies.
 _INVALID_ARGUMENT, _RESOURCE_EXHAUSTED, _INTERNAL, _UNAVAILABLE, _UNAUTHENTICATED = 3, 8, 13, 14, 16
-_RETRY_AFTER_S = 1
+# Retry-After is spread over a few seconds: SDKs that honour it would otherwise all come back
+# at the same instant and find the queue full again.
+_RETRY_AFTER_S = (1, 3)
 # Requests decoded at once; beyond this the receiver answers 503 instead of piling up memory.
 _MAX_CONCURRENT = 64
 # A rejected oversized body is read and discarded up to this many times the limit, so the
@@ -247,7 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, reply: _Reply, as_json: bool) -> None:
         headers = {}
         if reply.status == HTTPStatus.SERVICE_UNAVAILABLE:
-            headers["Retry-After"] = str(_RETRY_AFTER_S)
+            headers["Retry-After"] = str(random.randint(*_RETRY_AFTER_S))
         if reply.close:
             headers["Connection"] = "close"
             self.close_connection = True

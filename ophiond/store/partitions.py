@@ -227,4 +227,3 @@ class PartitionSet:
                 except duckdb.Error as e:  # closing must go on for the other files
                     log.warning("checkpoint of %s failed: %s", partition.path.name, e)
             self.con.close()
-
