@@ -143,11 +143,15 @@ class Writer:
                 group = list(self._queue)
                 self._queue.clear()
                 stopping = self._stopping
+            due = time.monotonic() >= next_housekeeping and not stopping
             if group:
                 self._commit_group(group)
             self.last_progress = time.monotonic()
-            if time.monotonic() >= next_housekeeping and not stopping:
-                self._housekeeping()
+            if group or due:
+                # Roll-over is checked after every commit (two stat calls), so a partition
+                # never grows far past its share of the budget; retention runs on its interval.
+                self._housekeeping(retention=due)
+            if due:
                 next_housekeeping = time.monotonic() + self.housekeeping_interval
             if stopping and not group:
                 with self._cond:
@@ -213,12 +217,13 @@ class Writer:
                 pass  # the failed statement may already have ended the transaction
             raise StoreError(f"cannot write to {self.partitions.current.path.name}: {e}") from e
 
-    def _housekeeping(self) -> None:
+    def _housekeeping(self, retention: bool) -> None:
         import duckdb
 
         now = self.clock()
         try:
             self.partitions.roll_over_if_due(now, self.disk_budget)
-            self.partitions.apply_retention(now, self.max_age_s, self.disk_budget)
+            if retention:
+                self.partitions.apply_retention(now, self.max_age_s, self.disk_budget)
         except (duckdb.Error, OSError, StoreError) as e:
             log.error("housekeeping failed, will retry: %s", e)
