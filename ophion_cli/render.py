@@ -17,45 +17,28 @@ def note(text: str) -> None:
     _out.print(text)
 
 
+# (label, key) of the per-signal counters, in the order people read them.
+_COUNTERS = (
+    ("requests", "requests"),
+    ("received", "received"),
+    ("stored", "stored"),
+    ("rejected", "rejected"),
+    ("refused", "refused"),
+    ("failed", "failed"),
+    ("invalid requests", "invalid_requests"),
+)
+
+
 def status(doc: dict[str, Any]) -> None:
-    listen = doc["listen"]
     storage = doc["storage"]
     queue = doc["queue"]
-    _out.print(
-        f"[bold green]ophiond {doc['version']}[/] running, pid {doc['pid']}, "
-        f"up {human_duration(doc['uptime_s'])}"
-    )
-    _out.print(f"  OTLP/gRPC  {listen['grpc'] or 'off'}")
-    _out.print(f"  OTLP/HTTP  {listen['http'] or 'off'}")
-    _out.print(f"  API        {listen['api']}")
+    daemon_summary(doc)
     table = Table(box=None, pad_edge=False, header_style="bold")
     table.add_column("signal")
-    for column in (
-        "requests",
-        "received",
-        "stored",
-        "rejected",
-        "refused",
-        "failed",
-        "invalid requests",
-    ):
-        table.add_column(column, justify="right")
+    for label, _key in _COUNTERS:
+        table.add_column(label, justify="right")
     for name, counts in doc["signals"].items():
-        table.add_row(
-            name,
-            *(
-                f"{counts[key]:,}"
-                for key in (
-                    "requests",
-                    "received",
-                    "stored",
-                    "rejected",
-                    "refused",
-                    "failed",
-                    "invalid_requests",
-                )
-            ),
-        )
+        table.add_row(name, *(f"{counts[key]:,}" for _label, key in _COUNTERS))
     _out.print()
     _out.print(table)
     _out.print()
@@ -100,9 +83,11 @@ def started(running: Any, paths: Any) -> None:
 
 
 def daemon_summary(summary: dict[str, Any]) -> None:
+    """The first lines of ``ophion status`` and all of ``ophion daemon status``."""
     listen = summary["listen"]
     _out.print(
-        f"ophiond {summary['version']} running, pid {summary['pid']}, up {human_duration(summary['uptime_s'])}"
+        f"[bold green]ophiond {summary['version']}[/] running, pid {summary['pid']}, "
+        f"up {human_duration(summary['uptime_s'])}"
     )
     _out.print(f"  OTLP/gRPC  {listen['grpc'] or 'off'}")
     _out.print(f"  OTLP/HTTP  {listen['http'] or 'off'}")

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,25 @@ def start_daemon(
             raise RuntimeError(f"ophiond did not start in {timeout}s:\n{daemon.log()}")
         time.sleep(0.05)
     return daemon
+
+
+def make_sdk_spans(count: int, name: str, service: str) -> Sequence[Any]:
+    """Finished spans made by the real SDK, ready for an exporter's ``export``."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    recorder = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(SimpleSpanProcessor(recorder))
+    tracer = provider.get_tracer("ophion.tests")
+    for i in range(count):
+        with tracer.start_as_current_span(f"{name}-{i}"):
+            pass
+    spans = recorder.get_finished_spans()
+    provider.shutdown()
+    return spans
 
 
 @pytest.fixture

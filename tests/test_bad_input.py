@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import RunningDaemon
+from conftest import RunningDaemon, make_sdk_spans
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -28,10 +28,8 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 SERVICE = "bad-input-test"
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -114,20 +112,6 @@ def log_record(body: str, trace_id: bytes = b"") -> logs_pb2.LogRecord:
         body=common_pb2.AnyValue(string_value=body),
         trace_id=trace_id,
     )
-
-
-def sdk_spans(count: int, name: str) -> Sequence[ReadableSpan]:
-    """Finished spans made by the real SDK, ready for an exporter's ``export``."""
-    recorder = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE}))
-    provider.add_span_processor(SimpleSpanProcessor(recorder))
-    tracer = provider.get_tracer("ophion.tests")
-    for i in range(count):
-        with tracer.start_as_current_span(f"{name}-{i}"):
-            pass
-    spans = recorder.get_finished_spans()
-    provider.shutdown()
-    return spans
 
 
 def span_hex(span: ReadableSpan) -> str:
@@ -565,7 +549,7 @@ def test_sdk_exporters_send_the_ingest_key(keyed_daemon: RunningDaemon) -> None:
         OTLPSpanExporter as HttpExporter,
     )
 
-    http_spans, grpc_spans = sdk_spans(5, "sdk-http-keyed"), sdk_spans(5, "sdk-grpc-keyed")
+    http_spans, grpc_spans = _sdk_spans(5, "sdk-http-keyed"), _sdk_spans(5, "sdk-grpc-keyed")
     http_exporter = HttpExporter(
         endpoint=keyed_daemon.http_url("/v1/traces"), headers={"authorization": f"Bearer {KEY}"}
     )
@@ -582,3 +566,7 @@ def test_sdk_exporters_send_the_ingest_key(keyed_daemon: RunningDaemon) -> None:
         grpc_exporter.shutdown()
     rows = keyed_daemon.sql("SELECT span_id FROM spans WHERE name LIKE 'sdk-%-keyed-%'")
     assert {row["span_id"] for row in rows} == {span_hex(s) for s in [*http_spans, *grpc_spans]}
+
+
+def _sdk_spans(count: int, name: str) -> Sequence[ReadableSpan]:
+    return make_sdk_spans(count, name, SERVICE)

@@ -22,15 +22,13 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import RunningDaemon
+from conftest import RunningDaemon, make_sdk_spans
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 SERVICE = "durability-test"
 PROTOBUF = "application/x-protobuf"
@@ -100,20 +98,6 @@ def make_batch(size: int, name: str = "load") -> Batch:
         ]
     )
     return Batch(request.SerializeToString(), [s.span_id.hex() for s in spans])
-
-
-def sdk_spans(count: int, name: str) -> Sequence[ReadableSpan]:
-    """Finished spans made by the real SDK, ready for an exporter's ``export``."""
-    recorder = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE}))
-    provider.add_span_processor(SimpleSpanProcessor(recorder))
-    tracer = provider.get_tracer("ophion.tests")
-    for i in range(count):
-        with tracer.start_as_current_span(f"{name}-{i}"):
-            pass
-    spans = recorder.get_finished_spans()
-    provider.shutdown()
-    return spans
 
 
 def span_ids_of(spans: Sequence[ReadableSpan]) -> list[str]:
@@ -259,7 +243,7 @@ def test_acknowledged_spans_survive_sigkill(daemon_factory: Any) -> None:
     exporters = [http_exporter(daemon), grpc_exporter(daemon)]
     try:
         for i in range(50):
-            spans = sdk_spans(200, f"before-kill-{i}")
+            spans = _sdk_spans(200, f"before-kill-{i}")
             assert exporters[i % 2].export(spans) == SpanExportResult.SUCCESS
             acknowledged.update(span_ids_of(spans))
     finally:
@@ -410,7 +394,7 @@ def export_in_rounds(
     pool = [make_exporter() for _ in range(exporters)]
     try:
         for round_number in range(rounds):
-            batches = [sdk_spans(spans, f"{name}-{round_number}-{i}") for i in range(exporters)]
+            batches = [_sdk_spans(spans, f"{name}-{round_number}-{i}") for i in range(exporters)]
             assert export_together(pool, batches) == [SpanExportResult.SUCCESS] * exporters
             for batch in batches:
                 sent.update(span_ids_of(batch))
@@ -482,7 +466,7 @@ def test_sigterm_does_not_wait_for_idle_keep_alive_connections(daemon_factory: A
     daemon = daemon_factory()
     exporter = http_exporter(daemon)
     try:
-        spans = sdk_spans(10, "keep-alive")
+        spans = _sdk_spans(10, "keep-alive")
         assert exporter.export(spans) == SpanExportResult.SUCCESS
         daemon.process.send_signal(signal.SIGTERM)
         code = wait_for_exit(
@@ -527,3 +511,7 @@ def blocks_sigterm(pid: int, tid: int) -> bool:
             if line.startswith("SigBlk:"):
                 return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
     raise AssertionError(f"no SigBlk in /proc/{pid}/task/{tid}/status")
+
+
+def _sdk_spans(count: int, name: str) -> Sequence[ReadableSpan]:
+    return make_sdk_spans(count, name, SERVICE)
