@@ -25,9 +25,7 @@ from ophiond import __version__
 from ophiond.config import ValidSettings, load_settings
 from ophiond.errors import OphionError
 
-log = logging.getLogger("ophiond")
-
-_STOP_GRACE_S = 30.0
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,7 +124,9 @@ class Daemon:
         try:
             paths.data_dir.mkdir(parents=True, exist_ok=True)
             self.telemetry = Telemetry()
-            self.partitions = PartitionSet(connect(settings.memory_limit), paths.data_dir)
+            self.partitions = PartitionSet(
+                connect(settings.memory_limit, paths.data_dir), paths.data_dir
+            )
             self.partitions.open()
             self.writer = Writer(
                 self.partitions,
@@ -187,16 +187,11 @@ class Daemon:
                 log.error("writer is stalled; withholding the watchdog ping")
 
     def _shutdown(self, started: list[Any]) -> None:
-        from ophiond.otlp.grpc import GrpcReceiver
-
         # Receivers first (in-flight requests finish: they wait for their commit), then the
         # writer drains what is queued, then the store closes.
         for part in reversed(started):
             try:
-                if isinstance(part, GrpcReceiver):
-                    part.stop(_STOP_GRACE_S)
-                else:
-                    part.stop()
+                part.stop()
             except OSError as e:
                 log.warning("stopping %s: %s", type(part).__name__, e)
         if hasattr(self, "writer"):
@@ -213,14 +208,17 @@ class Daemon:
 
     def _write_state_files(self) -> None:
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
-        listen = {
+        listen = {**self._listen(), "pid": os.getpid()}
+        _atomic_write(self.paths.listen_file, json.dumps(listen, indent=2) + "\n")
+        _atomic_write(self.paths.pid_file, f"{os.getpid()}\n")
+
+    def _listen(self) -> dict[str, str | None]:
+        """The addresses actually listened on (ports of 0 resolved)."""
+        return {
             "grpc": str(self.grpc.address) if self.grpc else None,
             "http": str(self.http.address) if self.http else None,
             "api": str(self.paths.api_socket),
-            "pid": os.getpid(),
         }
-        _atomic_write(self.paths.listen_file, json.dumps(listen, indent=2) + "\n")
-        _atomic_write(self.paths.pid_file, f"{os.getpid()}\n")
 
     # -- API ---------------------------------------------------------------------------------
 
@@ -234,11 +232,7 @@ class Daemon:
             "pid": os.getpid(),
             "started_at": dt.datetime.fromtimestamp(self.started_at, dt.UTC).isoformat(),
             "uptime_s": round(time.time() - self.started_at, 3),
-            "listen": {
-                "grpc": str(self.grpc.address) if self.grpc else None,
-                "http": str(self.http.address) if self.http else None,
-                "api": str(self.paths.api_socket),
-            },
+            "listen": self._listen(),
             "signals": self.telemetry.snapshot(),
             "queue": {"depth": self.writer.depth, "capacity": self.settings.queue_size},
             "storage": {
@@ -344,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ophiond: {e.message}" + (f" ({e.hint})" if e.hint else ""), file=sys.stderr)
         return 2
     _setup_logging(settings.log_level)
+    # Stored telemetry, the socket and the state files are for the daemon's user alone.
+    os.umask(0o077)
     daemon = Daemon(settings)
     signal.signal(signal.SIGTERM, daemon.request_stop)
     signal.signal(signal.SIGINT, daemon.request_stop)

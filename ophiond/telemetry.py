@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 from ophiond.otlp.decode import Signal
@@ -21,7 +20,6 @@ class Telemetry:
     """
 
     def __init__(self) -> None:
-        self.started_at = time.time()
         self._lock = threading.Lock()
         self._counts: dict[Signal, dict[str, int]] = {
             s: dict.fromkeys(_COUNTERS, 0) | {"invalid_requests": 0} for s in Signal

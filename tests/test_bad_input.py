@@ -570,3 +570,68 @@ def test_sdk_exporters_send_the_ingest_key(keyed_daemon: RunningDaemon) -> None:
 
 def _sdk_spans(count: int, name: str) -> Sequence[ReadableSpan]:
     return make_sdk_spans(count, name, SERVICE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunked bodies and gzip members
+
+
+def _raw_http(daemon: RunningDaemon, head: bytes, body_parts: list[bytes]) -> bytes:
+    """Send a hand-written request on a raw socket and return the start of the answer."""
+    import socket
+
+    host, port = daemon.listen["http"].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head)
+        for part in body_parts:
+            try:
+                sock.sendall(part)
+            except OSError:
+                break  # the daemon answered and closed before the body ended
+        return sock.recv(65536)
+
+
+_CHUNKED_HEAD = (
+    b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+
+
+def test_http_chunked_body_is_stored(daemon: RunningDaemon) -> None:
+    span = make_span("chunked")
+    body = traces_request(span).SerializeToString()
+    half = len(body) // 2
+    chunks = [b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:half], body[half:])]
+    answer = _raw_http(daemon, _CHUNKED_HEAD, [*chunks, b"0\r\n\r\n"])
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert stored_span_ids(daemon, span.span_id) == {span.span_id.hex()}
+
+
+def test_http_negative_chunk_size_is_400_and_reads_nothing_more(daemon: RunningDaemon) -> None:
+    before = peak_rss_bytes(daemon.process.pid)
+    answer = _raw_http(daemon, _CHUNKED_HEAD + b"-1\r\n", [b"\0" * (1 << 20)] * 100)
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b"bad chunked encoding" in answer
+    assert peak_rss_bytes(daemon.process.pid) - before < 50 << 20
+    assert_still_serving(daemon)
+
+
+def test_http_gzip_with_several_members_is_stored_whole(daemon: RunningDaemon) -> None:
+    first, second = make_span("member-1"), make_span("member-2")
+    # Protobuf messages concatenate: two members hold one request with both spans.
+    body = gzip.compress(traces_request(first).SerializeToString()) + gzip.compress(
+        traces_request(second).SerializeToString()
+    )
+    reply = send_http(daemon, body, headers={"Content-Encoding": "gzip"})
+    assert reply.status == 200
+    assert stored_span_ids(daemon, first.span_id, second.span_id) == {
+        first.span_id.hex(),
+        second.span_id.hex(),
+    }
+
+
+def test_http_bearer_scheme_is_case_insensitive(keyed_daemon: RunningDaemon) -> None:
+    assert (
+        send_http(keyed_daemon, good_body(), headers={"Authorization": "bearer secret"}).status
+        == 200
+    )

@@ -131,3 +131,23 @@ def test_listens_on_ipv6_loopback(daemon_factory: Any) -> None:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
+
+
+def test_an_idle_api_client_does_not_hold_up_a_stop(daemon: Any) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
+        idle.connect(str(daemon.home / "state" / "api.sock"))
+        idle.sendall(b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200")  # now idle on a keep-alive connection
+        started = time.monotonic()
+        assert daemon.stop(timeout=20) == 0
+        assert time.monotonic() - started < 10
+
+
+def test_data_and_state_are_private_to_the_daemon_user(daemon: Any) -> None:
+    import stat
+
+    for path in (daemon.home / "data", daemon.home / "state"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    for path in (daemon.home / "data").glob("*.duckdb"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((daemon.home / "state" / "api.sock").stat().st_mode) == 0o600

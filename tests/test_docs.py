@@ -14,7 +14,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 def test_every_view_column_is_in_sql_md(tmp_path: Path) -> None:
     doc = (DOCS / "sql.md").read_text()
-    partitions = PartitionSet(connect(128 << 20), tmp_path)
+    partitions = PartitionSet(connect(128 << 20, tmp_path), tmp_path)
     partitions.open()
     for view in TABLES:
         assert f"### `{view}`" in doc

@@ -40,7 +40,7 @@ def _trace_request(n: int, service: str = "checkout", payload: str = "") -> obje
 
 
 def _open(data_dir: Path, now: dt.datetime = T0) -> PartitionSet:
-    partitions = PartitionSet(connect(256 << 20), data_dir)
+    partitions = PartitionSet(connect(256 << 20, data_dir), data_dir)
     partitions.open(now)
     return partitions
 
@@ -113,8 +113,8 @@ def test_an_oversized_batch_is_taken_when_the_queue_is_empty(tmp_path: Path) -> 
 
 def test_a_new_day_starts_a_new_partition(tmp_path: Path) -> None:
     partitions = _open(tmp_path)
-    assert partitions.roll_over_if_due(T0 + dt.timedelta(hours=1), 10**12) is None
-    new = partitions.roll_over_if_due(T0 + dt.timedelta(days=1), 10**12)
+    assert partitions.roll_over_if_due(T0 + dt.timedelta(hours=1), 10**12, 30 * 86400) is None
+    new = partitions.roll_over_if_due(T0 + dt.timedelta(days=1), 10**12, 30 * 86400)
     assert new is not None and new.opened_at.date() == (T0 + dt.timedelta(days=1)).date()
     assert [p.path.name for p in list_partitions(tmp_path)] == [
         "20261120T100000Z.duckdb",
@@ -126,7 +126,7 @@ def test_a_new_day_starts_a_new_partition(tmp_path: Path) -> None:
 def test_age_retention_deletes_partitions_whose_data_is_all_too_old(tmp_path: Path) -> None:
     partitions = _open(tmp_path)
     for day in (1, 2, 3):
-        partitions.roll_over_if_due(T0 + dt.timedelta(days=day), 10**12)
+        partitions.roll_over_if_due(T0 + dt.timedelta(days=day), 10**12, 30 * 86400)
     names = [p.path.name for p in partitions.partitions]
     # At T0+3d with a 36h limit: the T0 partition ended at T0+1d (gone), the T0+1d one ended at
     # T0+2d, only 24h ago (kept).
@@ -147,7 +147,7 @@ def test_disk_budget_rolls_over_and_deletes_oldest_first(tmp_path: Path) -> None
     for i in range(40):
         writer.submit(decode_traces(_trace_request(2000, payload=f"{i}-" + "x" * 200))).wait()
         now += dt.timedelta(seconds=1)
-        partitions.roll_over_if_due(now, budget)
+        partitions.roll_over_if_due(now, budget, 30 * 86400)
         partitions.apply_retention(now, 30 * 86400, budget)
     writer.stop()
     assert len(partitions.partitions) > 1
@@ -200,4 +200,67 @@ def test_sql_refuses_writes_and_times_out(tmp_path: Path) -> None:
         run_query(partitions, "SELECT count(*) FROM range(100000000000) a", 10, 0.3)
     result = run_query(partitions, "SELECT * FROM range(5) r(x)", 3, 5)
     assert result.rows == [[0], [1], [2]] and result.truncated
+    partitions.close()
+
+
+def test_partitions_span_at_most_an_eighth_of_the_retention_age(tmp_path: Path) -> None:
+    partitions = _open(tmp_path)
+    max_age = 8 * 3600  # so a partition spans at most one hour
+    assert partitions.roll_over_if_due(T0 + dt.timedelta(minutes=59), 10**12, max_age) is None
+    assert partitions.roll_over_if_due(T0 + dt.timedelta(minutes=60), 10**12, max_age) is not None
+    partitions.close()
+
+
+def test_partitions_opened_in_the_same_second_keep_their_order(tmp_path: Path) -> None:
+    partitions = _open(tmp_path)
+    for i in range(11):
+        # A one-second retention age: every call below, within the same second, rolls over.
+        now = T0 + dt.timedelta(milliseconds=200 + 70 * i)
+        assert partitions.roll_over_if_due(now, 10**12, 1) is not None
+    created = [p.path.name for p in partitions.partitions]
+    partitions.close()
+    assert created[-1] == "20261120T100000Z-11.duckdb"
+    assert [p.path.name for p in list_partitions(tmp_path)] == created
+    reopened = _open(tmp_path)
+    assert reopened.current.path.name == "20261120T100000Z-11.duckdb"
+    reopened.close()
+
+
+@pytest.mark.parametrize(
+    ("statement", "refusal"),
+    [
+        ("EXPLAIN ANALYZE DELETE FROM spans", "only SELECT queries are allowed"),
+        ("EXPLAIN INSERT INTO spans (trace_id) VALUES ('x')", "only SELECT queries are allowed"),
+        ("SELECT * FROM read_text('/etc/hostname')", "Permission Error"),
+        ("SELECT * FROM read_csv('/etc/passwd')", "Permission Error"),
+    ],
+)
+def test_sql_cannot_write_or_reach_other_files(
+    tmp_path: Path, statement: str, refusal: str
+) -> None:
+    partitions = _open(tmp_path)
+    writer = _writer(partitions)
+    writer.start()
+    writer.submit(decode_traces(_trace_request(2))).wait()
+    writer.stop()
+    with pytest.raises(QueryError, match=refusal):
+        run_query(partitions, statement, 10, 5)
+    assert partitions.con.execute("SELECT count(*) FROM spans").fetchone() == (2,)
+    assert run_query(partitions, "EXPLAIN ANALYZE SELECT count(*) FROM spans", 10, 5).rows
+    partitions.close()
+
+
+def test_sql_errors_are_one_line_with_the_position_as_hint(tmp_path: Path) -> None:
+    partitions = _open(tmp_path)
+    with pytest.raises(QueryError) as err:
+        run_query(partitions, "SELECT nope FROM spans", 10, 5)
+    assert "\n" not in err.value.message and "nope" in err.value.message
+    assert err.value.hint is not None and "LINE 1" in err.value.hint
+    partitions.close()
+
+
+def test_time_zone_values_come_back(tmp_path: Path) -> None:
+    partitions = _open(tmp_path)
+    result = run_query(partitions, "SELECT TIMESTAMPTZ '2026-11-23 10:00:00+00' AS t", 10, 5)
+    assert result.rows == [["2026-11-23T10:00:00+00:00"]]
     partitions.close()

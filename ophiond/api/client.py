@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ophiond.config import SYSTEM_HOME, default_paths
+from ophiond.config import SYSTEM_HOME
 from ophiond.errors import ApiError, DaemonNotRunning, OphionError
 
 _START_HINT = "start it with: ophion daemon start   (or: systemctl start ophiond)"
@@ -47,7 +47,9 @@ def find_socket(api: str | None = None, env: Mapping[str, str] | None = None) ->
                 hint="pass the socket path, e.g. --api unix:/var/lib/ophion/state/api.sock",
             )
         return Path(chosen)
-    own = default_paths(env).api_socket
+    from ophiond.config import load_settings
+
+    own = load_settings(env=env).validate().paths.api_socket
     system = SYSTEM_HOME / "state" / "api.sock"
     if not own.exists() and not env.get("OPHION_HOME") and system.exists():
         return system

@@ -13,11 +13,11 @@ import socketserver
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from ophiond.errors import OphionError
+from ophiond.serving import TrackedHandler, TrackedServer
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,10 @@ _MAX_BODY = 1 << 20
 Route = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(TrackedHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ophiond"
+    timeout = 30  # an idle or stalled client does not hold a thread for ever
     server: _UnixServer
 
     def address_string(self) -> str:
@@ -42,7 +43,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("GET", {})
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
+            return
         if length > _MAX_BODY:
             self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "request too large"})
             return
@@ -80,7 +87,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class _UnixServer(TrackedServer, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = False  # stop() waits for queries in flight (bounded by sql_timeout)
     block_on_close = True
     routes: dict[tuple[str, str], Route]
@@ -93,11 +100,8 @@ class ApiServer:
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         if socket_path.exists() or socket_path.is_symlink():
             socket_path.unlink()  # a stale socket from a killed daemon; the lock file says it is ours
-        old_umask = os.umask(0o177)  # created 0600 from the start, no window with wider access
-        try:
-            self.server = _UnixServer(str(socket_path), _Handler)
-        finally:
-            os.umask(old_umask)
+        # ophiond runs with umask 077, so the socket is never open to others, even before this.
+        self.server = _UnixServer(str(socket_path), _Handler)
         os.chmod(socket_path, 0o600)
         self.server.routes = routes
         self.path = socket_path
@@ -112,7 +116,8 @@ class ApiServer:
     def stop(self) -> None:
         self.server.shutdown()
         self._thread.join()
-        self.server.server_close()
+        self.server.close_idle_connections()
+        self.server.server_close()  # waits for queries in flight, bounded by sql_timeout
         try:
             self.path.unlink()
         except FileNotFoundError:

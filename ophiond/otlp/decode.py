@@ -266,6 +266,7 @@ def _resource_columns(resource_message: Any, scope_message: Any) -> dict[str, An
         "scope_name": scope.name or None,
         "scope_version": scope.version or None,
         "scope_attributes": attributes_json(scope.attributes)[0],
+        "scope_dropped_attributes_count": scope.dropped_attributes_count,
         "scope_schema_url": scope_message.schema_url or None,
     }
 

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from ophiond.config import ListenAddress
-from ophiond.errors import StoreError
+from ophiond.errors import OphionError, StoreError
 from ophiond.otlp.decode import InvalidPayload, Signal, encode_response
 from ophiond.otlp.ingest import Ingest, QueueFull, WriterStopped
 
@@ -29,6 +29,8 @@ _SERVICES = {
 # with RESOURCE_EXHAUSTED. Workers mostly wait for the group commit, so there are several.
 _WORKERS = 16
 _MAX_CONCURRENT = 64
+# How long a stop waits for calls in flight; they only wait for a commit, so this is generous.
+_STOP_GRACE_S = 30.0
 
 
 def _handler(ingest: Ingest, signal: Signal) -> Any:
@@ -73,8 +75,6 @@ class GrpcReceiver:
         else:
             reason = "address in use or not available"
         if port == 0:
-            from ophiond.errors import OphionError
-
             raise OphionError(
                 f"cannot listen for OTLP/gRPC on {listen}: {reason}",
                 hint="another collector may hold the port; choose one with --grpc-listen",
@@ -85,6 +85,6 @@ class GrpcReceiver:
         self.server.start()
         log.info("OTLP/gRPC listening on %s", self.address)
 
-    def stop(self, grace: float) -> None:
+    def stop(self) -> None:
         """Refuse new calls; let running ones finish (they wait for their commit)."""
-        self.server.stop(grace).wait()
+        self.server.stop(_STOP_GRACE_S).wait()

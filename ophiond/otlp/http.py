@@ -11,17 +11,19 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import socket
 import threading
 import zlib
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from ophiond.config import ListenAddress
 from ophiond.errors import OphionError, StoreError
 from ophiond.otlp.decode import InvalidPayload, Signal, encode_response
 from ophiond.otlp.ingest import Ingest, QueueFull, WriterStopped
+from ophiond.serving import TrackedHandler, TrackedServer
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ _INVALID_ARGUMENT, _RESOURCE_EXHAUSTED, _INTERNAL, _UNAVAILABLE, _UNAUTHENTICATE
 # Retry-After is spread over a few seconds: SDKs that honour it would otherwise all come back
 # at the same instant and find the queue full again.
 _RETRY_AFTER_S = (1, 3)
+_HEX_RE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 # Requests decoded at once; beyond this the receiver answers 503 instead of piling up memory.
 _MAX_CONCURRENT = 64
 # A rejected oversized body is read and discarded up to this many times the limit, so the
@@ -69,7 +72,7 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(TrackedHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ophiond"
     timeout = 30  # a client that stalls mid-request does not hold a thread for ever
@@ -79,29 +82,10 @@ class _Handler(BaseHTTPRequestHandler):
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s", self.client_address[0], format % args)
 
-    # Connections are tracked so that a stop can close the idle keep-alive ones at once instead
-    # of waiting for their clients (SDK exporters keep theirs open for the life of the app).
-    busy = False
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self, add=True)
-
-    def finish(self) -> None:
-        self.server.track(self, add=False)
-        super().finish()
-
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"use POST\n", "text/plain", {"Allow": "POST"})
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
-        self.busy = True
-        try:
-            self._post()
-        finally:
-            self.busy = False
-
-    def _post(self) -> None:
         as_json = False
         try:
             signal = _PATHS.get(self.path.split("?", 1)[0])
@@ -123,13 +107,13 @@ class _Handler(BaseHTTPRequestHandler):
                     "use application/x-protobuf or application/json",
                     close=True,
                 )
-            body = self._read_body()
+            # The slot is taken before the body is read: it bounds the memory of bodies too.
             if not self.server.slots.acquire(blocking=False):
                 raise _Reply(
-                    HTTPStatus.SERVICE_UNAVAILABLE, _UNAVAILABLE, "too many requests at once"
+                    HTTPStatus.SERVICE_UNAVAILABLE, _UNAVAILABLE, "too many requests at once", True
                 )
             try:
-                batch = self.server.ingest.export(signal, body, as_json)
+                batch = self.server.ingest.export(signal, self._read_body(), as_json)
             finally:
                 self.server.slots.release()
             response = encode_response(signal, batch, as_json)
@@ -214,12 +198,12 @@ class _Handler(BaseHTTPRequestHandler):
         total = 0
         while True:
             line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
+            size_text = line.split(b";")[0].strip()
+            if not _HEX_RE.fullmatch(size_text):
                 raise _Reply(
                     HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "bad chunked encoding", True
-                ) from None
+                )
+            size = int(size_text, 16)
             if size == 0:
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                     pass  # trailers
@@ -227,23 +211,33 @@ class _Handler(BaseHTTPRequestHandler):
             total += size
             if total > limit:
                 raise self._too_large(limit)
-            parts.append(self.rfile.read(size))
+            chunk = self.rfile.read(size)
+            if len(chunk) != size:
+                raise _Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "truncated chunk", True)
+            parts.append(chunk)
             self.rfile.readline(16)
 
     def _gunzip(self, raw: bytes, limit: int) -> bytes:
         # Decompress with a ceiling so that a gzip bomb costs at most `limit` bytes of memory.
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            data = inflater.decompress(raw, limit + 1)
-        except zlib.error as e:
-            raise _Reply(
-                HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, f"invalid gzip body: {e}"
-            ) from None
-        if len(data) > limit or inflater.unconsumed_tail:
-            raise self._too_large(limit)
-        if not inflater.eof:
-            raise _Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "truncated gzip body")
-        return data
+        # A body may hold several gzip members one after the other; all are read.
+        out: list[bytes] = []
+        total = 0
+        while raw:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            try:
+                data = inflater.decompress(raw, limit + 1 - total)
+            except zlib.error as e:
+                raise _Reply(
+                    HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, f"invalid gzip body: {e}"
+                ) from None
+            total += len(data)
+            if total > limit or inflater.unconsumed_tail:
+                raise self._too_large(limit)
+            if not inflater.eof:
+                raise _Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "truncated gzip body")
+            out.append(data)
+            raw = inflater.unused_data
+        return b"".join(out)
 
     # -- answers -----------------------------------------------------------------------------
 
@@ -265,7 +259,6 @@ class _Handler(BaseHTTPRequestHandler):
         headers: dict[str, str] | None = None,
     ) -> None:
         if self.server.stopping:
-            self.close_connection = True
             headers = {**(headers or {}), "Connection": "close"}
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -276,36 +269,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(TrackedServer, ThreadingHTTPServer):
     daemon_threads = False  # stop() waits for requests in flight: they wait for their commit
     block_on_close = True
     ingest: Ingest
     max_request_size: int
     slots: threading.BoundedSemaphore
-    stopping = False
-
-    def track(self, handler: _Handler, add: bool) -> None:
-        with self._connections_lock:
-            if add:
-                self._connections.add(handler)
-            else:
-                self._connections.discard(handler)
-
-    def close_idle_connections(self) -> None:
-        """Stop: end idle keep-alive connections; busy ones close after their answer."""
-        self.stopping = True
-        with self._connections_lock:
-            idle = [h for h in self._connections if not h.busy]
-        for handler in idle:
-            try:
-                handler.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # the client closed it meanwhile
-
-    def server_activate(self) -> None:
-        self._connections: set[_Handler] = set()
-        self._connections_lock = threading.Lock()
-        super().server_activate()
 
 
 class _Server6(_Server):

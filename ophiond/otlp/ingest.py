@@ -31,9 +31,10 @@ class Ingest:
         """True when no ingest key is set, or ``authorization`` is ``Bearer <key>``."""
         if not self._key:
             return True
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, credentials = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer":  # auth schemes are case-insensitive (RFC 9110)
             return False
-        return hmac.compare_digest(authorization[len("Bearer ") :].strip().encode(), self._key)
+        return hmac.compare_digest(credentials.strip().encode(), self._key)
 
     def export(self, signal: Signal, body: bytes, as_json: bool) -> DecodedBatch:
         """Store one export request; return it once committed.

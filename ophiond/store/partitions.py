@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?\.duckdb$")
+# A partition spans at most a day, and at most this share of retention_max_age, so age
+# retention deletes data at most max_age * (1 + 1/8) old.
+_MAX_PARTITION_SPAN_S = 86400.0
+_PARTITIONS_PER_MAX_AGE = 8
 # A partition never grows past this share of the disk budget, so the budget is kept to ~1/8.
 _PARTITIONS_PER_BUDGET = 8
 _MIN_PARTITION_BYTES = 1 << 20
@@ -39,6 +43,7 @@ class Partition:
 
     path: Path
     opened_at: dt.datetime
+    sequence: int = 0  # orders partitions opened within the same second
 
     @property
     def alias(self) -> str:
@@ -65,8 +70,8 @@ def list_partitions(data_dir: Path) -> list[Partition]:
                 opened = dt.datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(
                     tzinfo=dt.UTC
                 )
-                found.append(Partition(path, opened))
-    return sorted(found, key=lambda p: p.path.name)
+                found.append(Partition(path, opened, int(match.group(2) or 0)))
+    return sorted(found, key=lambda p: (p.opened_at, p.sequence))
 
 
 def _new_partition_path(data_dir: Path, now: dt.datetime) -> Path:
@@ -79,8 +84,9 @@ def _new_partition_path(data_dir: Path, now: dt.datetime) -> Path:
     return path
 
 
-def connect(memory_limit: int, threads: int = 2) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB instance configured for ophion (UTC, bounded memory)."""
+def connect(memory_limit: int, data_dir: Path, threads: int = 2) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB instance for ophion: UTC, bounded memory, and no file access outside
+    ``data_dir``, so user SQL cannot read other files, write files or load extensions."""
     import duckdb
 
     con = duckdb.connect(
@@ -88,9 +94,15 @@ def connect(memory_limit: int, threads: int = 2) -> duckdb.DuckDBPyConnection:
         config={
             "memory_limit": f"{max(memory_limit, 64 << 20) // (1 << 20)}MB",
             "threads": threads,
+            "temp_directory": str(data_dir / ".tmp"),
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
         },
     )
     con.execute("SET TimeZone = 'UTC'")
+    allowed = str(data_dir.absolute()).replace("'", "''").rstrip("/") + "/"
+    con.execute(f"SET allowed_directories = ['{allowed}']")
+    con.execute("SET enable_external_access = false")  # cannot be turned back on
     return con
 
 
@@ -127,7 +139,10 @@ class PartitionSet:
                 except duckdb.Error as e:
                     raise StoreError(f"cannot open {partition.path}: {e}") from e
             if not self.read_only and not self.partitions:
-                self._create(now or dt.datetime.now(dt.UTC))
+                try:
+                    self._create(now or dt.datetime.now(dt.UTC))
+                except (duckdb.Error, OSError) as e:
+                    raise StoreError(f"cannot create a partition in {self.data_dir}: {e}") from e
             self._rebuild_views()
 
     def _attach(self, partition: Partition) -> None:
@@ -142,7 +157,10 @@ class PartitionSet:
 
     def _create(self, now: dt.datetime) -> Partition:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        partition = Partition(_new_partition_path(self.data_dir, now), now.replace(microsecond=0))
+        path = _new_partition_path(self.data_dir, now)
+        match = _NAME_RE.match(path.name)
+        sequence = int(match.group(2) or 0) if match else 0
+        partition = Partition(path, now.replace(microsecond=0), sequence)
         self._attach(partition)
         log.info("opened partition %s", partition.path.name)
         return partition
@@ -160,11 +178,16 @@ class PartitionSet:
     def total_size(self) -> int:
         return sum(p.size() for p in self.partitions)
 
-    def roll_over_if_due(self, now: dt.datetime, disk_budget: int) -> Partition | None:
-        """Start a new partition at a new UTC day or when the current one is too big."""
+    def roll_over_if_due(
+        self, now: dt.datetime, disk_budget: int, max_age_s: float
+    ) -> Partition | None:
+        """Start a new partition at a new UTC day, when the current one is too big, or when it
+        spans too much of the retention age."""
         current = self.current
         too_big = current.size() > max(disk_budget // _PARTITIONS_PER_BUDGET, _MIN_PARTITION_BYTES)
-        if current.opened_at.date() == now.date() and not too_big:
+        span = min(_MAX_PARTITION_SPAN_S, max_age_s / _PARTITIONS_PER_MAX_AGE)
+        too_old = (now - current.opened_at).total_seconds() >= span
+        if current.opened_at.date() == now.date() and not too_big and not too_old:
             return None
         with self.lock:
             # Seal the old file: fold its write-ahead log in so it is one self-contained file.

@@ -7,6 +7,7 @@ import datetime as dt
 import decimal
 import json
 import math
+import re
 import threading
 import uuid
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ class QueryResult:
         }
 
 
+_EXPLAIN_RE = re.compile(r"^\s*EXPLAIN\s+(ANALY[SZ]E\s+)?", re.IGNORECASE)
+
+
 def check_read_only(sql: str) -> None:
     """Refuse anything but one SELECT (or EXPLAIN of one): the store is written by ophiond only."""
     import duckdb
@@ -45,13 +49,23 @@ def check_read_only(sql: str) -> None:
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as e:
-        raise QueryError(f"SQL error: {e}") from e
+        raise _sql_error(e) from None
     if len(statements) != 1:
         raise QueryError(
             f"expected one statement, got {len(statements)}", hint="run statements one at a time"
         )
     kind = statements[0].type
-    if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
+    if kind == duckdb.StatementType.EXPLAIN:
+        # EXPLAIN ANALYZE runs what it explains: check the explained statement too.
+        inner = _EXPLAIN_RE.sub("", statements[0].query, count=1)
+        inner_kinds = [s.type for s in duckdb.extract_statements(inner)]
+        if inner_kinds != [duckdb.StatementType.SELECT]:
+            raise QueryError(
+                "only SELECT queries are allowed, also under EXPLAIN",
+                hint="the store is read-only from ophion sql",
+            )
+        return
+    if kind != duckdb.StatementType.SELECT:
         raise QueryError(
             f"only SELECT queries are allowed, not {kind.name}",
             hint="the store is read-only from ophion sql; views: spans, span_events, span_links, "
@@ -84,7 +98,7 @@ def run_query(partitions: PartitionSet, sql: str, max_rows: int, timeout_s: floa
                 f"query interrupted after {timeout_s:g}s (sql_timeout)",
                 hint="narrow it with a WHERE on time, or raise sql_timeout",
             ) from None
-        raise QueryError(f"SQL error: {e}") from None
+        raise _sql_error(e) from None
     finally:
         timer.cancel()
         cursor.close()
@@ -100,6 +114,13 @@ def run_query(partitions: PartitionSet, sql: str, max_rows: int, timeout_s: floa
         ],
         truncated=len(rows) > max_rows,
     )
+
+
+def _sql_error(error: Exception) -> QueryError:
+    """DuckDB's message as one line; its ``LINE 1: ... ^`` pointer becomes the hint."""
+    first, _, rest = str(error).strip().partition("\n")
+    context = "\n".join(line for line in rest.splitlines() if line.strip())
+    return QueryError(f"SQL error: {first}", hint=context or None)
 
 
 def _parse_json(value: Any) -> Any:
@@ -138,7 +159,7 @@ def open_read_only(data_dir: Any, memory_limit: int) -> PartitionSet:
     """Attach the partition files read-only, for use while the daemon is not running."""
     from ophiond.store.partitions import PartitionSet, connect
 
-    partitions = PartitionSet(connect(memory_limit), data_dir, read_only=True)
+    partitions = PartitionSet(connect(memory_limit, data_dir), data_dir, read_only=True)
     try:
         partitions.open()
     except StoreError:

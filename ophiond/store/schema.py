@@ -26,6 +26,7 @@ _ORIGIN = """
     scope_name VARCHAR,
     scope_version VARCHAR,
     scope_attributes JSON,
+    scope_dropped_attributes_count UINTEGER,
     scope_schema_url VARCHAR
 """
 
@@ -243,6 +244,7 @@ def _build_arrow_schemas() -> dict[str, pa.Schema]:
         ("scope_name", s),
         ("scope_version", s),
         ("scope_attributes", s),
+        ("scope_dropped_attributes_count", u32),
         ("scope_schema_url", s),
     ]
     return {

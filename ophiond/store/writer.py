@@ -83,9 +83,10 @@ class Writer:
         self._queue: deque[PendingWrite] = deque()
         # Records queued or being committed: what the bound applies to.
         self._depth = 0
+        self._in_flight: list[PendingWrite] = []
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="ophion-writer", daemon=True)
+        self._thread = threading.Thread(target=self._guarded_run, name="ophion-writer", daemon=True)
         self._cursor = partitions.con.cursor()
         self.last_progress = time.monotonic()
 
@@ -131,6 +132,20 @@ class Writer:
 
     # -- the writer thread --------------------------------------------------------------------
 
+    def _guarded_run(self) -> None:
+        """Run the loop; if it ever dies, fail what is waiting instead of leaving it hanging."""
+        try:
+            self._run()
+        except BaseException:
+            log.critical("the writer thread failed; refusing writes from now on", exc_info=True)
+            with self._cond:
+                self._stopping = True
+                orphans = list(self._queue) + self._in_flight
+                self._queue.clear()
+                self._in_flight = []
+            self._finish(orphans, StoreError("the writer failed; see the daemon's log"))
+            raise
+
     def _run(self) -> None:
         next_housekeeping = time.monotonic()
         while True:
@@ -142,6 +157,7 @@ class Writer:
                     self._cond.wait(timeout)
                 group = list(self._queue)
                 self._queue.clear()
+                self._in_flight = group
                 stopping = self._stopping
             due = time.monotonic() >= next_housekeeping and not stopping
             if group:
@@ -178,6 +194,7 @@ class Writer:
     def _finish(self, group: list[PendingWrite], error: StoreError | None) -> None:
         with self._cond:
             self._depth -= sum(p.records for p in group)
+            self._in_flight = [p for p in self._in_flight if p not in group]
         for pending in group:
             if error is None:
                 self.telemetry.stored(pending.batch.signal, pending.batch.accepted)
@@ -222,7 +239,7 @@ class Writer:
 
         now = self.clock()
         try:
-            self.partitions.roll_over_if_due(now, self.disk_budget)
+            self.partitions.roll_over_if_due(now, self.disk_budget, self.max_age_s)
             if retention:
                 self.partitions.apply_retention(now, self.max_age_s, self.disk_budget)
         except (duckdb.Error, OSError, StoreError) as e:
