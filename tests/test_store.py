@@ -264,3 +264,26 @@ def test_time_zone_values_come_back(tmp_path: Path) -> None:
     result = run_query(partitions, "SELECT TIMESTAMPTZ '2026-11-23 10:00:00+00' AS t", 10, 5)
     assert result.rows == [["2026-11-23T10:00:00+00:00"]]
     partitions.close()
+
+
+def test_a_crashed_writer_fails_waiting_requests_and_refuses_new_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ophiond.store.writer import WriterStopped
+
+    partitions = _open(tmp_path)
+    writer = _writer(partitions)
+
+    def broken_write(batches: object) -> None:
+        raise MemoryError("simulated")  # anything but a DuckDB error, which is handled
+
+    monkeypatch.setattr(writer, "_write", broken_write)
+    pending = writer.submit(decode_traces(_trace_request(3)))
+    writer.start()
+    with pytest.raises(StoreError, match="the writer failed"):
+        pending.wait()
+    with pytest.raises(WriterStopped):
+        writer.submit(decode_traces(_trace_request(1)))
+    writer._thread.join(5)
+    assert not writer.is_healthy()  # so the daemon withholds the systemd watchdog ping
+    partitions.close()

@@ -144,7 +144,6 @@ class Writer:
                 self._queue.clear()
                 self._in_flight = []
             self._finish(orphans, StoreError("the writer failed; see the daemon's log"))
-            raise
 
     def _run(self) -> None:
         next_housekeeping = time.monotonic()
