@@ -108,6 +108,7 @@ class Daemon:
     def run(self) -> int:
         from ophiond.api.server import ApiServer
         from ophiond.otlp.ingest import Ingest
+        from ophiond.store.feed import LogFeed
         from ophiond.store.partitions import PartitionSet, connect
         from ophiond.store.writer import Writer
         from ophiond.telemetry import Telemetry
@@ -136,6 +137,8 @@ class Daemon:
                 max_age_s=settings.retention_max_age,
                 housekeeping_interval=settings.housekeeping_interval,
             )
+            self.feed = LogFeed()
+            self.writer.on_commit = self._publish
             self.writer.start()
             ingest = Ingest(self.writer, self.telemetry, settings.ingest_key)
 
@@ -212,6 +215,12 @@ class Daemon:
         _atomic_write(self.paths.listen_file, json.dumps(listen, indent=2) + "\n")
         _atomic_write(self.paths.pid_file, f"{os.getpid()}\n")
 
+    def _publish(self, batch: Any) -> None:
+        """Hand committed log records to ``ophion logs --follow`` followers."""
+        logs = batch.tables.get("logs")
+        if logs is not None:
+            self.feed.publish(logs)
+
     def _listen(self) -> dict[str, str | None]:
         """The addresses actually listened on (ports of 0 resolved)."""
         return {
@@ -222,10 +231,17 @@ class Daemon:
 
     # -- API ---------------------------------------------------------------------------------
 
-    def _routes(self) -> dict[tuple[str, str], Any]:
-        return {("GET", "/api/v1/status"): self.status, ("POST", "/api/v1/sql"): self.sql}
+    def _routes(self) -> list[Any]:
+        from ophiond.api.routes import query_routes
+        from ophiond.api.server import Role, Route
 
-    def status(self, _body: dict[str, Any]) -> dict[str, Any]:
+        return [
+            Route("GET", "/api/v1/status", Role.READ, self.status),
+            Route("POST", "/api/v1/sql", Role.READ, self.sql),
+            *query_routes(self.partitions, self.feed),
+        ]
+
+    def status(self, _request: Any) -> dict[str, Any]:
         partitions = list(self.partitions.partitions)
         return {
             "version": __version__,
@@ -245,9 +261,10 @@ class Daemon:
             },
         }
 
-    def sql(self, body: dict[str, Any]) -> dict[str, Any]:
+    def sql(self, request: Any) -> dict[str, Any]:
         from ophiond.store.query import QueryError, run_query
 
+        body = request.body
         sql = body.get("sql")
         if not isinstance(sql, str) or not sql.strip():
             raise QueryError("no SQL given")

@@ -1,7 +1,9 @@
-"""The local API: HTTP + JSON on a Unix socket (mode 0600) in the state directory.
+"""The local API: HTTP + JSON under ``/api/v1``, on a Unix socket (mode 0600) in the state dir.
 
-Versioned paths under ``/api/v1``. Only the socket's owner (and root) can connect, which is the
-access control for now. Endpoints: ``GET /api/v1/status``, ``POST /api/v1/sql``.
+Routes are declared with the role they need (:class:`Role`); a caller on the Unix socket is
+the daemon's own user and has every role. A route either returns one JSON document or, when
+it streams, yields documents that are sent as NDJSON (one per line, chunked) until the client
+goes away or the daemon stops.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ import logging
 import os
 import socketserver
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from ophiond.errors import OphionError
 from ophiond.serving import TrackedHandler, TrackedServer
@@ -23,24 +28,100 @@ log = logging.getLogger(__name__)
 
 _MAX_BODY = 1 << 20
 
-Route = Callable[[dict[str, Any]], dict[str, Any]]
+
+class Role(IntEnum):
+    """What a caller may do; each role includes the ones below it."""
+
+    READ = 1  # queries
+    OPERATE = 2  # acknowledge or silence alerts, run playbooks
+    ADMIN = 3  # tokens, configuration
 
 
-class _Handler(TrackedHandler):
+class Forbidden(OphionError):
+    """The caller's role is not enough for the route."""
+
+
+@dataclass
+class ApiRequest:
+    """One call to the API, as a route handler sees it."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: dict[str, Any]
+    role: Role
+    path_params: dict[str, str] = field(default_factory=dict)
+    # Set when the daemon stops or the client leaves; streaming handlers end when it is set.
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def param(self, name: str, default: str | None = None) -> str | None:
+        """The last value of a query parameter, else the body's value, else ``default``."""
+        values = self.query.get(name)
+        if values:
+            return values[-1]
+        value = self.body.get(name)
+        return default if value is None else str(value)
+
+    def params(self, name: str) -> list[str]:
+        """Every value of a repeated query parameter (``?attr=a=1&attr=b=2``)."""
+        values = list(self.query.get(name, []))
+        body_value = self.body.get(name)
+        if isinstance(body_value, list):
+            values.extend(str(v) for v in body_value)
+        return values
+
+
+Handler = Callable[[ApiRequest], Any]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A handler, the role it needs, and whether it streams NDJSON."""
+
+    method: str
+    template: str  # "/api/v1/traces/{trace_id}"
+    role: Role
+    handler: Handler
+    stream: bool = False
+
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        if method != self.method:
+            return None
+        want = self.template.strip("/").split("/")
+        got = path.strip("/").split("/")
+        if len(want) != len(got):
+            return None
+        params = {}
+        for w, g in zip(want, got, strict=True):
+            if w.startswith("{") and w.endswith("}"):
+                params[w[1:-1]] = unquote(g)
+            elif w != g:
+                return None
+        return params
+
+
+class ApiHandler(TrackedHandler):
+    """Serves the routes of its server; :meth:`caller_role` says who is calling."""
+
     protocol_version = "HTTP/1.1"
     server_version = "ophiond"
     timeout = 30  # an idle or stalled client does not hold a thread for ever
-    server: _UnixServer
-
-    def address_string(self) -> str:
-        return "unix"
+    server: ApiServerBase
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         if log.isEnabledFor(logging.DEBUG):
             log.debug("api %s", format % args)
 
+    def caller_role(self) -> Role | None:
+        """The role of this caller; ``None`` refuses the request (401). The Unix socket's
+        callers passed its 0600 permission: they are the daemon's user."""
+        return Role.ADMIN
+
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         self._dispatch("GET", {})
+
+    def do_DELETE(self) -> None:  # noqa: N802 - stdlib naming
+        self._dispatch("DELETE", {})
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         try:
@@ -48,62 +129,124 @@ class _Handler(TrackedHandler):
         except ValueError:
             length = -1
         if length < 0:
-            self._reply(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
+            self.reply(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
             return
         if length > _MAX_BODY:
-            self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "request too large"})
+            self.reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "request too large"})
             return
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
         except ValueError:
-            self._reply(HTTPStatus.BAD_REQUEST, {"error": "the request body is not JSON"})
+            self.reply(HTTPStatus.BAD_REQUEST, {"error": "the request body is not JSON"})
             return
         if not isinstance(body, dict):
-            self._reply(HTTPStatus.BAD_REQUEST, {"error": "the request body must be a JSON object"})
+            self.reply(HTTPStatus.BAD_REQUEST, {"error": "the request body must be a JSON object"})
             return
         self._dispatch("POST", body)
 
     def _dispatch(self, method: str, body: dict[str, Any]) -> None:
-        route = self.server.routes.get((method, self.path.split("?", 1)[0]))
-        if route is None:
-            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no {method} {self.path} in this API"})
+        role = self.caller_role()
+        if role is None:
+            return  # caller_role has answered (401 or 429)
+        url = urlsplit(self.path)
+        for route in self.server.routes:
+            params = route.match(method, url.path)
+            if params is not None:
+                break
+        else:
+            self.reply(HTTPStatus.NOT_FOUND, {"error": f"no {method} {url.path} in this API"})
             return
+        if role < route.role:
+            self.reply(
+                HTTPStatus.FORBIDDEN,
+                {
+                    "error": f"this token has the {role.name.lower()} role; "
+                    f"{method} {url.path} needs {route.role.name.lower()}",
+                },
+            )
+            return
+        request = ApiRequest(
+            method, url.path, parse_qs(url.query), body, role, params, self.server.stopping_event
+        )
         try:
-            self._reply(HTTPStatus.OK, route(body))
+            result = route.handler(request)
+            if route.stream:
+                self._stream(result)
+            else:
+                self.reply(HTTPStatus.OK, result)
+        except Forbidden as e:
+            self.reply(HTTPStatus.FORBIDDEN, {"error": e.message, "hint": e.hint})
         except OphionError as e:
-            self._reply(HTTPStatus.BAD_REQUEST, {"error": e.message, "hint": e.hint})
+            status = getattr(e, "http_status", HTTPStatus.BAD_REQUEST)
+            self.reply(status, {"error": e.message, "hint": e.hint})
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
         except Exception:
-            log.exception("API %s %s failed", method, self.path)
-            self._reply(
+            log.exception("API %s %s failed", method, url.path)
+            self.reply(
                 HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; see the daemon's log"}
             )
 
-    def _reply(self, status: HTTPStatus, document: dict[str, Any]) -> None:
+    def _stream(self, documents: Iterator[dict[str, Any] | None]) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for document in documents:
+                # None is a keep-alive: an empty line, which also finds out a departed client.
+                line = b"\n" if document is None else json.dumps(document).encode() + b"\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        finally:
+            close = getattr(documents, "close", None)
+            if close is not None:
+                close()
+
+    def reply(
+        self, status: HTTPStatus, document: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         body = json.dumps(document).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
 
-class _UnixServer(TrackedServer, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class ApiServerBase(TrackedServer):
+    """What every API listener carries: the routes and the stop signal for streams."""
+
+    routes: list[Route]
+    stopping_event: threading.Event
+
+
+class _UnixServer(ApiServerBase, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = False  # stop() waits for queries in flight (bounded by sql_timeout)
     block_on_close = True
-    routes: dict[tuple[str, str], Route]
+
+
+class _UnixHandler(ApiHandler):
+    def address_string(self) -> str:
+        return "unix"
 
 
 class ApiServer:
-    """Serves ``routes`` ({(method, path): handler}) on a Unix socket."""
+    """Serves ``routes`` on a Unix socket."""
 
-    def __init__(self, socket_path: Path, routes: dict[tuple[str, str], Route]) -> None:
+    def __init__(self, socket_path: Path, routes: list[Route]) -> None:
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         if socket_path.exists() or socket_path.is_symlink():
             socket_path.unlink()  # a stale socket from a killed daemon; the lock file says it is ours
         # ophiond runs with umask 077, so the socket is never open to others, even before this.
-        self.server = _UnixServer(str(socket_path), _Handler)
+        self.server = _UnixServer(str(socket_path), _UnixHandler)
         os.chmod(socket_path, 0o600)
         self.server.routes = routes
+        self.server.stopping_event = threading.Event()
         self.path = socket_path
         self._thread = threading.Thread(
             target=self.server.serve_forever, name="ophion-api", kwargs={"poll_interval": 0.2}
@@ -114,6 +257,7 @@ class ApiServer:
         log.info("API listening on %s", self.path)
 
     def stop(self) -> None:
+        self.server.stopping_event.set()  # ends streams (logs --follow)
         self.server.shutdown()
         self._thread.join()
         self.server.close_idle_connections()

@@ -198,10 +198,13 @@ _VIEW_SELECTS = {
 
 
 def view_statements(schemas: list[str]) -> list[str]:
-    """``CREATE OR REPLACE VIEW`` for each stable view over the given partition schemas."""
+    """``CREATE OR REPLACE VIEW`` for each stable view over the given partition schemas, and a
+    ``raw_<table>`` view of the same rows with nanosecond timestamps and nothing computed, which
+    ophion's own queries use so that time filters reach the stored columns."""
     statements = []
     for table in TABLES:
         union = " UNION ALL BY NAME ".join(f"SELECT * FROM {s}.main.{table}" for s in schemas)
+        statements.append(f"CREATE OR REPLACE VIEW memory.main.raw_{table} AS {union}")
         statements.append(
             f"CREATE OR REPLACE VIEW memory.main.{table} AS "
             f"SELECT {_VIEW_SELECTS[table]} FROM ({union})"

@@ -80,6 +80,8 @@ class Writer:
         self.max_age_s = max_age_s
         self.housekeeping_interval = housekeeping_interval
         self.clock = clock
+        # Called with each committed batch (the live log feed listens here).
+        self.on_commit: Callable[[DecodedBatch], None] | None = None
         self._queue: deque[PendingWrite] = deque()
         # Records queued or being committed: what the bound applies to.
         self._depth = 0
@@ -200,6 +202,9 @@ class Writer:
             else:
                 self.telemetry.failed(pending.batch.signal, pending.batch.accepted)
             pending.finish(error)
+        if error is None and self.on_commit is not None:
+            for pending in group:  # after the acknowledgements: followers never delay them
+                self.on_commit(pending.batch)
 
     def _write(self, batches: list[DecodedBatch]) -> None:
         import duckdb

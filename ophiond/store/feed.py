@@ -1,0 +1,88 @@
+"""Live log records for ``ophion logs --follow``: the writer publishes what it committed."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ophiond.store.queries import LogSearch, log_document
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# Records a slow follower may fall behind by; past it, it misses records rather than grow.
+_BACKLOG = 10_000
+_COLUMNS = [
+    "timestamp",
+    "service_name",
+    "severity_number",
+    "severity_text",
+    "body",
+    "body_type",
+    "trace_id",
+    "span_id",
+    "attributes",
+]
+
+
+class Subscription:
+    """One follower's queue of committed records."""
+
+    def __init__(self, feed: LogFeed) -> None:
+        self._feed = feed
+        self.inbox: queue.Queue[dict[str, Any]] = queue.Queue(_BACKLOG)
+
+    def records(
+        self, search: LogSearch, stop: threading.Event, keepalive_s: float = 5.0
+    ) -> Iterator[dict[str, Any] | None]:
+        """Matching records as they are committed; ``None`` now and then as a keep-alive."""
+        while not stop.is_set():
+            try:
+                record = self.inbox.get(timeout=keepalive_s)
+            except queue.Empty:
+                yield None
+                continue
+            if search.matches(record):
+                yield log_document(record)
+
+    def close(self) -> None:
+        self._feed.unsubscribe(self)
+
+
+class LogFeed:
+    """Fan-out of committed log records to followers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscriptions: list[Subscription] = []
+
+    def subscribe(self) -> Subscription:
+        subscription = Subscription(self)
+        with self._lock:
+            self._subscriptions.append(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            if subscription in self._subscriptions:
+                self._subscriptions.remove(subscription)
+
+    def publish(self, table: pa.Table) -> None:
+        """Called by the writer after a commit that stored log records."""
+        with self._lock:
+            subscriptions = list(self._subscriptions)
+        if not subscriptions:
+            return
+        import pyarrow as pa
+
+        selected = table.select(_COLUMNS)
+        # Nanosecond timestamps do not fit datetime: hand them over as integers.
+        selected = selected.set_column(0, "time_ns", selected.column(0).cast(pa.int64()))
+        for record in selected.to_pylist():
+            for subscription in subscriptions:
+                try:
+                    subscription.inbox.put_nowait(record)
+                except queue.Full:
+                    pass  # that follower cannot keep up; it misses records rather than grow
