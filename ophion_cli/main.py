@@ -13,7 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ophion_cli import render
+from ophion_cli import query, render
+from ophion_cli.options import ApiOption, JsonOption
+from ophion_cli.options import client as _client
 from ophion_cli.output import error_line, print_json
 from ophiond.errors import DaemonNotRunning, OphionError
 
@@ -52,26 +54,6 @@ daemon_app = typer.Typer(
 )
 app.add_typer(daemon_app, name="daemon")
 
-ApiOption = Annotated[
-    str | None,
-    typer.Option(
-        "--api",
-        envvar="OPHION_API",
-        help="The daemon's API socket (path or unix:PATH). Default: the socket in OPHION_HOME "
-        "or the user state directory, else the system service's.",
-        show_default=False,
-    ),
-]
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print one JSON document instead of a table.")
-]
-
-
-def _client(api: str | None) -> Any:
-    from ophiond.api.client import ApiClient, find_socket
-
-    return ApiClient(find_socket(api))
-
 
 def _paths() -> Any:
     from ophiond.config import load_settings
@@ -91,6 +73,9 @@ def status(api: ApiOption = None, json_output: JsonOption = False) -> None:
         print_json(document)
     else:
         render.status(document)
+
+
+query.register(app)
 
 
 # ---------------------------------------------------------------------------------------------

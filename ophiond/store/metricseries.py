@@ -105,7 +105,14 @@ def _last(points: list[dict[str, Any]], start: int, step: int) -> list[dict[str,
     return [{"time": _iso(t), "value": v[-1]} for t, v in sorted(steps.items())]
 
 
-def _increments(points: list[dict[str, Any]], field: str) -> list[tuple[int, Any]]:
+def _counts_from_start(point: dict[str, Any], window_start: int) -> bool:
+    """A cumulative point whose start time lies in the window counts everything since then."""
+    return bool(point["start_ns"]) and point["start_ns"] >= window_start
+
+
+def _increments(
+    points: list[dict[str, Any]], field: str, window_start: int
+) -> list[tuple[int, Any]]:
     """(time, increase since the previous point) for cumulative points; a drop or a new start
     time is a reset, where the point's whole value is the increase."""
     out = []
@@ -116,7 +123,10 @@ def _increments(points: list[dict[str, Any]], field: str) -> list[tuple[int, Any
             continue
         if point["temporality"] == "DELTA":
             out.append((point["time_ns"], value))
-        elif previous is not None:
+        elif previous is None:
+            if _counts_from_start(point, window_start):
+                out.append((point["time_ns"], value))
+        else:
             reset = point["start_ns"] != previous["start_ns"] or value < previous[field]
             out.append((point["time_ns"], value if reset else value - previous[field]))
         previous = point
@@ -124,7 +134,7 @@ def _increments(points: list[dict[str, Any]], field: str) -> list[tuple[int, Any
 
 
 def _rate(points: list[dict[str, Any]], start: int, step: int) -> list[dict[str, Any]]:
-    steps = _bucketed(_increments(points, "value"), start, step)
+    steps = _bucketed(_increments(points, "value", start), start, step)
     seconds = step / 1e9
     return [{"time": _iso(t), "value": sum(v) / seconds} for t, v in sorted(steps.items())]
 
@@ -156,7 +166,10 @@ def _histogram(points: list[dict[str, Any]], start: int, step: int) -> list[dict
         buckets = _buckets(point)
         if point["temporality"] == "DELTA":
             increments.append((point["time_ns"], buckets))
-        elif previous is not None:
+        elif previous is None:
+            if _counts_from_start(point, start):
+                increments.append((point["time_ns"], buckets))
+        else:
             before = _buckets(previous)
             diff = {b: c - before.get(b, 0) for b, c in buckets.items()}
             reset = point["start_ns"] != previous["start_ns"] or any(c < 0 for c in diff.values())

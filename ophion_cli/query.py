@@ -1,0 +1,255 @@
+"""The query commands: services, traces, trace, logs, metrics, map.
+
+Each one checks its arguments (a bad time or duration is a usage error naming the accepted
+forms), asks the daemon's API, and renders the answer, or prints it with ``--json``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from ophion_cli import views
+from ophion_cli.options import ApiOption, JsonOption, client
+from ophion_cli.output import print_json
+
+SinceOption = Annotated[
+    str,
+    typer.Option(
+        "--since",
+        help="Window start: a duration back from now (30s, 15m, 2h, 1d) or an ISO time.",
+    ),
+]
+ServiceOption = Annotated[str | None, typer.Option("--service", "-s", help="Only this service.")]
+
+
+def _check_since(value: str) -> str:
+    from ophiond.timespec import TimeSpecError, parse_since
+
+    try:
+        parse_since(value)
+    except TimeSpecError as e:
+        raise typer.BadParameter(f"{e.message}; {e.hint}", param_hint="--since") from None
+    return value
+
+
+def _check_duration(value: str | None, option: str) -> str | None:
+    if value is None:
+        return None
+    from ophiond.timespec import TimeSpecError, parse_duration_ns
+
+    try:
+        parse_duration_ns(value)
+    except TimeSpecError as e:
+        raise typer.BadParameter(f"{e.message}; {e.hint}", param_hint=option) from None
+    return value
+
+
+def services(
+    since: SinceOption = "1h", api: ApiOption = None, json_output: JsonOption = False
+) -> None:
+    """Each service's request rate, error rate and p50/p95/p99 latency."""
+    doc = client(api).get("/services", {"since": _check_since(since)})
+    print_json(doc) if json_output else views.services(doc)
+
+
+def traces(
+    service: ServiceOption = None,
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", help="Only traces with a span of this name.")
+    ] = None,
+    min_duration: Annotated[
+        str | None, typer.Option("--min-duration", help="Traces at least this long (250ms, 1.5s).")
+    ] = None,
+    max_duration: Annotated[
+        str | None, typer.Option("--max-duration", help="Traces at most this long.")
+    ] = None,
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="ok or error: traces without or with an error span."),
+    ] = None,
+    attr: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--attr", help="KEY=VALUE a span or resource attribute must have; repeatable."
+        ),
+    ] = None,
+    since: SinceOption = "1h",
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=10_000, help="At most this many traces.")
+    ] = 20,
+    api: ApiOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Recent traces, newest first, filtered by service, span name, duration, status, attributes."""
+    if status is not None and status not in ("ok", "error"):
+        raise typer.BadParameter("use ok or error", param_hint="--status")
+    for item in attr or []:
+        if "=" not in item or item.startswith("="):
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--attr")
+    params = {
+        "service": service,
+        "name": name,
+        "min_duration": _check_duration(min_duration, "--min-duration"),
+        "max_duration": _check_duration(max_duration, "--max-duration"),
+        "status": status,
+        "attr": attr or [],
+        "since": _check_since(since),
+        "limit": limit,
+    }
+    doc = client(api).get("/traces", params)
+    print_json(doc) if json_output else views.traces(doc)
+
+
+def trace(
+    trace_id: Annotated[str, typer.Argument(help="The trace id, or a unique start of it.")],
+    span: Annotated[
+        str | None, typer.Option("--span", help="Show this span's subtree and details.")
+    ] = None,
+    api: ApiOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """One trace as a waterfall: the span tree, timing bars, errors, events, the critical path."""
+    from urllib.parse import quote
+
+    from ophiond.errors import OphionError
+
+    doc = client(api).get(f"/traces/{quote(trace_id, safe='')}")
+    if span is not None:
+        matches = [s for s in doc["spans"] if s["span_id"].startswith(span.lower())]
+        if len(matches) != 1:
+            raise OphionError(
+                f"no span {span} in trace {doc['trace_id']}"
+                if not matches
+                else f"{span} is the start of several span ids",
+                hint="ophion trace " + doc["trace_id"] + " --json lists the span ids",
+            )
+        span = matches[0]["span_id"]
+    if json_output:
+        if span is not None:
+            doc = {**doc, "spans": _subtree(doc["spans"], span)}
+        print_json(doc)
+    else:
+        views.waterfall(doc, focus=span)
+
+
+def _subtree(spans: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
+    keep = {root}
+    changed = True
+    while changed:
+        changed = False
+        for s in spans:
+            if s["parent_span_id"] in keep and s["span_id"] not in keep:
+                keep.add(s["span_id"])
+                changed = True
+    return [s for s in spans if s["span_id"] in keep]
+
+
+def logs(
+    service: ServiceOption = None,
+    severity: Annotated[
+        str | None,
+        typer.Option(
+            "--severity", help="This level and above: trace, debug, info, warn, error, fatal."
+        ),
+    ] = None,
+    grep: Annotated[
+        str | None,
+        typer.Option("--grep", "-g", help="Only records whose body contains this text (any case)."),
+    ] = None,
+    trace_id: Annotated[
+        str | None, typer.Option("--trace", help="Only records of this trace (id or its start).")
+    ] = None,
+    since: SinceOption = "1h",
+    limit: Annotated[
+        int,
+        typer.Option("--limit", min=1, max=100_000, help="At most this many records (the newest)."),
+    ] = 100,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", "-f", help="Keep printing records as they arrive; Ctrl-C ends."),
+    ] = False,
+    api: ApiOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Log records, oldest first; with -f, new ones as the daemon receives them."""
+    from ophiond.store.queries import SEVERITY_LEVELS
+
+    if severity is not None and severity.lower().removesuffix("ing") not in SEVERITY_LEVELS:
+        raise typer.BadParameter(
+            "use trace, debug, info, warn, error or fatal", param_hint="--severity"
+        )
+    params = {
+        "service": service,
+        "severity": severity,
+        "grep": grep,
+        "trace": trace_id,
+        "since": _check_since(since),
+        "limit": limit,
+    }
+    api_client = client(api)
+    if not follow:
+        doc = api_client.get("/logs", params)
+        print_json(doc) if json_output else views.logs(doc)
+        return
+    import json
+    import sys
+
+    colors: dict[str, str] = {}
+    try:
+        for record in api_client.stream("/logs/stream", params):
+            if json_output:
+                sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+            else:
+                service_name = record["service"] or ""
+                if service_name not in colors:
+                    colors = views.service_colors([*colors, service_name])
+                views.log_line(record, colors)
+    except KeyboardInterrupt:
+        return
+
+
+def metrics(
+    name: Annotated[
+        str | None, typer.Argument(help="A metric to chart; without it, list the metrics.")
+    ] = None,
+    service: ServiceOption = None,
+    since: SinceOption = "1h",
+    step: Annotated[
+        str | None,
+        typer.Option("--step", help="Width of a time step (30s, 5m); default: about 60 steps."),
+    ] = None,
+    api: ApiOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """List metrics, or chart one over time per series (rates, values, p50/p95/p99)."""
+    _check_since(since)
+    if name is None:
+        doc = client(api).get("/metrics", {"since": since})
+        print_json(doc) if json_output else views.metric_list(doc)
+        return
+    from urllib.parse import quote
+
+    params = {"since": since, "service": service, "step": _check_duration(step, "--step")}
+    doc = client(api).get(f"/metrics/{quote(name, safe='')}", params)
+    print_json(doc) if json_output else views.metric_series(doc)
+
+
+def service_map(
+    since: SinceOption = "1h", api: ApiOption = None, json_output: JsonOption = False
+) -> None:
+    """Which services call which: calls, error rate and p95 latency per edge."""
+    doc = client(api).get("/map", {"since": _check_since(since)})
+    print_json(doc) if json_output else views.service_map(doc)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the query commands to the ``ophion`` app."""
+    app.command()(services)
+    app.command()(traces)
+    app.command()(trace)
+    app.command()(logs)
+    app.command()(metrics)
+    app.command("map")(service_map)
