@@ -14,16 +14,18 @@ from typing import Annotated, Any
 import typer
 
 from ophion_cli import query, render
-from ophion_cli.options import ApiOption, JsonOption
+from ophion_cli.options import ApiOption, JsonOption, TokenOption
 from ophion_cli.options import client as _client
 from ophion_cli.output import error_line, print_json
+from ophion_cli.token_cmd import token_app
 from ophiond.errors import DaemonNotRunning, OphionError
 
 app = typer.Typer(
     name="ophion",
     help="Observability for this host: query what ophiond stored, manage the daemon.",
     no_args_is_help=True,
-    add_completion=True,
+    # Completion scripts are generated into completions/ (static, no Python per Tab).
+    add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -53,6 +55,7 @@ daemon_app = typer.Typer(
     help="Run, start, stop and install the ophiond daemon.", no_args_is_help=True
 )
 app.add_typer(daemon_app, name="daemon")
+app.add_typer(token_app, name="token")
 
 
 def _paths() -> Any:
@@ -66,9 +69,11 @@ def _paths() -> Any:
 
 
 @app.command()
-def status(api: ApiOption = None, json_output: JsonOption = False) -> None:
+def status(
+    api: ApiOption = None, token: TokenOption = None, json_output: JsonOption = False
+) -> None:
     """Is ophiond up; what it received, rejected and stored; how much disk it uses."""
-    document = _client(api).get("/status")
+    document = _client(api, token).get("/status")
     if json_output:
         print_json(document)
     else:
@@ -89,6 +94,7 @@ def sql(
         typer.Argument(help="One SELECT over spans, span_events, span_links, logs, metric_points."),
     ],
     api: ApiOption = None,
+    token: TokenOption = None,
     json_output: JsonOption = False,
     max_rows: Annotated[
         int, typer.Option("--max-rows", min=1, help="Return at most this many rows.")
@@ -96,7 +102,7 @@ def sql(
 ) -> None:
     """Run a read-only SQL query over the stored telemetry (docs/sql.md lists the views)."""
     try:
-        result = _client(api).post("/sql", {"sql": query, "max_rows": max_rows})
+        result = _client(api, token).post("/sql", {"sql": query, "max_rows": max_rows})
     except DaemonNotRunning:
         if api or os.environ.get("OPHION_API"):
             raise
@@ -183,10 +189,12 @@ def daemon_stop(
 
 
 @daemon_app.command("status")
-def daemon_status(api: ApiOption = None, json_output: JsonOption = False) -> None:
+def daemon_status(
+    api: ApiOption = None, token: TokenOption = None, json_output: JsonOption = False
+) -> None:
     """Whether ophiond runs, with its pid and addresses. Exit code 3 when it does not."""
     try:
-        document = _client(api).get("/status")
+        document = _client(api, token).get("/status")
     except DaemonNotRunning as e:
         if json_output:
             print_json({"running": False, "reason": e.message})

@@ -11,8 +11,19 @@ ApiOption = Annotated[
     typer.Option(
         "--api",
         envvar="OPHION_API",
-        help="The daemon's API socket (path or unix:PATH). Default: the socket in OPHION_HOME "
-        "or the user state directory, else the system service's.",
+        help="The daemon's API: its socket (PATH or unix:PATH) or its TCP API "
+        "(http://HOST:PORT, with a token). Default: the socket in OPHION_HOME or the user state "
+        "directory, else the system service's.",
+        show_default=False,
+    ),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="OPHION_TOKEN",
+        help="Bearer token for a TCP API (--api http://...). Default: the admin token of your "
+        "own daemon when it is the one at that address.",
         show_default=False,
     ),
 ]
@@ -21,8 +32,9 @@ JsonOption = Annotated[
 ]
 
 
-def client(api: str | None) -> Any:
-    """An API client for the daemon named by ``--api``/``OPHION_API``, or the local one."""
-    from ophiond.api.client import ApiClient, find_socket
+def client(api: str | None, token: str | None = None) -> Any:
+    """An API client for the daemon named by ``--api``/``OPHION_API``, or the local one;
+    ``token`` (else ``OPHION_TOKEN``) is sent to a TCP API."""
+    from ophiond.api.client import connect
 
-    return ApiClient(find_socket(api))
+    return connect(api, token)

@@ -79,6 +79,8 @@ def started(running: Any, paths: Any) -> None:
     _out.print(f"ophiond started (pid {running.pid})")
     _out.print(f"  OTLP/gRPC  {listen.get('grpc') or 'off'}")
     _out.print(f"  OTLP/HTTP  {listen.get('http') or 'off'}")
+    if listen.get("api_tcp"):
+        _out.print(f"  API/TCP    http://{listen['api_tcp']}")
     _out.print(f"  log        {paths.log_file}")
 
 
@@ -92,6 +94,8 @@ def daemon_summary(summary: dict[str, Any]) -> None:
     _out.print(f"  OTLP/gRPC  {listen['grpc'] or 'off'}")
     _out.print(f"  OTLP/HTTP  {listen['http'] or 'off'}")
     _out.print(f"  API        {listen['api']}")
+    if listen.get("api_tcp"):
+        _out.print(f"  API/TCP    http://{listen['api_tcp']}  (bearer tokens)")
 
 
 def installed(result: Any, user: bool, now: bool) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -52,6 +54,16 @@ class Paths:
     def listen_file(self) -> Path:
         """The addresses the running daemon actually listens on (ports of 0 resolved)."""
         return self.state_dir / "listen.json"
+
+    @property
+    def tokens_file(self) -> Path:
+        """Hashes, names and roles of the TCP API's bearer tokens (mode 0600)."""
+        return self.state_dir / "tokens.json"
+
+    @property
+    def admin_token_file(self) -> Path:
+        """The admin token written on first start (mode 0600)."""
+        return self.state_dir / "admin.token"
 
     @property
     def log_file(self) -> Path:
@@ -135,6 +147,16 @@ class ListenAddress:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is this machine's loopback interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve to anything
+
+
 def parse_listen(text: str, what: str = "listen address") -> ListenAddress | None:
     """``HOST:PORT``, ``[::1]:PORT`` or ``off``. A port of 0 lets the system pick a free one."""
     text = text.strip()
@@ -200,6 +222,16 @@ class Settings:
     log_level: str = "info"
     """Daemon log level: ``debug``, ``info``, ``warning`` or ``error``."""
 
+    api_listen: str = "off"
+    """TCP address of the local API, ``HOST:PORT`` or ``off`` (the Unix socket only). Callers need
+    a bearer token; ``127.0.0.1:8080`` is the conventional address, port 0 picks a free one."""
+
+    api_rate_limit: float = 20.0
+    """Requests per second each client address may make to the TCP API (a token bucket)."""
+
+    api_rate_burst: int = 40
+    """Requests a client address may make at once, above ``api_rate_limit``, before it gets 429."""
+
     # Resolved values, filled by :meth:`validate`; not settings themselves.
     paths: Paths = field(default_factory=lambda: default_paths(), repr=False)
 
@@ -218,6 +250,10 @@ class Settings:
         max_age = parse_duration(self.retention_max_age, "retention_max_age")
         if max_age <= 0:
             raise ConfigError("retention_max_age must be positive")
+        if not self.api_rate_limit > 0:
+            raise ConfigError(f"api_rate_limit must be positive, not {self.api_rate_limit}")
+        if self.api_rate_burst < 1:
+            raise ConfigError(f"api_rate_burst must be at least 1, not {self.api_rate_burst}")
         return ValidSettings(
             grpc_listen=parse_listen(self.grpc_listen, "grpc_listen"),
             http_listen=parse_listen(self.http_listen, "http_listen"),
@@ -233,6 +269,9 @@ class Settings:
                 0.05, parse_duration(self.housekeeping_interval, "housekeeping_interval")
             ),
             log_level=level,
+            api_listen=parse_listen(self.api_listen, "api_listen"),
+            api_rate_limit=float(self.api_rate_limit),
+            api_rate_burst=self.api_rate_burst,
         )
 
 
@@ -252,6 +291,9 @@ class ValidSettings:
     sql_timeout: float
     housekeeping_interval: float
     log_level: str
+    api_listen: ListenAddress | None
+    api_rate_limit: float
+    api_rate_burst: int
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(
@@ -274,6 +316,16 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: {name} must be a whole number, not {value!r}") from None
+    if _FIELD_TYPES[name] == "float":
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: {name} must be a number, not {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {name} must be a number, not {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: {name} must be a finite number, not {value!r}")
+        return number
     if not isinstance(value, str | int | float) or isinstance(value, bool):
         raise ConfigError(f"{where}: {name} must be a string, not {value!r}")
     return str(value)
@@ -324,7 +376,7 @@ def load_settings(
 
 
 # OPHION_* variables that are not daemon settings (read by the CLI or by default_paths).
-_NON_SETTING_VARS = frozenset({"OPHION_HOME", "OPHION_CONFIG", "OPHION_API"})
+_NON_SETTING_VARS = frozenset({"OPHION_HOME", "OPHION_CONFIG", "OPHION_API", "OPHION_TOKEN"})
 
 
 def settings_reference() -> list[tuple[str, str, str]]:

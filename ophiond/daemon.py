@@ -99,6 +99,10 @@ class Daemon:
         self.paths = settings.paths
         self._stop = threading.Event()
         self.started_at = time.time()
+        # Listeners that may stay off; set before the API can answer a status request.
+        self.grpc: Any = None
+        self.http: Any = None
+        self.api_tcp: Any = None
 
     def request_stop(self, signum: int | None = None, _frame: Any = None) -> None:
         if signum is not None:
@@ -107,6 +111,7 @@ class Daemon:
 
     def run(self) -> int:
         from ophiond.api.server import ApiServer
+        from ophiond.api.tokens import TokenStore
         from ophiond.otlp.ingest import Ingest
         from ophiond.store.feed import LogFeed
         from ophiond.store.partitions import PartitionSet, connect
@@ -142,10 +147,24 @@ class Daemon:
             self.writer.start()
             ingest = Ingest(self.writer, self.telemetry, settings.ingest_key)
 
-            self.api = ApiServer(paths.api_socket, self._routes())
+            self.tokens = TokenStore(paths.tokens_file, paths.admin_token_file)
+            self.tokens.ensure_admin_token()
+            routes = self._routes()
+            self.api = ApiServer(paths.api_socket, routes)
             self.api.start()
             started.append(self.api)
-            self.grpc = self.http = None
+            if settings.api_listen is not None:
+                from ophiond.api.tcp import TcpApiServer
+
+                self.api_tcp = TcpApiServer(
+                    settings.api_listen,
+                    routes,
+                    self.tokens,
+                    settings.api_rate_limit,
+                    settings.api_rate_burst,
+                )
+                self.api_tcp.start()
+                started.append(self.api_tcp)
             if settings.grpc_listen is not None:
                 from ophiond.otlp.grpc import GrpcReceiver
 
@@ -227,6 +246,7 @@ class Daemon:
             "grpc": str(self.grpc.address) if self.grpc else None,
             "http": str(self.http.address) if self.http else None,
             "api": str(self.paths.api_socket),
+            "api_tcp": str(self.api_tcp.address) if self.api_tcp else None,
         }
 
     # -- API ---------------------------------------------------------------------------------
@@ -234,10 +254,12 @@ class Daemon:
     def _routes(self) -> list[Any]:
         from ophiond.api.routes import query_routes
         from ophiond.api.server import Role, Route
+        from ophiond.api.tokens import token_routes
 
         return [
             Route("GET", "/api/v1/status", Role.READ, self.status),
             Route("POST", "/api/v1/sql", Role.READ, self.sql),
+            *token_routes(self.tokens),
             *query_routes(self.partitions, self.feed),
         ]
 
@@ -305,8 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--http-listen", metavar="HOST:PORT", help="OTLP/HTTP address or 'off' (127.0.0.1:4318)"
     )
+    parser.add_argument(
+        "--api-listen",
+        metavar="HOST:PORT",
+        help="TCP address of the local API, for bearer tokens, or 'off' (off; 127.0.0.1:8080)",
+    )
     parser.add_argument("--data-dir", metavar="DIR", help="where the DuckDB files live")
-    parser.add_argument("--state-dir", metavar="DIR", help="pid file, API socket, listen file")
+    parser.add_argument(
+        "--state-dir", metavar="DIR", help="pid file, API socket, listen file, tokens"
+    )
     parser.add_argument(
         "--retention-max-age", metavar="DURATION", help="delete data older than this (7d)"
     )

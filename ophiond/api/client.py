@@ -1,4 +1,8 @@
-"""Client of the daemon's local API, used by the CLI (and later the TUI and the copilot)."""
+"""Client of the daemon's local API, used by the CLI (and later the TUI and the copilot).
+
+It reaches the daemon through its Unix socket, whose 0600 mode is the access control, or over
+TCP (``--api http://HOST:PORT``, the daemon's ``api_listen``) with a bearer token.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,18 @@ import json
 import os
 import socket
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
-from ophiond.config import SYSTEM_HOME
+from ophiond.config import SYSTEM_HOME, is_loopback
 from ophiond.errors import ApiError, DaemonNotRunning, OphionError
 
 _START_HINT = "start it with: ophion daemon start   (or: systemctl start ophiond)"
+# The conventional port of the TCP API, used when --api http://HOST names none.
+DEFAULT_TCP_PORT = 8080
+_TOKEN_HINT = "an admin creates one with: ophion token create NAME --role read"
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -33,6 +41,44 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+@dataclass(frozen=True)
+class TcpEndpoint:
+    """A daemon's TCP API: host, port and the path it is served under (behind a proxy)."""
+
+    host: str
+    port: int
+    prefix: str = ""
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{self.prefix}"
+
+
+def parse_api_url(text: str) -> TcpEndpoint:
+    """``http://HOST[:PORT][/PREFIX]`` as a :class:`TcpEndpoint` (port 8080 when none is given)."""
+    url = urlsplit(text)
+    if url.scheme == "https":
+        raise OphionError(
+            f"cannot use API address {text!r}: ophiond serves plain HTTP",
+            hint="use http:// on loopback, or reach a remote daemon through a tunnel: "
+            "ssh -L 8080:127.0.0.1:8080 HOST, then --api http://127.0.0.1:8080",
+        )
+    try:
+        port = url.port
+    except ValueError:
+        port = -1
+    if url.scheme != "http" or not url.hostname or port == -1 or url.query or url.fragment:
+        raise OphionError(
+            f"cannot use API address {text!r}",
+            hint="use http://HOST:PORT for the TCP API, or a socket path (PATH or unix:PATH)",
+        )
+    return TcpEndpoint(url.hostname, port or DEFAULT_TCP_PORT, url.path.rstrip("/"))
+
+
+def _is_tcp(api: str) -> bool:
+    return "://" in api and not api.startswith("unix:")
+
+
 def find_socket(api: str | None = None, env: Mapping[str, str] | None = None) -> Path:
     """The API socket: ``--api``/``OPHION_API``, else the one of ``OPHION_HOME`` or the user's
     state directory, else the system service's."""
@@ -43,8 +89,7 @@ def find_socket(api: str | None = None, env: Mapping[str, str] | None = None) ->
             chosen = chosen[len("unix:") :].removeprefix("//")
         if "://" in chosen:
             raise OphionError(
-                f"cannot use API address {chosen!r}: this version reaches the daemon through its "
-                "Unix socket only",
+                f"{chosen!r} is a URL, not an API socket",
                 hint="pass the socket path, e.g. --api unix:/var/lib/ophion/state/api.sock",
             )
         return Path(chosen)
@@ -57,12 +102,76 @@ def find_socket(api: str | None = None, env: Mapping[str, str] | None = None) ->
     return own
 
 
-class ApiClient:
-    """Calls ``/api/v1/...`` on the daemon; raises :class:`DaemonNotRunning` or :class:`ApiError`."""
+def connect(
+    api: str | None = None,
+    token: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+) -> ApiClient:
+    """A client for ``api`` (else ``OPHION_API``): ``http://HOST:PORT`` is the TCP API, with
+    ``token``, else ``OPHION_TOKEN``, else the admin token of this user's own daemon when it is
+    the one listening there; anything else names a socket (see :func:`find_socket`)."""
+    env = os.environ if env is None else env
+    chosen = api or env.get("OPHION_API")
+    if chosen and _is_tcp(chosen):
+        endpoint = parse_api_url(chosen)
+        token = token or env.get("OPHION_TOKEN") or _own_admin_token(endpoint, env)
+        return ApiClient(timeout=timeout, endpoint=endpoint, token=token)
+    return ApiClient(find_socket(api, env), timeout)
 
-    def __init__(self, socket_path: Path, timeout: float = 60.0) -> None:
+
+def _own_admin_token(endpoint: TcpEndpoint, env: Mapping[str, str]) -> str | None:
+    """The admin token in our state directory, if ``endpoint`` is our own daemon's TCP API.
+
+    Only then: the token must go neither to another host nor to another program that holds a
+    loopback port, so the daemon's listen file must name that port.
+    """
+    from ophiond.config import load_settings
+
+    paths = load_settings(env=env).validate().paths
+    try:
+        listen = json.loads(paths.listen_file.read_text())
+        token = paths.admin_token_file.read_text().strip()
+    except (OSError, ValueError):
+        return None  # no daemon of ours runs, or its files are not ours to read: no token
+    own = listen.get("api_tcp") if isinstance(listen, dict) else None
+    if not isinstance(own, str):
+        return None
+    own_host, _, own_port = own.rpartition(":")
+    own_host = own_host.strip("[]")
+    same_host = own_host == endpoint.host or (
+        is_loopback(endpoint.host) and (is_loopback(own_host) or own_host in ("0.0.0.0", "::"))
+    )
+    if not same_host or own_port != str(endpoint.port):
+        return None
+    return token or None
+
+
+class ApiClient:
+    """Calls ``/api/v1/...`` on the daemon; raises :class:`DaemonNotRunning` or :class:`ApiError`.
+
+    Give it a socket path, or a TCP ``endpoint`` and the ``token`` to send there.
+    """
+
+    def __init__(
+        self,
+        socket_path: Path | None = None,
+        timeout: float = 60.0,
+        *,
+        endpoint: TcpEndpoint | None = None,
+        token: str | None = None,
+    ) -> None:
+        if (socket_path is None) == (endpoint is None):
+            raise ValueError("ApiClient needs a socket path or a TCP endpoint, not both")
         self.socket_path = socket_path
+        self.endpoint = endpoint
+        self.token = token
         self.timeout = timeout
+
+    @property
+    def address(self) -> str:
+        """Where the daemon is reached: the socket path or ``http://HOST:PORT``."""
+        return str(self.endpoint if self.endpoint is not None else self.socket_path)
 
     def get(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """GET ``/api/v1<path>``; ``params`` become the query string (lists repeat the key,
@@ -76,16 +185,16 @@ class ApiClient:
         conn = self._connection(timeout=None)
         try:
             try:
-                conn.request("GET", f"/api/v1{path}{_query(params)}")
+                conn.request("GET", self._url(path + _query(params)), headers=self._headers())
                 response = conn.getresponse()
-            except OSError as e:
+            except (OSError, http.client.HTTPException) as e:
                 raise self._unreachable(e) from None
             if response.status != 200:
-                self._raise_for(response.status, response.read())
+                raise self._refused(response, response.read())
             while True:
                 try:
                     line = response.readline()
-                except OSError as e:
+                except (OSError, http.client.HTTPException) as e:
                     raise self._unreachable(e) from None
                 if not line:
                     return  # the daemon ended the stream (it is stopping)
@@ -95,12 +204,33 @@ class ApiClient:
             conn.close()
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST a JSON body to ``/api/v1<path>``."""
         return self._call("POST", path, body)
 
+    def delete(self, path: str) -> dict[str, Any]:
+        """DELETE ``/api/v1<path>``."""
+        return self._call("DELETE", path, None)
+
+    def _url(self, path: str) -> str:
+        prefix = self.endpoint.prefix if self.endpoint is not None else ""
+        return f"{prefix}/api/v1{path}"
+
+    def _headers(self, json_body: bool = False) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"} if json_body else {}
+        if self.endpoint is not None and self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
+        if self.endpoint is not None:
+            return http.client.HTTPConnection(
+                self.endpoint.host, self.endpoint.port, timeout=timeout
+            )
         return _UnixConnection(str(self.socket_path), timeout)
 
-    def _unreachable(self, error: OSError) -> OphionError:
+    def _unreachable(self, error: OSError | http.client.HTTPException) -> OphionError:
+        if self.endpoint is not None:
+            return self._tcp_unreachable(error)
         if isinstance(error, FileNotFoundError | ConnectionRefusedError):
             return DaemonNotRunning(
                 f"ophiond is not running (no daemon at {self.socket_path})", hint=_START_HINT
@@ -115,27 +245,68 @@ class ApiClient:
             f"ophiond did not answer on {self.socket_path}: {error}", hint=_START_HINT
         )
 
-    def _raise_for(self, status: int, data: bytes) -> None:
+    def _tcp_unreachable(self, error: OSError | http.client.HTTPException) -> OphionError:
+        if isinstance(error, socket.gaierror):
+            return OphionError(
+                f"cannot find the host of {self.endpoint}: {error.strerror or error}",
+                hint="check the address given with --api or OPHION_API",
+            )
+        if isinstance(error, ConnectionRefusedError):
+            return DaemonNotRunning(
+                f"ophiond is not running at {self.endpoint} (connection refused)",
+                hint="check --api / OPHION_API, and that the daemon runs with api_listen "
+                "(ophiond --api-listen HOST:PORT)",
+            )
+        return DaemonNotRunning(
+            f"ophiond did not answer at {self.endpoint}: {error or type(error).__name__}",
+            hint="check --api / OPHION_API, and that the daemon runs with api_listen",
+        )
+
+    def _refused(self, response: http.client.HTTPResponse, data: bytes) -> OphionError:
+        """The error for a reply other than 200, from its status and its {"error","hint"} body."""
         try:
             document = json.loads(data)
         except ValueError:
-            raise ApiError(f"the daemon sent a reply that is not JSON ({status})") from None
-        raise ApiError(document.get("error", f"HTTP {status}"), hint=document.get("hint"))
+            document = None
+        if not isinstance(document, dict):
+            document = {}
+        error = str(document.get("error") or f"HTTP {response.status}")
+        hint = document.get("hint")
+        if response.status == 401:
+            problem = "refused the token (unknown or revoked)" if self.token else "needs a token"
+            return ApiError(
+                f"the API at {self.address} {problem}: set OPHION_TOKEN or pass --token",
+                hint=_TOKEN_HINT,
+            )
+        if response.status == 403:
+            return ApiError(
+                f"not allowed: {error}",
+                hint=hint or "use a token with a higher role: ophion token create NAME --role ROLE",
+            )
+        if response.status == 429:
+            retry_after = response.getheader("Retry-After") or "1"
+            return ApiError(
+                f"rate limited by the API at {self.address}; retry after {retry_after} s",
+                hint="the TCP API allows api_rate_limit requests per second per client address",
+            )
+        if not document:
+            return ApiError(f"the daemon sent a reply that is not JSON ({response.status})")
+        return ApiError(error, hint=hint if isinstance(hint, str) else None)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         conn = self._connection(self.timeout)
         try:
             payload = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if payload is not None else {}
-            conn.request(method, f"/api/v1{path}", body=payload, headers=headers)
+            headers = self._headers(json_body=payload is not None)
+            conn.request(method, self._url(path), body=payload, headers=headers)
             response = conn.getresponse()
             data = response.read()
-        except OSError as e:
+        except (OSError, http.client.HTTPException) as e:
             raise self._unreachable(e) from None
         finally:
             conn.close()
         if response.status != 200:
-            self._raise_for(response.status, data)
+            raise self._refused(response, data)
         try:
             document = json.loads(data)
         except ValueError:
