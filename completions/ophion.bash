@@ -18,18 +18,18 @@ _ophion() {
         'daemon start') words='--timeout --help' ;;
         'daemon status') words='--api --json --token --help' ;;
         'daemon stop') words='--timeout --help' ;;
-        logs) words='--api --follow --grep --json --limit --service --severity --since --trace -f -g -s --help' ;;
-        map) words='--api --json --since --help' ;;
-        metrics) words='--api --json --service --since --step -s --help' ;;
-        services) words='--api --json --since --help' ;;
+        logs) words='--api --follow --grep --json --limit --service --severity --since --token --trace -f -g -s --help' ;;
+        map) words='--api --json --since --token --help' ;;
+        metrics) words='--api --json --service --since --step --token -s --help' ;;
+        services) words='--api --json --since --token --help' ;;
         sql) words='--api --json --max-rows --token --help' ;;
         status) words='--api --json --token --help' ;;
         token) words='create list revoke --help' ;;
         'token create') words='--api --json --role --token --help' ;;
         'token list') words='--api --json --token --help' ;;
         'token revoke') words='--api --token --help' ;;
-        trace) words='--api --json --span --help' ;;
-        traces) words='--api --attr --json --limit --max-duration --min-duration --name --service --since --status -n -s --help' ;;
+        trace) words='--api --json --span --token --help' ;;
+        traces) words='--api --attr --json --limit --max-duration --min-duration --name --service --since --status --token -n -s --help' ;;
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
 }

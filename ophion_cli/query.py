@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from ophion_cli import views
-from ophion_cli.options import ApiOption, JsonOption, client
+from ophion_cli.options import ApiOption, JsonOption, TokenOption, client
 from ophion_cli.output import print_json
 
 SinceOption = Annotated[
@@ -47,10 +47,13 @@ def _check_duration(value: str | None, option: str) -> str | None:
 
 
 def services(
-    since: SinceOption = "1h", api: ApiOption = None, json_output: JsonOption = False
+    since: SinceOption = "1h",
+    api: ApiOption = None,
+    token: TokenOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Each service's request rate, error rate and p50/p95/p99 latency."""
-    doc = client(api).get("/services", {"since": _check_since(since)})
+    doc = client(api, token).get("/services", {"since": _check_since(since)})
     print_json(doc) if json_output else views.services(doc)
 
 
@@ -80,6 +83,7 @@ def traces(
         int, typer.Option("--limit", min=1, max=10_000, help="At most this many traces.")
     ] = 20,
     api: ApiOption = None,
+    token: TokenOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Recent traces, newest first, filtered by service, span name, duration, status, attributes."""
@@ -98,7 +102,7 @@ def traces(
         "since": _check_since(since),
         "limit": limit,
     }
-    doc = client(api).get("/traces", params)
+    doc = client(api, token).get("/traces", params)
     print_json(doc) if json_output else views.traces(doc)
 
 
@@ -108,6 +112,7 @@ def trace(
         str | None, typer.Option("--span", help="Show this span's subtree and details.")
     ] = None,
     api: ApiOption = None,
+    token: TokenOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """One trace as a waterfall: the span tree, timing bars, errors, events, the critical path."""
@@ -115,7 +120,7 @@ def trace(
 
     from ophiond.errors import OphionError
 
-    doc = client(api).get(f"/traces/{quote(trace_id, safe='')}")
+    doc = client(api, token).get(f"/traces/{quote(trace_id, safe='')}")
     if span is not None:
         matches = [s for s in doc["spans"] if s["span_id"].startswith(span.lower())]
         if len(matches) != 1:
@@ -171,6 +176,7 @@ def logs(
         typer.Option("--follow", "-f", help="Keep printing records as they arrive; Ctrl-C ends."),
     ] = False,
     api: ApiOption = None,
+    token: TokenOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Log records, oldest first; with -f, new ones as the daemon receives them."""
@@ -188,7 +194,7 @@ def logs(
         "since": _check_since(since),
         "limit": limit,
     }
-    api_client = client(api)
+    api_client = client(api, token)
     if not follow:
         doc = api_client.get("/logs", params)
         print_json(doc) if json_output else views.logs(doc)
@@ -222,26 +228,30 @@ def metrics(
         typer.Option("--step", help="Width of a time step (30s, 5m); default: about 60 steps."),
     ] = None,
     api: ApiOption = None,
+    token: TokenOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """List metrics, or chart one over time per series (rates, values, p50/p95/p99)."""
     _check_since(since)
     if name is None:
-        doc = client(api).get("/metrics", {"since": since})
+        doc = client(api, token).get("/metrics", {"since": since})
         print_json(doc) if json_output else views.metric_list(doc)
         return
     from urllib.parse import quote
 
     params = {"since": since, "service": service, "step": _check_duration(step, "--step")}
-    doc = client(api).get(f"/metrics/{quote(name, safe='')}", params)
+    doc = client(api, token).get(f"/metrics/{quote(name, safe='')}", params)
     print_json(doc) if json_output else views.metric_series(doc)
 
 
 def service_map(
-    since: SinceOption = "1h", api: ApiOption = None, json_output: JsonOption = False
+    since: SinceOption = "1h",
+    api: ApiOption = None,
+    token: TokenOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Which services call which: calls, error rate and p95 latency per edge."""
-    doc = client(api).get("/map", {"since": _check_since(since)})
+    doc = client(api, token).get("/map", {"since": _check_since(since)})
     print_json(doc) if json_output else views.service_map(doc)
 
 

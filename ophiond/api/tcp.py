@@ -1,0 +1,167 @@
+"""The local API on TCP (``api_listen``): the same routes as the Unix socket, for token holders.
+
+Each request is first rate-limited per client address (a token bucket: ``api_rate_burst``
+requests at once, refilled at ``api_rate_limit`` per second; beyond it 429 with Retry-After),
+then authenticated by ``Authorization: Bearer <token>`` (missing or unknown: 401), and the
+token's role decides which routes it may call (403). It is plain HTTP: on another interface than
+loopback, tokens travel in clear text, so put TLS (a reverse proxy, an SSH tunnel) in front.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import ThreadingHTTPServer
+
+from ophiond.api.server import ApiHandler, ApiServerBase, Role, Route
+from ophiond.api.tokens import TokenStore
+from ophiond.config import ListenAddress, is_loopback
+from ophiond.errors import OphionError
+
+log = logging.getLogger(__name__)
+
+# Client addresses whose buckets are remembered; past it, full buckets (idle clients) are
+# forgotten, which changes nothing for them: a new bucket starts full too.
+_MAX_TRACKED_CLIENTS = 10_000
+_TOKEN_HINT = (
+    "set OPHION_TOKEN (or --token) to an API token; "
+    "an admin creates one with: ophion token create NAME --role read"
+)
+
+
+class RateLimiter:
+    """A token bucket per client address: ``burst`` requests at once, refilled at ``rate``/s."""
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when)
+        self._lock = threading.Lock()
+
+    def take(self, address: str) -> float:
+        """Spend one request of ``address``: 0 when allowed, else seconds until one would be."""
+        now = self._clock()
+        with self._lock:
+            tokens, when = self._buckets.get(address, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - when) * self.rate)
+            allowed = tokens >= 1
+            self._buckets[address] = (tokens - 1 if allowed else tokens, now)
+            if len(self._buckets) > _MAX_TRACKED_CLIENTS:
+                self._forget_idle(now)
+        return 0.0 if allowed else (1 - tokens) / self.rate
+
+    def _forget_idle(self, now: float) -> None:
+        full = [
+            address
+            for address, (tokens, when) in self._buckets.items()
+            if tokens + (now - when) * self.rate >= self.burst
+        ]
+        for address in full:
+            del self._buckets[address]
+
+
+class _TcpHandler(ApiHandler):
+    server: _TcpServer
+
+    def caller_role(self) -> Role | None:
+        # The body of a POST (at most 1 MiB) has been read by now: answering before reading it
+        # would leave it unread, and closing such a connection resets it under the client.
+        address = str(self.client_address[0])
+        wait = self.server.limiter.take(address)
+        if wait > 0:
+            retry_after = max(1, math.ceil(wait))
+            self.reply(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                {
+                    "error": f"too many requests from {address}: the API allows "
+                    f"{self.server.limiter.rate:g} per second (bursts of "
+                    f"{self.server.limiter.burst:g})",
+                    "hint": f"retry after {retry_after} s",
+                },
+                {"Retry-After": str(retry_after)},
+            )
+            return None
+        scheme, _, token = (self.headers.get("Authorization") or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            self._unauthorized("no bearer token: the TCP API needs 'Authorization: Bearer TOKEN'")
+            return None
+        role = self.server.tokens.role_of(token)
+        if role is None:
+            self._unauthorized("unknown or revoked token", invalid=True)
+        return role
+
+    def _unauthorized(self, error: str, invalid: bool = False) -> None:
+        challenge = 'Bearer realm="ophion"' + (', error="invalid_token"' if invalid else "")
+        self.reply(
+            HTTPStatus.UNAUTHORIZED,
+            {"error": error, "hint": _TOKEN_HINT},
+            {"WWW-Authenticate": challenge},
+        )
+
+
+class _TcpServer(ApiServerBase, ThreadingHTTPServer):
+    daemon_threads = False  # stop() waits for queries in flight (bounded by sql_timeout)
+    block_on_close = True
+    tokens: TokenStore
+    limiter: RateLimiter
+
+
+class _TcpServer6(_TcpServer):
+    address_family = socket.AF_INET6
+
+
+class TcpApiServer:
+    """Serves ``routes`` on TCP to bearer-token holders; :attr:`address` is the bound address."""
+
+    def __init__(
+        self,
+        listen: ListenAddress,
+        routes: list[Route],
+        tokens: TokenStore,
+        rate: float,
+        burst: int,
+    ) -> None:
+        server_class = _TcpServer6 if ":" in listen.host else _TcpServer
+        try:
+            self.server = server_class((listen.host, listen.port), _TcpHandler)
+        except OSError as e:
+            raise OphionError(
+                f"cannot listen for the API on {listen}: {e.strerror or e}",
+                hint="another program may hold the port; choose one with --api-listen",
+            ) from e
+        self.server.routes = routes
+        self.server.stopping_event = threading.Event()
+        self.server.tokens = tokens
+        self.server.limiter = RateLimiter(rate, burst)
+        self.address = ListenAddress(listen.host, self.server.server_address[1])
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, name="ophion-api-tcp", kwargs={"poll_interval": 0.2}
+        )
+
+    def start(self) -> None:
+        """Serve on a thread of its own."""
+        self._thread.start()
+        log.info("API listening on %s (bearer tokens)", self.address)
+        if not is_loopback(self.address.host):
+            log.warning(
+                "the API on %s is reachable from other hosts over plain HTTP: tokens travel in "
+                "clear text unless TLS is put in front",
+                self.address,
+            )
+
+    def stop(self) -> None:
+        """Stop accepting; end streams; wait for requests in flight."""
+        self.server.stopping_event.set()
+        self.server.shutdown()
+        self._thread.join()
+        self.server.close_idle_connections()
+        self.server.server_close()
