@@ -22,7 +22,7 @@ _ophion() {
         map) words='--api --json --since --token --help' ;;
         metrics) words='--api --json --service --since --step --token -s --help' ;;
         services) words='--api --json --since --token --help' ;;
-        sql) words='--api --json --max-rows --token --help' ;;
+        sql) words='--api --csv --json --max-rows --token --help' ;;
         status) words='--api --json --token --help' ;;
         token) words='create list revoke --help' ;;
         'token create') words='--api --json --role --token --help' ;;

@@ -52,6 +52,7 @@ complete -c ophion -n '__fish_seen_subcommand_from services; and not __fish_seen
 complete -c ophion -n '__fish_seen_subcommand_from services; and not __fish_seen_subcommand_from daemon token' -l since -d 'Window start: a duration back from now (30s, 15m, 2h, 1d) or an ISO time'
 complete -c ophion -n '__fish_seen_subcommand_from services; and not __fish_seen_subcommand_from daemon token' -l token -d 'Bearer token for a TCP API (--api http://...). Default: the admin token of your own daemon when it is the one at that address'
 complete -c ophion -n '__fish_seen_subcommand_from sql; and not __fish_seen_subcommand_from daemon token' -l api -d 'The daemon'"'"'s API: its socket (PATH or unix:PATH) or its TCP API (http://HOST:PORT, with a token). Default: the socket in OPHION_HOME or the user state directory, else the system service'"'"'s'
+complete -c ophion -n '__fish_seen_subcommand_from sql; and not __fish_seen_subcommand_from daemon token' -l csv -d 'Print CSV with a header row instead of a table'
 complete -c ophion -n '__fish_seen_subcommand_from sql; and not __fish_seen_subcommand_from daemon token' -l json -d 'Print one JSON document instead of a table'
 complete -c ophion -n '__fish_seen_subcommand_from sql; and not __fish_seen_subcommand_from daemon token' -l max-rows -d 'Return at most this many rows'
 complete -c ophion -n '__fish_seen_subcommand_from sql; and not __fish_seen_subcommand_from daemon token' -l token -d 'Bearer token for a TCP API (--api http://...). Default: the admin token of your own daemon when it is the one at that address'

@@ -96,11 +96,16 @@ def sql(
     api: ApiOption = None,
     token: TokenOption = None,
     json_output: JsonOption = False,
+    csv_output: Annotated[
+        bool, typer.Option("--csv", help="Print CSV with a header row instead of a table.")
+    ] = False,
     max_rows: Annotated[
         int, typer.Option("--max-rows", min=1, help="Return at most this many rows.")
     ] = 10_000,
 ) -> None:
     """Run a read-only SQL query over the stored telemetry (docs/sql.md lists the views)."""
+    if json_output and csv_output:
+        raise typer.BadParameter("choose one of --json and --csv", param_hint="--csv")
     try:
         result = _client(api, token).post("/sql", {"sql": query, "max_rows": max_rows})
     except DaemonNotRunning:
@@ -109,6 +114,8 @@ def sql(
         result = _sql_without_daemon(query, max_rows)
     if json_output:
         print_json([dict(zip(result["columns"], row, strict=True)) for row in result["rows"]])
+    elif csv_output:
+        render.query_csv(result)
     else:
         render.query_result(result)
     if result["truncated"]:

@@ -74,6 +74,25 @@ def query_result(result: dict[str, Any]) -> None:
     _out.print(f"[dim]{len(result['rows'])} row(s)[/]")
 
 
+def query_csv(result: dict[str, Any]) -> None:
+    """RFC 4180 CSV on stdout; nested values (attributes, lists) as JSON text."""
+    import csv
+    import json
+    import sys
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(result["columns"])
+    for row in result["rows"]:
+        writer.writerow(
+            ""
+            if v is None
+            else json.dumps(v, ensure_ascii=False)
+            if isinstance(v, dict | list)
+            else v
+            for v in row
+        )
+
+
 def started(running: Any, paths: Any) -> None:
     listen = running.listen
     _out.print(f"ophiond started (pid {running.pid})")

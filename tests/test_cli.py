@@ -78,6 +78,19 @@ def test_sql_json_returns_rows_as_objects(daemon: Any) -> None:
     ]
 
 
+def test_sql_csv(daemon: Any) -> None:
+    _send_spans(daemon, ["b, with comma", "a"])
+    result = runner.invoke(
+        app, ["sql", "SELECT name, attributes, parent_span_id FROM spans ORDER BY name", "--csv"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "name,attributes,parent_span_id",
+        "a,{},",
+        '"b, with comma",{},',
+    ]
+
+
 def test_sql_table_and_row_limit(daemon: Any) -> None:
     _send_spans(daemon, ["x", "y", "z"])
     result = ophion("sql", "SELECT name FROM spans ORDER BY name", "--max-rows", "2")
@@ -186,3 +199,22 @@ def test_every_command_has_help() -> None:
     assert {"status", "sql", "daemon run", "daemon start", "daemon stop", "daemon install"} <= set(
         seen
     )
+
+
+def test_permission_denied_on_the_socket_names_the_file(daemon: Any) -> None:
+    """A socket the caller may not open: owned by another user, mode 0600. Root would pass
+    any permission check, so the CLI runs without capabilities (setpriv) when we are root."""
+    import os
+    import shutil
+
+    socket_path = daemon.home / "state" / "api.sock"
+    command = [sys.executable, "-m", "ophion_cli", "status"]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        assert setpriv, "util-linux setpriv is needed to drop root's capabilities"
+        os.chown(socket_path, 65534, 65534)
+        command = [setpriv, "--bounding-set", "-all", "--inh-caps", "-all", *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 1
+    assert f"permission denied on {socket_path}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,1333 @@
+"""End to end: the query commands against a real ophiond fed by the real OpenTelemetry SDK.
+
+Every scenario builds telemetry of a known shape with explicit clocks (``start_time=``,
+``end_time=``, ``timestamp=``), exports it with the SDK's OTLP exporters (gRPC and HTTP), and
+reads it back through ``ophion ... --json``, field by field. The commands run in-process with
+Typer's CliRunner (stdout is the JSON document), and in a subprocess (``python -m ophion_cli``)
+where exit codes, stderr and signals are what is checked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytest
+from opentelemetry import trace
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+    OTLPMetricExporter as GrpcMetricExporter,
+)
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+    OTLPSpanExporter as GrpcSpanExporter,
+)
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+    OTLPMetricExporter as HttpMetricExporter,
+)
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+    OTLPSpanExporter as HttpSpanExporter,
+)
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
+from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    MetricExporter,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+)
+from typer.testing import CliRunner
+
+from ophion_cli.main import app
+
+if TYPE_CHECKING:
+    from conftest import RunningDaemon
+
+REPO = Path(__file__).resolve().parent.parent
+MS = 1_000_000
+S = 1_000_000_000
+
+# The exporters retry transient failures until this runs out: a refused export fails in seconds.
+EXPORT_TIMEOUT_S = 3.0
+
+runner = CliRunner()
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the CLI
+
+
+def cli_json(*args: str) -> Any:
+    """``ophion ARGS --json`` in-process: the JSON document it printed on stdout."""
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return json.loads(result.stdout)
+
+
+def cli_text(*args: str) -> str:
+    """``ophion ARGS`` in-process: what it printed for people."""
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.stdout
+
+
+def ophion(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The real ``ophion`` entry point in a subprocess (exit codes, stderr)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ophion_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int) -> None:
+    """An expected failure: the exit code, nothing on stdout, no traceback on stderr."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Exporting with the SDK, and checking that ophiond accepted every export
+
+ExporterT = TypeVar("ExporterT", SpanExporter, LogRecordExporter, MetricExporter)
+
+
+@dataclass
+class Exports:
+    """What the SDK handed to an exporter, and the exporter's verdict on each batch."""
+
+    batches: list[Any] = field(default_factory=list)
+    verdicts: list[str] = field(default_factory=list)
+
+    def check(self, daemon: RunningDaemon) -> None:
+        assert self.batches, "the SDK exported nothing"
+        assert self.verdicts == ["SUCCESS"] * len(self.verdicts), (self.verdicts, daemon.log())
+
+
+def recorded(exporter: ExporterT) -> tuple[ExporterT, Exports]:
+    """Wrap ``exporter.export`` so the test sees what was sent and whether ophiond took it."""
+    exports = Exports()
+    send = exporter.export
+
+    def export(batch: Any, *args: Any, **kwargs: Any) -> Any:
+        result = send(batch, *args, **kwargs)
+        exports.batches.append(batch)
+        exports.verdicts.append(result.name if isinstance(result, Enum) else str(result))
+        return result
+
+    exporter.export = export  # type: ignore[method-assign,assignment]
+    return exporter, exports
+
+
+def grpc_spans(daemon: RunningDaemon) -> SpanExporter:
+    return GrpcSpanExporter(
+        endpoint=f"http://{daemon.grpc_endpoint}", insecure=True, timeout=EXPORT_TIMEOUT_S
+    )
+
+
+def http_spans(daemon: RunningDaemon) -> SpanExporter:
+    return HttpSpanExporter(endpoint=daemon.http_url("/v1/traces"), timeout=EXPORT_TIMEOUT_S)
+
+
+class ChosenTraceIds(RandomIdGenerator):
+    """Trace ids from a list (so a test knows their prefixes); span ids stay random."""
+
+    def __init__(self, *trace_ids: int) -> None:
+        self._trace_ids = iter(trace_ids)
+
+    def generate_trace_id(self) -> int:
+        return next(self._trace_ids)
+
+
+@dataclass
+class SpanSender:
+    """One service's TracerProvider, exporting to ophiond when closed."""
+
+    daemon: RunningDaemon
+    provider: TracerProvider
+    tracer: Tracer
+    exports: Exports
+
+    def close(self) -> None:
+        self.provider.force_flush()
+        self.provider.shutdown()
+        self.exports.check(self.daemon)
+
+
+def span_sender(
+    daemon: RunningDaemon,
+    service: str,
+    exporter: SpanExporter,
+    resource: dict[str, Any] | None = None,
+    ids: RandomIdGenerator | None = None,
+) -> SpanSender:
+    exporter, exports = recorded(exporter)
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service, **(resource or {})}),
+        id_generator=ids or RandomIdGenerator(),
+    )
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return SpanSender(daemon, provider, provider.get_tracer(f"shop.{service}", "1.0.0"), exports)
+
+
+def make_span(
+    tracer: Tracer,
+    name: str,
+    start_ns: int,
+    end_ns: int,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    parent: trace.Span | None = None,
+    attributes: dict[str, Any] | None = None,
+    error: str | None = None,
+    events: Sequence[tuple[str, int, dict[str, Any]]] = (),
+    exception: tuple[BaseException, int] | None = None,
+) -> trace.Span:
+    """A finished span with the clocks, kind, parent, status and events given."""
+    context = trace.set_span_in_context(parent) if parent is not None else Context()
+    span = tracer.start_span(
+        name, context=context, kind=kind, start_time=start_ns, attributes=attributes
+    )
+    for event_name, at_ns, event_attributes in events:
+        span.add_event(event_name, event_attributes, timestamp=at_ns)
+    if exception is not None:
+        span.record_exception(exception[0], timestamp=exception[1])
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, error))
+    span.end(end_time=end_ns)
+    return span
+
+
+def trace_hex(span: trace.Span) -> str:
+    return format(span.get_span_context().trace_id, "032x")
+
+
+def span_hex(span: trace.Span) -> str:
+    return format(span.get_span_context().span_id, "016x")
+
+
+# ---------------------------------------------------------------------------------------------
+# Expected values, computed independently of ophiond
+
+
+def quantile_cont(values: Iterable[int], q: float) -> float:
+    """Linear interpolation between the closest ranks (DuckDB's quantile_cont, numpy's default)."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def quantiles_ns(values: Iterable[int]) -> tuple[int, int, int]:
+    """p50, p95 and p99 of ``values`` in whole nanoseconds."""
+    kept = list(values)
+    p50, p95, p99 = (round(quantile_cont(kept, q)) for q in (0.5, 0.95, 0.99))
+    return p50, p95, p99
+
+
+def assert_iso(shown: str | None, unix_ns: int) -> None:
+    """An API time (ISO 8601, UTC, ``Z``) shows ``unix_ns`` to the microsecond."""
+    assert shown is not None and shown.endswith("Z"), shown
+    expected = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=unix_ns // 1000)
+    assert dt.datetime.fromisoformat(shown) == expected, (shown, unix_ns)
+
+
+def whole_second_iso(unix_ns: int) -> str:
+    """The start of the one-second step holding ``unix_ns``."""
+    moment = dt.datetime.fromtimestamp(unix_ns // S, dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------------------------------
+# The shop: frontend -> checkout requests, and a batch service with only INTERNAL spans
+
+# Each request: frontend SERVER "GET /checkout" -> frontend CLIENT "POST /pay" -> checkout SERVER
+# "POST /pay". The checkout span lasts CHECKOUT_MS[i]; the client 1 ms more on each side; the
+# frontend request 10 ms more than the checkout span in all.
+CHECKOUT_MS = (12, 45, 23, 31, 90, 18, 27, 150, 38, 60)
+FAILED = {3, 7}  # checkout answers these two with an error: error rate exactly 0.2
+FRONTEND_MS = tuple(d + 10 for d in CHECKOUT_MS)
+# The nightly jobs of the batch service: a root INTERNAL span with one INTERNAL child.
+JOB_MS = (1200, 1500, 2100, 4100)
+FAILED_JOBS = {1}
+
+
+@dataclass
+class Shop:
+    """The trace ids and clocks of what :func:`send_shop` sent."""
+
+    request_ids: list[str] = field(default_factory=list)
+    request_starts: list[int] = field(default_factory=list)
+    job_ids: list[str] = field(default_factory=list)
+    job_starts: list[int] = field(default_factory=list)
+
+    def request_row(self, i: int) -> dict[str, Any]:
+        """The ``ophion traces`` row of request ``i`` (without its start)."""
+        return {
+            "trace_id": self.request_ids[i],
+            "root_service": "frontend",
+            "root_name": "GET /checkout",
+            "duration_ns": FRONTEND_MS[i] * MS,
+            "spans": 3,
+            "error": i in FAILED,
+            "services": ["checkout", "frontend"],
+        }
+
+    def job_row(self, j: int) -> dict[str, Any]:
+        """The ``ophion traces`` row of nightly job ``j`` (without its start)."""
+        return {
+            "trace_id": self.job_ids[j],
+            "root_service": "batch",
+            "root_name": "nightly job",
+            "duration_ns": JOB_MS[j] * MS,
+            "spans": 2,
+            "error": j in FAILED_JOBS,
+            "services": ["batch"],
+        }
+
+    def start_of(self, trace_id: str) -> int:
+        starts = dict(
+            zip(self.request_ids + self.job_ids, self.request_starts + self.job_starts, strict=True)
+        )
+        return starts[trace_id]
+
+
+def send_shop(daemon: RunningDaemon) -> Shop:
+    """Ten requests a second apart (two fail in checkout), then four nightly jobs."""
+    base = time.time_ns() - 120 * S
+    shop = Shop()
+    prod = {"deployment.environment.name": "prod"}
+    frontend = span_sender(daemon, "frontend", http_spans(daemon), prod)
+    checkout = span_sender(daemon, "checkout", grpc_spans(daemon), prod)
+    batch = span_sender(
+        daemon, "batch", http_spans(daemon), {"deployment.environment.name": "staging"}
+    )
+    for i, d in enumerate(CHECKOUT_MS):
+        t = base + i * S
+        failed = i in FAILED
+        root = make_span(
+            frontend.tracer,
+            "GET /checkout",
+            t,
+            t + (d + 10) * MS,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": "GET", "http.route": "/checkout"},
+        )
+        call = make_span(
+            frontend.tracer,
+            "POST /pay",
+            t + 4 * MS,
+            t + (d + 6) * MS,
+            kind=SpanKind.CLIENT,
+            parent=root,
+        )
+        make_span(
+            checkout.tracer,
+            "POST /pay",
+            t + 5 * MS,
+            t + (d + 5) * MS,
+            kind=SpanKind.SERVER,
+            parent=call,
+            attributes={
+                "customer.tier": "gold" if i % 2 == 0 else "silver",
+                "http.response.status_code": 500 if failed else 200,
+            },
+            error="payment declined" if failed else None,
+        )
+        shop.request_ids.append(trace_hex(root))
+        shop.request_starts.append(t)
+    for j, d in enumerate(JOB_MS):
+        t = base + (11 + 3 * j) * S
+        job = make_span(
+            batch.tracer,
+            "nightly job",
+            t,
+            t + d * MS,
+            error="disk full" if j in FAILED_JOBS else None,
+        )
+        make_span(batch.tracer, "compact files", t + 100 * MS, t + (d - 100) * MS, parent=job)
+        shop.job_ids.append(trace_hex(job))
+        shop.job_starts.append(t)
+    for sender in (frontend, checkout, batch):
+        sender.close()
+    return shop
+
+
+def trace_rows(*args: str) -> list[dict[str, Any]]:
+    """``ophion traces ARGS --json``: the rows, each start checked against the sent clock."""
+    doc = cli_json("traces", *args)
+    assert set(doc) == {"since", "traces"}
+    return list(doc["traces"])
+
+
+def without_start(rows: list[dict[str, Any]], shop: Shop) -> list[dict[str, Any]]:
+    for row in rows:
+        assert_iso(row["start"], shop.start_of(row["trace_id"]))
+    return [{k: v for k, v in row.items() if k != "start"} for row in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# services
+
+
+def test_services_rates_errors_and_quantiles(daemon: RunningDaemon) -> None:
+    shop = send_shop(daemon)
+    doc = cli_json("services")
+    dt.datetime.fromisoformat(doc["since"])
+    rows = {row["service"]: row for row in doc["services"]}
+    assert [row["service"] for row in doc["services"]] == ["batch", "checkout", "frontend"]
+
+    def measured(row: dict[str, Any]) -> dict[str, Any]:
+        keys = ("requests", "errors", "error_rate", "p50_ns", "p95_ns", "p99_ns", "spans")
+        return {k: row[k] for k in (*keys, "measured_by")}
+
+    def expected(
+        requests: int, errors: int, durations_ms: Sequence[int], spans: int, measured_by: str
+    ) -> dict[str, Any]:
+        p50, p95, p99 = quantiles_ns(d * MS for d in durations_ms)
+        return {
+            "requests": requests,
+            "errors": errors,
+            "error_rate": errors / requests,
+            "p50_ns": p50,
+            "p95_ns": p95,
+            "p99_ns": p99,
+            "spans": spans,
+            "measured_by": measured_by,
+        }
+
+    checkout = rows["checkout"]
+    assert checkout["error_rate"] == 0.2
+    assert measured(checkout) == expected(10, 2, CHECKOUT_MS, 10, "server_spans")
+    frontend = rows["frontend"]
+    # The frontend's CLIENT spans are not its requests: only its SERVER spans are measured.
+    assert measured(frontend) == expected(10, 0, FRONTEND_MS, 20, "server_spans")
+    batch = rows["batch"]
+    # No SERVER or CONSUMER spans: the root spans are the requests, not their children.
+    assert measured(batch) == expected(4, 1, JOB_MS, 8, "root_spans")
+
+    # The rate is over the window (one hour by default).
+    assert checkout["request_rate"] == pytest.approx(10 / 3600, rel=1e-3)
+    assert batch["request_rate"] == pytest.approx(4 / 3600, rel=1e-3)
+    # Last seen: the latest end of any span of the service.
+    last = len(CHECKOUT_MS) - 1
+    assert_iso(frontend["last_seen"], shop.request_starts[last] + FRONTEND_MS[last] * MS)
+    assert_iso(checkout["last_seen"], shop.request_starts[last] + (CHECKOUT_MS[last] + 5) * MS)
+    assert_iso(batch["last_seen"], shop.job_starts[-1] + JOB_MS[-1] * MS)
+
+
+def test_services_since_leaves_out_older_spans(daemon: RunningDaemon) -> None:
+    send_shop(daemon)  # everything started 120 s to 100 s ago
+    assert cli_json("services", "--since", "30s")["services"] == []
+    assert [row["service"] for row in cli_json("services", "--since", "5m")["services"]] == [
+        "batch",
+        "checkout",
+        "frontend",
+    ]
+
+
+def test_services_table_for_people(daemon: RunningDaemon) -> None:
+    send_shop(daemon)
+    text = cli_text("services")
+    assert "checkout" in text and "frontend" in text and "batch" in text
+    assert "20.0%" in text  # checkout's error rate
+    assert "measured by their root spans" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# traces
+
+
+def test_traces_newest_first_with_root_duration_spans_and_services(daemon: RunningDaemon) -> None:
+    shop = send_shop(daemon)
+    rows = without_start(trace_rows(), shop)
+    expected = [shop.job_row(j) for j in reversed(range(len(JOB_MS)))] + [
+        shop.request_row(i) for i in reversed(range(len(CHECKOUT_MS)))
+    ]
+    assert rows == expected
+
+
+def test_traces_filters(daemon: RunningDaemon) -> None:
+    shop = send_shop(daemon)
+    requests = [shop.request_row(i) for i in reversed(range(len(CHECKOUT_MS)))]
+    jobs = [shop.job_row(j) for j in reversed(range(len(JOB_MS)))]
+
+    def rows(*args: str) -> list[dict[str, Any]]:
+        return without_start(trace_rows(*args), shop)
+
+    # A trace matches when one of its spans does; the row still describes the whole trace.
+    assert rows("--service", "checkout") == requests
+    assert rows("-s", "batch") == jobs
+    assert rows("--name", "POST /pay") == requests
+    assert rows("--name", "compact files") == jobs
+    assert rows("--name", "no such span") == []
+    assert rows("--service", "frontend", "--name", "compact files") == []
+
+    assert rows("--min-duration", "60ms", "--max-duration", "0.5s") == [
+        shop.request_row(i) for i in (9, 7, 4)
+    ]
+    assert rows("--max-duration", "30ms") == [shop.request_row(i) for i in (5, 0)]
+    assert rows("--min-duration", "1.5s") == [shop.job_row(j) for j in (3, 2, 1)]
+
+    assert rows("--status", "error") == [shop.job_row(1), shop.request_row(7), shop.request_row(3)]
+    assert rows("--status", "ok") == [row for row in jobs + requests if not row["error"]]
+
+    # A span attribute, a typed (integer) span attribute, and a resource attribute.
+    assert rows("--attr", "customer.tier=gold") == [shop.request_row(i) for i in (8, 6, 4, 2, 0)]
+    assert rows("--attr", "http.response.status_code=500") == [shop.request_row(i) for i in (7, 3)]
+    assert rows("--attr", "deployment.environment.name=staging") == jobs
+    assert rows("--attr", "deployment.environment.name=prod") == requests
+    # Repeated filters must all hold on one span (as in Jaeger): an attribute of the checkout
+    # span with one of its resource, or two of its own; not one from each of two spans.
+    assert rows("--attr", "customer.tier=gold", "--attr", "deployment.environment.name=prod") == [
+        shop.request_row(i) for i in (8, 6, 4, 2, 0)
+    ]
+    assert rows("--attr", "customer.tier=silver", "--attr", "http.response.status_code=200") == [
+        shop.request_row(i) for i in (9, 5, 1)
+    ]
+    assert rows("--attr", "customer.tier=gold", "--attr", "http.route=/checkout") == []
+    assert rows("--service", "checkout", "--attr", "customer.tier=silver", "--status", "error") == [
+        shop.request_row(i) for i in (7, 3)
+    ]
+
+    assert rows("--limit", "3") == jobs[:3]
+    assert rows("--service", "checkout", "--limit", "2") == requests[:2]
+
+
+def test_traces_duration_bounds_are_inclusive(daemon: RunningDaemon) -> None:
+    shop = send_shop(daemon)
+
+    def rows(*args: str) -> list[dict[str, Any]]:
+        return without_start(trace_rows(*args), shop)
+
+    # Requests 9 and 4 last exactly 70 ms and 100 ms.
+    assert rows("--min-duration", "70ms", "--max-duration", "100ms") == [
+        shop.request_row(i) for i in (9, 4)
+    ]
+    # Job 3 lasts exactly 4.1 s: both bounds at 4.1s keep it.
+    assert rows("--min-duration", "4.1s") == [shop.job_row(3)]
+    assert rows("--min-duration", "4s", "--max-duration", "4.1s") == [shop.job_row(3)]
+
+
+def test_traces_table_for_people(daemon: RunningDaemon) -> None:
+    shop = send_shop(daemon)
+    text = cli_text("traces", "--service", "checkout", "--status", "error")
+    assert shop.request_ids[7][:16] in text and shop.request_ids[3][:16] in text
+    assert shop.request_ids[0][:16] not in text
+    assert "GET /checkout" in text and "✗ error" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# trace: one trace of known shape
+
+KNOWN_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+NEIGHBOUR_TRACE = 0x4BF92F3600000000000000000000BEEF  # shares the first 7 hex digits
+
+
+@dataclass
+class KnownTrace:
+    """The spans of the known trace, by role, and the trace's start."""
+
+    start_ns: int
+    root: ReadableSpan
+    cart: ReadableSpan
+    query: ReadableSpan
+    charge: ReadableSpan
+    audit: ReadableSpan
+
+    @property
+    def trace_id(self) -> str:
+        return format(KNOWN_TRACE, "032x")
+
+
+def send_known_trace(daemon: RunningDaemon) -> KnownTrace:
+    """GET /order [0, 100 ms]
+    ├─ load cart [5, 35]
+    │  └─ SELECT cart [10, 30]   an exception event at 20 ms (retried, not an error)
+    ├─ charge card [40, 95]      ERROR "card declined", an event at 41 ms
+    └─ audit log [50, 60]        runs beside charge card: not on the critical path
+    plus one more trace whose id shares the first 7 hex digits.
+    """
+    sender = span_sender(
+        daemon, "api", grpc_spans(daemon), ids=ChosenTraceIds(KNOWN_TRACE, NEIGHBOUR_TRACE)
+    )
+    tracer = sender.tracer
+    t = time.time_ns() - 30 * S
+    root = make_span(
+        tracer,
+        "GET /order",
+        t,
+        t + 100 * MS,
+        kind=SpanKind.SERVER,
+        attributes={"http.route": "/order"},
+    )
+    cart = make_span(tracer, "load cart", t + 5 * MS, t + 35 * MS, parent=root)
+    query = make_span(
+        tracer,
+        "SELECT cart",
+        t + 10 * MS,
+        t + 30 * MS,
+        kind=SpanKind.CLIENT,
+        parent=cart,
+        attributes={"db.system.name": "postgresql"},
+        exception=(TimeoutError("db timeout, retrying"), t + 20 * MS),
+    )
+    charge = make_span(
+        tracer,
+        "charge card",
+        t + 40 * MS,
+        t + 95 * MS,
+        kind=SpanKind.CLIENT,
+        parent=root,
+        error="card declined",
+        events=[("gateway.request", t + 41 * MS, {"gateway": "stripe", "attempt": 1})],
+    )
+    audit = make_span(tracer, "audit log", t + 50 * MS, t + 60 * MS, parent=root)
+    make_span(tracer, "GET /health", t + 200 * MS, t + 201 * MS, kind=SpanKind.SERVER)
+    sender.close()
+    spans: list[Any] = [root, cart, query, charge, audit]
+    return KnownTrace(t, *spans)
+
+
+def test_trace_json_spans_parent_links_events_and_critical_path(daemon: RunningDaemon) -> None:
+    known = send_known_trace(daemon)
+    doc = cli_json("trace", known.trace_id)
+
+    assert doc["trace_id"] == known.trace_id
+    assert doc["start_ns"] == known.start_ns
+    assert_iso(doc["start"], known.start_ns)
+    assert doc["duration_ns"] == 100 * MS
+    assert doc["services"] == ["api"]
+    assert doc["error"] is True
+    # The root waited for charge card, and before it for load cart and its query; audit log
+    # ran beside charge card and cost nothing.
+    assert doc["critical_path"] == [
+        span_hex(known.root),
+        span_hex(known.charge),
+        span_hex(known.cart),
+        span_hex(known.query),
+    ]
+
+    # name, parent, kind, status, start and end in ms from the trace start
+    shape = [
+        ("GET /order", None, "SERVER", "UNSET", 0, 100),
+        ("load cart", known.root, "INTERNAL", "UNSET", 5, 35),
+        ("SELECT cart", known.cart, "CLIENT", "UNSET", 10, 30),
+        ("charge card", known.root, "CLIENT", "ERROR", 40, 95),
+        ("audit log", known.root, "INTERNAL", "UNSET", 50, 60),
+    ]
+    spans = doc["spans"]
+    assert len(spans) == len(shape)  # the neighbour trace's span is not here
+    assert [s["span_id"] for s in spans] == [
+        span_hex(s) for s in (known.root, known.cart, known.query, known.charge, known.audit)
+    ]
+    for span, (name, parent, kind, status, start_ms, end_ms) in zip(spans, shape, strict=True):
+        assert span["name"] == name
+        assert span["parent_span_id"] == (span_hex(parent) if parent is not None else None)
+        assert span["service_name"] == "api"
+        assert span["kind"] == kind
+        assert span["status_code"] == status
+        assert span["start_ns"] == known.start_ns + start_ms * MS
+        assert span["end_ns"] == known.start_ns + end_ms * MS
+        assert span["duration_ns"] == (end_ms - start_ms) * MS
+        assert_iso(span["start"], span["start_ns"])
+        assert span["resource_attributes"]["service.name"] == "api"
+        assert span["scope_name"] == "shop.api"
+        assert span["scope_version"] == "1.0.0"
+        assert span["links"] == []
+
+    by_name = {s["name"]: s for s in spans}
+    assert by_name["charge card"]["status_message"] == "card declined"
+    assert by_name["GET /order"]["attributes"] == {"http.route": "/order"}
+    assert by_name["SELECT cart"]["attributes"] == {"db.system.name": "postgresql"}
+
+    (exception,) = by_name["SELECT cart"]["events"]
+    assert exception["name"] == "exception"
+    assert exception["time_ns"] == known.start_ns + 20 * MS
+    assert exception["attributes"]["exception.type"] == "TimeoutError"
+    assert exception["attributes"]["exception.message"] == "db timeout, retrying"
+    assert by_name["charge card"]["events"] == [
+        {
+            "time_ns": known.start_ns + 41 * MS,
+            "name": "gateway.request",
+            "attributes": {"gateway": "stripe", "attempt": 1},
+        }
+    ]
+    for name in ("GET /order", "load cart", "audit log"):
+        assert by_name[name]["events"] == []
+
+
+def test_trace_by_unique_prefix(daemon: RunningDaemon) -> None:
+    known = send_known_trace(daemon)
+    assert known.trace_id[:8] == "4bf92f35"
+    by_prefix = cli_json("trace", known.trace_id[:8])
+    assert by_prefix == cli_json("trace", known.trace_id)
+    assert cli_json("trace", known.trace_id[:8].upper())["trace_id"] == known.trace_id
+
+    # Seven digits are the start of both traces: that is said, with both ids, not guessed.
+    result = ophion("trace", "4bf92f3")
+    assert_clean_failure(result, 1)
+    assert "several" in result.stderr
+    assert known.trace_id in result.stderr
+    assert format(NEIGHBOUR_TRACE, "032x") in result.stderr
+
+
+def test_trace_unknown_id_says_so(daemon: RunningDaemon) -> None:
+    send_known_trace(daemon)
+    result = ophion("trace", "0123456789abcdef0123456789abcdef")
+    assert_clean_failure(result, 1)
+    assert result.stderr.splitlines()[0].startswith("error: no trace 0123456789abcdef")
+    assert "ophion traces" in result.stderr  # the hint
+
+
+def test_trace_span_option_keeps_that_subtree(daemon: RunningDaemon) -> None:
+    known = send_known_trace(daemon)
+    doc = cli_json("trace", known.trace_id, "--span", span_hex(known.cart))
+    assert [s["span_id"] for s in doc["spans"]] == [span_hex(known.cart), span_hex(known.query)]
+    assert doc["trace_id"] == known.trace_id
+    # A unique start of the span id is enough.
+    leaf = cli_json("trace", known.trace_id[:8], "--span", span_hex(known.charge)[:8])
+    assert [s["name"] for s in leaf["spans"]] == ["charge card"]
+    whole = cli_json("trace", known.trace_id, "--span", span_hex(known.root))
+    assert len(whole["spans"]) == 5
+
+    result = ophion("trace", known.trace_id, "--span", "ffffffffffffffff")
+    assert_clean_failure(result, 1)
+    assert "no span ffffffffffffffff" in result.stderr
+
+
+def test_trace_waterfall_for_people(daemon: RunningDaemon) -> None:
+    known = send_known_trace(daemon)
+    text = cli_text("trace", known.trace_id)
+    assert known.trace_id in text
+    for name in ("GET /order", "load cart", "SELECT cart", "charge card", "audit log"):
+        assert name in text, text
+    assert "✗" in text
+    assert "db timeout, retrying" in text
+    assert "TimeoutError" in text
+    # The error mark is on the failed span's line, and on no other span's.
+    marked = [line for line in text.splitlines() if "✗" in line and "|" in line]
+    assert len(marked) == 1 and "charge card" in marked[0]
+
+    focused = cli_text("trace", known.trace_id, "--span", span_hex(known.charge))
+    assert f"span {span_hex(known.charge)}" in focused
+    assert "status: card declined" in focused
+    assert "load cart" not in focused
+
+
+# ---------------------------------------------------------------------------------------------
+# logs
+
+TRACE_ONE = 0x0AF7651916CD43DD8448EB211C80319C
+SPAN_ONE = 0xB7AD6B7169203331
+TRACE_TWO = 0x5B8EFFF798038103D269B633813FC60C
+SPAN_TWO = 0xEEE19B7EC3C1B174
+
+
+@dataclass(frozen=True)
+class Record:
+    """One log record to send, ``offset_s`` after the scenario's base time."""
+
+    offset_s: int
+    service: str
+    severity: SeverityNumber
+    text: str
+    body: str
+    trace_id: int | None = None
+    span_id: int | None = None
+
+
+RECORDS = (
+    Record(0, "api", SeverityNumber.TRACE, "TRACE", "cache probe"),
+    Record(1, "api", SeverityNumber.DEBUG, "DEBUG", "Connection pool warmed"),
+    Record(2, "api", SeverityNumber.INFO, "INFO", "order 17 accepted", TRACE_ONE, SPAN_ONE),
+    Record(3, "api", SeverityNumber.WARN, "WARN", "Payment retry scheduled", TRACE_ONE, SPAN_ONE),
+    Record(
+        4, "worker", SeverityNumber.ERROR, "ERROR", "payment FAILED for order 17", TRACE_ONE, 0x1
+    ),
+    Record(5, "worker", SeverityNumber.FATAL, "FATAL", "worker crashed"),
+    Record(6, "worker", SeverityNumber.INFO, "INFO", "job done", TRACE_TWO, SPAN_TWO),
+    Record(7, "api", SeverityNumber.WARN2, "WARN", "disk almost full"),
+)
+
+
+def log_context(trace_id: int | None, span_id: int | None) -> Context:
+    if trace_id is None or span_id is None:
+        return Context()
+    context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(1))
+    return trace.set_span_in_context(NonRecordingSpan(context))
+
+
+def send_records(
+    daemon: RunningDaemon, records: Iterable[Record], base_ns: int, transport: str = "grpc"
+) -> None:
+    """Emit ``records`` with the SDK's Logger API, one LoggerProvider per service."""
+    providers: dict[str, tuple[LoggerProvider, Exports]] = {}
+    for record in records:
+        if record.service not in providers:
+            exporter: LogRecordExporter
+            if transport == "grpc":
+                exporter = GrpcLogExporter(
+                    endpoint=f"http://{daemon.grpc_endpoint}",
+                    insecure=True,
+                    timeout=EXPORT_TIMEOUT_S,
+                )
+            else:
+                exporter = HttpLogExporter(
+                    endpoint=daemon.http_url("/v1/logs"), timeout=EXPORT_TIMEOUT_S
+                )
+            exporter, exports = recorded(exporter)
+            provider = LoggerProvider(resource=Resource.create({"service.name": record.service}))
+            provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+            providers[record.service] = (provider, exports)
+        provider = providers[record.service][0]
+        provider.get_logger("shop.logs").emit(
+            timestamp=base_ns + record.offset_s * S,
+            context=log_context(record.trace_id, record.span_id),
+            severity_number=record.severity,
+            severity_text=record.text,
+            body=record.body,
+            attributes={"seq": record.offset_s},
+        )
+    for provider, exports in providers.values():
+        provider.force_flush()
+        provider.shutdown()
+        exports.check(daemon)
+
+
+def log_bodies(*args: str) -> list[str]:
+    doc = cli_json("logs", *args)
+    assert set(doc) == {"logs"}
+    return [record["body"] for record in doc["logs"]]
+
+
+def bodies(records: Iterable[Record]) -> list[str]:
+    return [r.body for r in records]
+
+
+def test_logs_records_field_by_field_oldest_first(daemon: RunningDaemon) -> None:
+    base = time.time_ns() - 60 * S
+    send_records(daemon, RECORDS, base)
+    records = cli_json("logs")["logs"]
+    assert [r["body"] for r in records] == bodies(RECORDS)
+    warn = records[3]
+    assert_iso(warn["time"], base + 3 * S)
+    assert {k: v for k, v in warn.items() if k != "time"} == {
+        "time_ns": base + 3 * S,
+        "service": "api",
+        "severity_number": 13,
+        "severity": "WARN",
+        "body": "Payment retry scheduled",
+        "body_type": "string",
+        "trace_id": format(TRACE_ONE, "032x"),
+        "span_id": format(SPAN_ONE, "016x"),
+        "attributes": {"seq": 3},
+    }
+    crashed = records[5]
+    assert (crashed["service"], crashed["severity_number"], crashed["severity"]) == (
+        "worker",
+        21,
+        "FATAL",
+    )
+    assert crashed["trace_id"] is None and crashed["span_id"] is None
+
+
+def test_logs_filters(daemon: RunningDaemon) -> None:
+    base = time.time_ns() - 60 * S
+    send_records(daemon, RECORDS, base)
+
+    # warn and above: WARN, WARN2, ERROR, FATAL; not TRACE, DEBUG or INFO.
+    warn_and_above = [r for r in RECORDS if r.severity.value >= SeverityNumber.WARN.value]
+    assert log_bodies("--severity", "warn") == bodies(warn_and_above)
+    assert bodies(warn_and_above) == [
+        "Payment retry scheduled",
+        "payment FAILED for order 17",
+        "worker crashed",
+        "disk almost full",
+    ]
+    assert log_bodies("--severity", "WARNING") == bodies(warn_and_above)
+    assert log_bodies("--severity", "error") == ["payment FAILED for order 17", "worker crashed"]
+    assert log_bodies("--severity", "fatal") == ["worker crashed"]
+    assert log_bodies("--severity", "trace") == bodies(RECORDS)
+
+    # --grep ignores case.
+    assert log_bodies("--grep", "payment") == [
+        "Payment retry scheduled",
+        "payment FAILED for order 17",
+    ]
+    assert log_bodies("-g", "FAILED") == log_bodies("--grep", "failed")
+    assert log_bodies("--grep", "100%") == []  # LIKE wildcards are literal text
+
+    one = format(TRACE_ONE, "032x")
+    assert log_bodies("--trace", one) == [
+        "order 17 accepted",
+        "Payment retry scheduled",
+        "payment FAILED for order 17",
+    ]
+    assert log_bodies("--trace", format(TRACE_TWO, "032x")) == ["job done"]
+    assert log_bodies("--trace", one[:12]) == log_bodies("--trace", one)
+
+    assert log_bodies("--service", "worker") == [
+        "payment FAILED for order 17",
+        "worker crashed",
+        "job done",
+    ]
+    assert log_bodies("--service", "api", "--severity", "warn") == [
+        "Payment retry scheduled",
+        "disk almost full",
+    ]
+    assert log_bodies("--service", "nobody") == []
+
+    # --limit keeps the newest N, still oldest first.
+    assert log_bodies("--limit", "3") == ["worker crashed", "job done", "disk almost full"]
+    assert log_bodies("--severity", "warn", "--limit", "2") == [
+        "worker crashed",
+        "disk almost full",
+    ]
+    assert log_bodies("--since", "58s") == bodies(RECORDS[3:])
+
+
+def test_logs_for_people(daemon: RunningDaemon) -> None:
+    send_records(daemon, RECORDS, time.time_ns() - 60 * S)
+    text = cli_text("logs", "--severity", "error")
+    assert "payment FAILED for order 17" in text and "worker crashed" in text
+    assert "FATAL" in text and "ERROR" in text
+    assert "cache probe" not in text
+
+
+def _read_lines(stream: Any, lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def _next_line(lines: queue.Queue[str | None], timeout: float) -> str | None:
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        return None
+
+
+def test_logs_follow_prints_records_sent_after_it_started(daemon: RunningDaemon) -> None:
+    base = time.time_ns() - 10 * S
+    send_records(daemon, [Record(0, "api", SeverityNumber.INFO, "INFO", "before follow")], base)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ophion_cli", "logs", "-f", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ),  # OPHION_HOME of this test
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    reader = threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True)
+    reader.start()
+    try:
+        # The backlog comes first: once it is printed, the follower is subscribed.
+        first = _next_line(lines, 15)
+        assert first is not None, process.stderr.read() if process.poll() is not None else ""
+        backlog = json.loads(first)
+        assert backlog["body"] == "before follow"
+
+        sent_at = time.time_ns()
+        send_records(
+            daemon,
+            [Record(0, "worker", SeverityNumber.ERROR, "ERROR", "after follow")],
+            sent_at,
+            transport="http",
+        )
+        line = _next_line(lines, 5)
+        assert line is not None, "the new record did not arrive within 5 s"
+        record = json.loads(line)
+        assert record["body"] == "after follow"
+        assert record["service"] == "worker"
+        assert record["severity"] == "ERROR"
+        assert record["severity_number"] == 17
+        assert record["time_ns"] == sent_at
+        assert_iso(record["time"], sent_at)
+
+        # Ctrl-C ends it cleanly and promptly.
+        process.send_signal(signal.SIGINT)
+        assert process.wait(5) == 0
+        assert process.stderr is not None
+        stderr = process.stderr.read()
+        assert "Traceback" not in stderr, stderr
+        assert "KeyboardInterrupt" not in stderr, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_logs_follow_applies_the_filters_to_live_records(daemon: RunningDaemon) -> None:
+    base = time.time_ns() - 10 * S
+    send_records(
+        daemon,
+        [
+            Record(0, "api", SeverityNumber.INFO, "INFO", "old info"),
+            Record(1, "api", SeverityNumber.ERROR, "ERROR", "old error"),
+        ],
+        base,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ophion_cli", "logs", "-f", "--json", "--severity", "error"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ),
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True).start()
+    try:
+        first = _next_line(lines, 15)
+        assert first is not None and json.loads(first)["body"] == "old error"
+        send_records(
+            daemon,
+            [
+                Record(0, "api", SeverityNumber.INFO, "INFO", "live info"),
+                Record(1, "api", SeverityNumber.ERROR, "ERROR", "live error"),
+            ],
+            time.time_ns(),
+        )
+        line = _next_line(lines, 5)
+        assert line is not None, "the error record did not arrive within 5 s"
+        assert json.loads(line)["body"] == "live error"
+        assert _next_line(lines, 0.3) is None  # the info record was filtered out
+        process.send_signal(signal.SIGINT)
+        assert process.wait(5) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+@dataclass
+class SentMetrics:
+    """The metric batches each exporter sent, to read the SDK's point times from."""
+
+    cumulative: Exports
+    delta: Exports
+
+    def times(self, name: str, attributes: dict[str, Any] | None = None) -> list[int]:
+        """The time of every exported point of ``name`` (with ``attributes``), in order."""
+        out = []
+        for batch in self.cumulative.batches + self.delta.batches:
+            assert isinstance(batch, MetricsData)
+            for resource_metrics in batch.resource_metrics:
+                for scope_metrics in resource_metrics.scope_metrics:
+                    for metric in scope_metrics.metrics:
+                        if metric.name != name:
+                            continue
+                        for point in metric.data.data_points:
+                            if attributes is None or dict(point.attributes or {}) == attributes:
+                                out.append(point.time_unix_nano)
+        return sorted(out)
+
+
+def send_shop_metrics(daemon: RunningDaemon) -> SentMetrics:
+    """Two collections in two different whole seconds.
+
+    - ``shop.orders`` (counter, cumulative over gRPC): +3, then +5
+    - ``shop.refunds`` (counter, delta over HTTP): +2, then +4
+    - ``shop.latency`` (histogram, bounds 10/100/1000 ms): /pay 5, 20, 30, 50, 200 then 40, 60;
+      /cart 500 in the first collection only
+    - ``shop.queue.depth`` (gauge): 9, then 7
+    """
+    cumulative_exporter, cumulative = recorded(
+        GrpcMetricExporter(
+            endpoint=f"http://{daemon.grpc_endpoint}", insecure=True, timeout=EXPORT_TIMEOUT_S
+        )
+    )
+    delta_exporter, delta = recorded(
+        HttpMetricExporter(
+            endpoint=daemon.http_url("/v1/metrics"),
+            timeout=EXPORT_TIMEOUT_S,
+            preferred_temporality={
+                Counter: AggregationTemporality.DELTA,
+                Histogram: AggregationTemporality.DELTA,
+            },
+        )
+    )
+    resource = Resource.create({"service.name": "shop"})
+    providers = [
+        MeterProvider(
+            # An infinite interval: no background export, only the ones force_flush asks for.
+            metric_readers=[
+                PeriodicExportingMetricReader(exporter, export_interval_millis=math.inf)
+            ],
+            resource=resource,
+        )
+        for exporter in (cumulative_exporter, delta_exporter)
+    ]
+    meter, delta_meter = (p.get_meter("shop.metrics", "1.0.0") for p in providers)
+    orders = meter.create_counter("shop.orders", unit="{order}", description="Orders placed")
+    refunds = delta_meter.create_counter("shop.refunds", unit="{refund}")
+    latency = meter.create_histogram(
+        "shop.latency", unit="ms", explicit_bucket_boundaries_advisory=[10.0, 100.0, 1000.0]
+    )
+    depth = meter.create_gauge("shop.queue.depth", unit="{message}")
+
+    orders.add(3)
+    refunds.add(2)
+    for value in (5, 20, 30, 50, 200):
+        latency.record(value, {"http.route": "/pay"})
+    latency.record(500, {"http.route": "/cart"})
+    depth.set(9)
+    for provider in providers:
+        provider.force_flush()
+    # Into the next whole second, so that the second collection falls into another 1 s step.
+    time.sleep(1.0 - (time.time() % 1.0) + 0.05)
+    orders.add(5)
+    refunds.add(4)
+    for value in (40, 60):
+        latency.record(value, {"http.route": "/pay"})
+    depth.set(7)
+    for provider in providers:
+        provider.force_flush()
+        provider.shutdown()
+    cumulative.check(daemon)
+    delta.check(daemon)
+    return SentMetrics(cumulative, delta)
+
+
+def test_metrics_list_names_types_units_services_series(daemon: RunningDaemon) -> None:
+    send_shop_metrics(daemon)
+    doc = cli_json("metrics")
+    dt.datetime.fromisoformat(doc["since"])
+    listed = [
+        {k: row[k] for k in ("name", "type", "unit", "services", "series")}
+        for row in doc["metrics"]
+    ]
+    assert listed == [
+        {
+            "name": "shop.latency",
+            "type": "histogram",
+            "unit": "ms",
+            "services": ["shop"],
+            "series": 2,
+        },
+        {
+            "name": "shop.orders",
+            "type": "sum",
+            "unit": "{order}",
+            "services": ["shop"],
+            "series": 1,
+        },
+        {
+            "name": "shop.queue.depth",
+            "type": "gauge",
+            "unit": "{message}",
+            "services": ["shop"],
+            "series": 1,
+        },
+        {
+            "name": "shop.refunds",
+            "type": "sum",
+            "unit": "{refund}",
+            "services": ["shop"],
+            "series": 1,
+        },
+    ]
+    orders = next(row for row in doc["metrics"] if row["name"] == "shop.orders")
+    assert orders["description"] == "Orders placed"
+    assert orders["last_seen"] is not None
+
+    text = cli_text("metrics")
+    for name in ("shop.latency", "shop.orders", "shop.queue.depth", "shop.refunds"):
+        assert name in text
+
+
+@pytest.mark.parametrize(
+    ("name", "increments"),
+    [("shop.orders", [3.0, 5.0]), ("shop.refunds", [2.0, 4.0])],
+    ids=["cumulative", "delta"],
+)
+def test_metric_counter_is_a_rate_per_step(
+    daemon: RunningDaemon, name: str, increments: list[float]
+) -> None:
+    sent = send_shop_metrics(daemon)
+    doc = cli_json("metrics", name, "--step", "1s")
+    assert doc["name"] == name
+    assert doc["type"] == "sum"
+    assert doc["step_ns"] == S
+    (series,) = doc["series"]
+    assert series["service"] == "shop"
+    assert series["attributes"] == {}
+    assert series["kind"] == "rate"
+    times = sent.times(name)
+    assert len(times) == 2
+    # One point per collection; a 1 s step makes the rate equal to what was added in it.
+    assert series["points"] == [
+        {"time": whole_second_iso(t), "value": v} for t, v in zip(times, increments, strict=True)
+    ]
+
+
+def test_metric_histogram_gives_quantiles_per_step(daemon: RunningDaemon) -> None:
+    sent = send_shop_metrics(daemon)
+    doc = cli_json("metrics", "shop.latency", "--step", "1s")
+    assert (doc["type"], doc["unit"], doc["step_ns"]) == ("histogram", "ms", S)
+    series = {s["attributes"]["http.route"]: s for s in doc["series"]}
+    assert set(series) == {"/pay", "/cart"}
+    assert all(s["kind"] == "quantiles" for s in series.values())
+
+    pay = series["/pay"]["points"]
+    first, second = sent.times("shop.latency", {"http.route": "/pay"})
+    assert [p["time"] for p in pay] == [whole_second_iso(first), whole_second_iso(second)]
+    for point in pay:
+        assert set(point) == {"time", "count_rate", "p50", "p95", "p99"}
+    # First step: 5 | 20 30 50 | 200 in the buckets (0,10] (10,100] (100,1000], interpolated
+    # linearly inside the bucket holding the rank.
+    assert pay[0]["count_rate"] == 5.0
+    assert pay[0]["p50"] == pytest.approx(10 + 90 * (2.5 - 1) / 3)
+    assert pay[0]["p95"] == pytest.approx(100 + 900 * (4.75 - 4) / 1)
+    assert pay[0]["p99"] == pytest.approx(100 + 900 * (4.95 - 4) / 1)
+    # Second step: only the two new observations (40, 60), both in (10, 100].
+    assert pay[1]["count_rate"] == 2.0
+    assert pay[1]["p50"] == pytest.approx(10 + 90 * 1 / 2)
+    assert pay[1]["p95"] == pytest.approx(10 + 90 * 1.9 / 2)
+    assert pay[1]["p99"] == pytest.approx(10 + 90 * 1.98 / 2)
+
+    cart = series["/cart"]["points"]
+    assert cart[0]["count_rate"] == 1.0
+    assert cart[0]["p50"] == pytest.approx(100 + 900 * 0.5)
+    # Nothing observed in the second step: no quantiles to show.
+    assert cart[1]["count_rate"] == 0.0
+    assert (cart[1]["p50"], cart[1]["p95"], cart[1]["p99"]) == (None, None, None)
+
+
+def test_metric_gauge_gives_values(daemon: RunningDaemon) -> None:
+    sent = send_shop_metrics(daemon)
+    doc = cli_json("metrics", "shop.queue.depth", "--step", "1s")
+    assert (doc["type"], doc["unit"]) == ("gauge", "{message}")
+    (series,) = doc["series"]
+    assert series["kind"] == "value"
+    first, second = sent.times("shop.queue.depth")
+    assert series["points"] == [
+        {"time": whole_second_iso(first), "value": 9.0},
+        {"time": whole_second_iso(second), "value": 7.0},
+    ]
+    assert cli_json("metrics", "shop.queue.depth", "--service", "shop", "--step", "1s") == doc
+
+
+def test_metric_unknown_name_says_so(daemon: RunningDaemon) -> None:
+    send_shop_metrics(daemon)
+    result = ophion("metrics", "shop.nothing")
+    assert_clean_failure(result, 1)
+    assert "no points of metric 'shop.nothing'" in result.stderr
+    assert "ophion metrics" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# map
+
+
+def test_map_edges_with_calls_errors_and_p95(daemon: RunningDaemon) -> None:
+    send_shop(daemon)
+    doc = cli_json("map")
+    dt.datetime.fromisoformat(doc["since"])
+    assert doc["services"] == ["batch", "checkout", "frontend"]
+    # Only the frontend -> checkout call crosses services; batch calls nobody.
+    assert doc["edges"] == [
+        {
+            "source": "frontend",
+            "target": "checkout",
+            "calls": 10,
+            "errors": 2,
+            "error_rate": 0.2,
+            "p95_ns": quantiles_ns(d * MS for d in CHECKOUT_MS)[1],
+        }
+    ]
+    text = cli_text("map")
+    assert "frontend" in text and "checkout" in text
+    assert "10 calls" in text and "20.0% errors" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Usage errors and a missing daemon
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "forms"),
+    [
+        (("services", "--since", "yesterday"), "--since", ["15m", "ISO"]),
+        (("traces", "--since", "yesterday"), "--since", ["15m", "ISO"]),
+        (("logs", "--since", "yesterday"), "--since", ["15m", "ISO"]),
+        (("logs", "-f", "--since", "yesterday"), "--since", ["15m", "ISO"]),
+        (("metrics", "--since", "yesterday"), "--since", ["15m", "ISO"]),
+        (("map", "--since", "yesterday"), "--since", ["15m", "ISO"]),
+        (("traces", "--min-duration", "fast"), "--min-duration", ["250ms", "1.5s"]),
+        (("traces", "--max-duration", "10 parsecs"), "--max-duration", ["250ms", "1.5s"]),
+        (("metrics", "shop.orders", "--step", "often"), "--step", ["250ms", "1.5s"]),
+        (("traces", "--status", "maybe"), "--status", ["ok", "error"]),
+        (("traces", "--attr", "no-equals-sign"), "--attr", ["KEY=VALUE"]),
+        (("logs", "--severity", "loud"), "--severity", ["warn", "fatal"]),
+    ],
+)
+def test_usage_errors_name_the_accepted_forms(
+    daemon: RunningDaemon, args: tuple[str, ...], option: str, forms: list[str]
+) -> None:
+    result = ophion(*args)
+    assert_clean_failure(result, 2)
+    assert option in result.stderr
+    for form in forms:
+        assert form in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("services",),
+        ("traces",),
+        ("trace", "4bf92f35"),
+        ("logs",),
+        ("logs", "-f"),
+        ("metrics",),
+        ("metrics", "shop.orders"),
+        ("map",),
+        ("services", "--json"),
+    ],
+)
+def test_without_daemon_one_line_says_so_and_how_to_start_it(args: tuple[str, ...]) -> None:
+    result = ophion(*args, timeout=30)
+    assert_clean_failure(result, 1)
+    first, *rest = result.stderr.splitlines()
+    assert first.startswith("error: ophiond is not running"), result.stderr
+    assert "ophion daemon start" in result.stderr
+    assert len(rest) <= 1  # the reason, and at most one hint line
