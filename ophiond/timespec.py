@@ -32,7 +32,8 @@ def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
 def parse_duration_ns(text: str) -> int:
     """Nanoseconds from ``250ms``, ``1.5s``, ``2m``."""
     try:
-        return int(parse_duration(text) * 1e9)
+        # round, not int: 4.1 * 1e9 is 4099999999.9999995 in binary floating point.
+        return round(parse_duration(text) * 1e9)
     except OphionError:
         raise TimeSpecError(f"{text!r} is not a duration", hint=f"use {DURATION_FORMS}") from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
 
 # Records a slow follower may fall behind by; past it, it misses records rather than grow.
 _BACKLOG = 10_000
+# How often a waiting follower looks whether the daemon is stopping.
+_STOP_CHECK_S = 0.2
 _COLUMNS = [
     "timestamp",
     "service_name",
@@ -37,14 +40,21 @@ class Subscription:
     def records(
         self, search: LogSearch, stop: threading.Event, keepalive_s: float = 5.0
     ) -> Iterator[dict[str, Any] | None]:
-        """Matching records as they are committed; ``None`` now and then as a keep-alive."""
+        """Matching records as they are committed; ``None`` now and then as a keep-alive.
+
+        Waits in short slices so that a stopping daemon ends the stream at once.
+        """
+        quiet_since = time.monotonic()
         while not stop.is_set():
             try:
-                record = self.inbox.get(timeout=keepalive_s)
+                record = self.inbox.get(timeout=_STOP_CHECK_S)
             except queue.Empty:
-                yield None
+                if time.monotonic() - quiet_since >= keepalive_s:
+                    quiet_since = time.monotonic()
+                    yield None
                 continue
             if search.matches(record):
+                quiet_since = time.monotonic()
                 yield log_document(record)
 
     def close(self) -> None:
