@@ -60,6 +60,21 @@ def _words(command: Command) -> str:
     return " ".join([*(s.path[-1] for s in command.subcommands), *options])
 
 
+def _command_path_loop(groups: str, words: str, first: str, current: str) -> str:
+    """Shell (bash and zsh alike) that finds the command path (``daemon start``) typed so far,
+    skipping options and their values."""
+    return f"""    for ((i = {first}; i < {current}; i++)); do
+        word=${{{words}[i]}}
+        [[ $word == -* ]] && continue
+        if [[ -z $cmdpath ]]; then
+            cmdpath=$word
+        elif [[ $cmdpath != *" "* && " {groups} " == *" $cmdpath "* ]]; then
+            cmdpath="$cmdpath $word"
+        fi
+    done
+"""
+
+
 def bash(root: Command) -> str:
     groups = " ".join(c.path[-1] for c in _all(root) if c.subcommands and c.path)
     cases = "\n".join(
@@ -69,16 +84,7 @@ def bash(root: Command) -> str:
     return f"""# bash completion for ophion ({_HEADER})
 _ophion() {{
     local cur=${{COMP_WORDS[COMP_CWORD]}} cmdpath="" word i words=""
-    for ((i = 1; i < COMP_CWORD; i++)); do
-        word=${{COMP_WORDS[i]}}
-        [[ $word == -* ]] && continue
-        if [[ -z $cmdpath ]]; then
-            cmdpath=$word
-        elif [[ $cmdpath != *" "* && " {groups} " == *" $cmdpath "* ]]; then
-            cmdpath="$cmdpath $word"
-        fi
-    done
-    case "$cmdpath" in
+{_command_path_loop(groups, "COMP_WORDS", "1", "COMP_CWORD")}    case "$cmdpath" in
 {cases}
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
@@ -104,16 +110,7 @@ def zsh(root: Command) -> str:
 _ophion() {{
     local cmdpath="" word i
     local -a candidates
-    for ((i = 2; i < CURRENT; i++)); do
-        word=${{words[i]}}
-        [[ $word == -* ]] && continue
-        if [[ -z $cmdpath ]]; then
-            cmdpath=$word
-        elif [[ $cmdpath != *" "* && " {groups} " == *" $cmdpath "* ]]; then
-            cmdpath="$cmdpath $word"
-        fi
-    done
-    case "$cmdpath" in
+{_command_path_loop(groups, "words", "2", "CURRENT")}    case "$cmdpath" in
 {body}
     esac
     _describe 'ophion' candidates

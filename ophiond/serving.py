@@ -11,7 +11,10 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler
 from socketserver import BaseServer
-from typing import Any
+from typing import Any, TypeVar
+
+from ophiond.config import ListenAddress
+from ophiond.errors import OphionError
 
 # Connections served at once per server; beyond it new ones are closed straight away.
 MAX_CONNECTIONS = 256
@@ -48,12 +51,16 @@ class TrackedHandler(BaseHTTPRequestHandler):
 class TrackedServer(BaseServer):
     """Mixed into a socketserver class before it: connection tracking and a connection cap."""
 
-    stopping = False
-
     def server_activate(self) -> None:
         self._connections: set[TrackedHandler] = set()
         self._connections_lock = threading.Lock()
+        # Set when a stop begins: busy connections close after their answer, streams end.
+        self.stopping_event = threading.Event()
         super().server_activate()
+
+    @property
+    def stopping(self) -> bool:
+        return self.stopping_event.is_set()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         with self._connections_lock:
@@ -68,7 +75,7 @@ class TrackedServer(BaseServer):
 
     def close_idle_connections(self) -> None:
         """For a stop: end idle keep-alive connections; busy ones close after their answer."""
-        self.stopping = True
+        self.stopping_event.set()
         with self._connections_lock:
             idle = [h for h in self._connections if not h.busy]
         for handler in idle:
@@ -76,3 +83,46 @@ class TrackedServer(BaseServer):
                 handler.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # the client closed it meanwhile
+
+
+ServerT = TypeVar("ServerT", bound=TrackedServer)
+
+
+def bind_tcp(
+    ipv4: type[ServerT],
+    ipv6: type[ServerT],
+    listen: ListenAddress,
+    handler: type[TrackedHandler],
+    what: str,
+    flag: str,
+) -> ServerT:
+    """Bind a TCP server on ``listen`` (IPv6 when the host is); a clear error when it cannot."""
+    server_class = ipv6 if ":" in listen.host else ipv4
+    try:
+        return server_class((listen.host, listen.port), handler)
+    except OSError as e:
+        raise OphionError(
+            f"cannot listen for {what} on {listen}: {e.strerror or e}",
+            hint=f"another program may hold the port; choose one with {flag}",
+        ) from e
+
+
+class ServerThread:
+    """A tracked server served on a thread of its own."""
+
+    def __init__(self, server: TrackedServer, name: str) -> None:
+        self.server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name=name, kwargs={"poll_interval": 0.2}
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting and end streams; close idle connections; wait for requests in flight."""
+        self.server.stopping_event.set()
+        self.server.shutdown()
+        self._thread.join()
+        self.server.close_idle_connections()
+        self.server.server_close()

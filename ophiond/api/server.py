@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ophiond.errors import OphionError
-from ophiond.serving import TrackedHandler, TrackedServer
+from ophiond.serving import ServerThread, TrackedHandler, TrackedServer
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,6 @@ class ApiServerBase(TrackedServer):
     """What every API listener carries: the routes and the stop signal for streams."""
 
     routes: list[Route]
-    stopping_event: threading.Event
 
 
 class _UnixServer(ApiServerBase, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -235,7 +234,7 @@ class _UnixHandler(ApiHandler):
         return "unix"
 
 
-class ApiServer:
+class ApiServer(ServerThread):
     """Serves ``routes`` on a Unix socket."""
 
     def __init__(self, socket_path: Path, routes: list[Route]) -> None:
@@ -243,25 +242,18 @@ class ApiServer:
         if socket_path.exists() or socket_path.is_symlink():
             socket_path.unlink()  # a stale socket from a killed daemon; the lock file says it is ours
         # ophiond runs with umask 077, so the socket is never open to others, even before this.
-        self.server = _UnixServer(str(socket_path), _UnixHandler)
+        server = _UnixServer(str(socket_path), _UnixHandler)
         os.chmod(socket_path, 0o600)
-        self.server.routes = routes
-        self.server.stopping_event = threading.Event()
+        server.routes = routes
+        super().__init__(server, "ophion-api")
         self.path = socket_path
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="ophion-api", kwargs={"poll_interval": 0.2}
-        )
 
     def start(self) -> None:
-        self._thread.start()
+        super().start()
         log.info("API listening on %s", self.path)
 
     def stop(self) -> None:
-        self.server.stopping_event.set()  # ends streams (logs --follow)
-        self.server.shutdown()
-        self._thread.join()
-        self.server.close_idle_connections()
-        self.server.server_close()  # waits for queries in flight, bounded by sql_timeout
+        super().stop()  # queries in flight finish first, bounded by sql_timeout
         try:
             self.path.unlink()
         except FileNotFoundError:

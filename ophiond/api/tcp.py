@@ -21,7 +21,7 @@ from http.server import ThreadingHTTPServer
 from ophiond.api.server import ApiHandler, ApiServerBase, Role, Route
 from ophiond.api.tokens import TokenStore
 from ophiond.config import ListenAddress, is_loopback
-from ophiond.errors import OphionError
+from ophiond.serving import ServerThread, bind_tcp
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class _TcpServer6(_TcpServer):
     address_family = socket.AF_INET6
 
 
-class TcpApiServer:
+class TcpApiServer(ServerThread):
     """Serves ``routes`` on TCP to bearer-token holders; :attr:`address` is the bound address."""
 
     def __init__(
@@ -130,26 +130,15 @@ class TcpApiServer:
         rate: float,
         burst: int,
     ) -> None:
-        server_class = _TcpServer6 if ":" in listen.host else _TcpServer
-        try:
-            self.server = server_class((listen.host, listen.port), _TcpHandler)
-        except OSError as e:
-            raise OphionError(
-                f"cannot listen for the API on {listen}: {e.strerror or e}",
-                hint="another program may hold the port; choose one with --api-listen",
-            ) from e
-        self.server.routes = routes
-        self.server.stopping_event = threading.Event()
-        self.server.tokens = tokens
-        self.server.limiter = RateLimiter(rate, burst)
-        self.address = ListenAddress(listen.host, self.server.server_address[1])
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="ophion-api-tcp", kwargs={"poll_interval": 0.2}
-        )
+        server = bind_tcp(_TcpServer, _TcpServer6, listen, _TcpHandler, "the API", "--api-listen")
+        server.routes = routes
+        server.tokens = tokens
+        server.limiter = RateLimiter(rate, burst)
+        super().__init__(server, "ophion-api-tcp")
+        self.address = ListenAddress(listen.host, server.server_address[1])
 
     def start(self) -> None:
-        """Serve on a thread of its own."""
-        self._thread.start()
+        super().start()
         log.info("API listening on %s (bearer tokens)", self.address)
         if not is_loopback(self.address.host):
             log.warning(
@@ -157,11 +146,3 @@ class TcpApiServer:
                 "clear text unless TLS is put in front",
                 self.address,
             )
-
-    def stop(self) -> None:
-        """Stop accepting; end streams; wait for requests in flight."""
-        self.server.stopping_event.set()
-        self.server.shutdown()
-        self._thread.join()
-        self.server.close_idle_connections()
-        self.server.server_close()

@@ -23,7 +23,7 @@ from ophiond.config import ListenAddress
 from ophiond.errors import OphionError, StoreError
 from ophiond.otlp.decode import InvalidPayload, Signal, encode_response
 from ophiond.otlp.ingest import Ingest, QueueFull, WriterStopped
-from ophiond.serving import TrackedHandler, TrackedServer
+from ophiond.serving import ServerThread, TrackedHandler, TrackedServer, bind_tcp
 
 log = logging.getLogger(__name__)
 
@@ -281,33 +281,17 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-class HttpReceiver:
+class HttpReceiver(ServerThread):
     """The OTLP/HTTP server on its own thread; :attr:`address` is the bound address."""
 
     def __init__(self, ingest: Ingest, listen: ListenAddress, max_request_size: int) -> None:
-        server_class = _Server6 if ":" in listen.host else _Server
-        try:
-            self.server = server_class((listen.host, listen.port), _Handler)
-        except OSError as e:
-            raise OphionError(
-                f"cannot listen for OTLP/HTTP on {listen}: {e.strerror or e}",
-                hint="another collector may hold the port; choose one with --http-listen",
-            ) from e
-        self.server.ingest = ingest
-        self.server.max_request_size = max_request_size
-        self.server.slots = threading.BoundedSemaphore(_MAX_CONCURRENT)
-        self.address = ListenAddress(listen.host, self.server.server_address[1])
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="ophion-http", kwargs={"poll_interval": 0.2}
-        )
+        server = bind_tcp(_Server, _Server6, listen, _Handler, "OTLP/HTTP", "--http-listen")
+        server.ingest = ingest
+        server.max_request_size = max_request_size
+        server.slots = threading.BoundedSemaphore(_MAX_CONCURRENT)
+        super().__init__(server, "ophion-http")
+        self.address = ListenAddress(listen.host, server.server_address[1])
 
     def start(self) -> None:
-        self._thread.start()
+        super().start()
         log.info("OTLP/HTTP listening on %s", self.address)
-
-    def stop(self) -> None:
-        """Stop accepting; wait for requests in flight."""
-        self.server.shutdown()
-        self._thread.join()
-        self.server.close_idle_connections()
-        self.server.server_close()
