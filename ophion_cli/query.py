@@ -133,7 +133,10 @@ def trace(
         span = matches[0]["span_id"]
     if json_output:
         if span is not None:
-            doc = {**doc, "spans": _subtree(doc["spans"], span)}
+            spans = _subtree(doc["spans"], span)
+            kept = {s["span_id"] for s in spans}
+            critical = [s for s in doc["critical_path"] if s in kept]
+            doc = {**doc, "spans": spans, "critical_path": critical}
         print_json(doc)
     else:
         views.waterfall(doc, focus=span)
@@ -180,12 +183,14 @@ def logs(
     json_output: JsonOption = False,
 ) -> None:
     """Log records, oldest first; with -f, new ones as the daemon receives them."""
-    from ophiond.store.queries import SEVERITY_LEVELS
+    from ophiond.errors import OphionError
+    from ophiond.store.queries import severity_floor
 
-    if severity is not None and severity.lower().removesuffix("ing") not in SEVERITY_LEVELS:
-        raise typer.BadParameter(
-            "use trace, debug, info, warn, error or fatal", param_hint="--severity"
-        )
+    if severity is not None:
+        try:
+            severity_floor(severity)
+        except OphionError as e:
+            raise typer.BadParameter(f"{e.message}; {e.hint}", param_hint="--severity") from None
     params = {
         "service": service,
         "severity": severity,
@@ -205,6 +210,11 @@ def logs(
     colors: dict[str, str] = {}
     try:
         for record in api_client.stream("/logs/stream", params):
+            if "skipped" in record:
+                views.note_error(
+                    f"{record['skipped']} record(s) skipped: this terminal could not keep up"
+                )
+                continue
             if json_output:
                 sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
                 sys.stdout.flush()

@@ -291,6 +291,11 @@ def _severity(number: int | None, text: str | None) -> Text:
     return Text(f"{(text or '-')[:5]:<5}", style="dim")
 
 
+def note_error(text: str) -> None:
+    """A warning on stderr, apart from the results on stdout."""
+    Console(stderr=True, highlight=False).print(f"[yellow]warning:[/] {escape(text)}")
+
+
 def log_line(record: dict[str, Any], colors: dict[str, str]) -> None:
     line = Text.assemble(
         (_clock(record["time"]), "dim"),
@@ -425,6 +430,17 @@ def service_map(doc: dict[str, Any]) -> None:
             if target not in path:  # a cycle is shown once, not followed for ever
                 add(child, target, (*path, target))
 
-    for root in roots:
-        add(tree.add(_service(root, colors)), root, (root,))
+    shown: set[str] = set()
+
+    def reach(service: str) -> None:
+        if service not in shown:
+            shown.add(service)
+            for edge in outgoing.get(service, []):
+                reach(edge["target"] or "")
+
+    # Services nobody calls first; then any left over (calls among themselves, a cycle).
+    for root in [*roots, *services_]:
+        if root not in shown:
+            reach(root)
+            add(tree.add(_service(root, colors)), root, (root,))
     _out.print(tree)

@@ -260,7 +260,7 @@ class Daemon:
             Route("GET", "/api/v1/status", Role.READ, self.status),
             Route("POST", "/api/v1/sql", Role.READ, self.sql),
             *token_routes(self.tokens),
-            *query_routes(self.partitions, self.feed),
+            *query_routes(self.partitions, self.feed, self.settings.sql_timeout),
         ]
 
     def status(self, _request: Any) -> dict[str, Any]:

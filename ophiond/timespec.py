@@ -20,6 +20,10 @@ def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
     now = now or dt.datetime.now(dt.UTC)
     try:
         return now - dt.timedelta(seconds=parse_duration(text))
+    except OverflowError:
+        raise TimeSpecError(
+            f"{text!r} reaches back before the year 1", hint=f"use {SINCE_FORMS}"
+        ) from None
     except OphionError:
         pass
     try:

@@ -1379,3 +1379,37 @@ def test_without_daemon_one_line_says_so_and_how_to_start_it(args: tuple[str, ..
     assert first.startswith("error: ophiond is not running"), result.stderr
     assert "ophion daemon start" in result.stderr
     assert len(rest) <= 1  # the reason, and at most one hint line
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad parameters that reach the daemon
+
+
+def test_a_bad_parameter_on_the_log_stream_is_a_clean_400(daemon: RunningDaemon) -> None:
+    """Parameters are checked before the stream's headers go out."""
+    import http.client
+    import socket as socket_module
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+            self.sock.connect(str(daemon.home / "state" / "api.sock"))
+
+    conn = UnixConnection("localhost", timeout=10)
+    conn.request("GET", "/api/v1/logs/stream?severity=bogus")
+    response = conn.getresponse()
+    assert response.status == 400
+    assert "not a severity" in json.loads(response.read())["error"]
+    conn.close()
+
+
+def test_an_attribute_key_with_json_path_syntax_is_refused(daemon: RunningDaemon) -> None:
+    result = ophion("traces", "--attr", "*=x")
+    assert result.returncode == 1
+    assert "cannot be filtered on" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_window_reaching_before_year_one_is_a_usage_error() -> None:
+    result = ophion("services", "--since", "200000w")
+    assert result.returncode == 2
+    assert "before the year 1" in result.stderr and "Traceback" not in result.stderr

@@ -135,8 +135,8 @@ def _own_admin_token(endpoint: TcpEndpoint, env: Mapping[str, str]) -> str | Non
     except (OSError, ValueError):
         return None  # no daemon of ours runs, or its files are not ours to read: no token
     own = listen.get("api_tcp") if isinstance(listen, dict) else None
-    if not isinstance(own, str):
-        return None
+    if not isinstance(own, str) or not _alive(listen.get("pid")):
+        return None  # a listen file left by a daemon that died: the port may be someone else's
     own_host, _, own_port = own.rpartition(":")
     own_host = own_host.strip("[]")
     same_host = own_host == endpoint.host or (
@@ -145,6 +145,18 @@ def _own_admin_token(endpoint: TcpEndpoint, env: Mapping[str, str]) -> str | Non
     if not same_host or own_port != str(endpoint.port):
         return None
     return token or None
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class ApiClient:
@@ -199,7 +211,10 @@ class ApiClient:
                 if not line:
                     return  # the daemon ended the stream (it is stopping)
                 if line.strip():
-                    yield json.loads(line)
+                    document = json.loads(line)
+                    if "error" in document:
+                        raise ApiError(document["error"], hint=document.get("hint"))
+                    yield document
         finally:
             conn.close()
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ophiond.api.server import ApiRequest, Role, Route
 from ophiond.errors import OphionError
 from ophiond.store.metricseries import metric_series
-from ophiond.store.queries import LogSearch, Queries, TraceSearch, severity_floor
+from ophiond.store.queries import LogSearch, NotFound, Queries, TraceSearch, severity_floor
 from ophiond.timespec import parse_duration_ns, parse_since
 
 if TYPE_CHECKING:
@@ -46,9 +46,9 @@ def _attributes(request: ApiRequest) -> list[tuple[str, str]]:
     return pairs
 
 
-def query_routes(partitions: PartitionSet, feed: LogFeed) -> list[Route]:
-    """The read-only query endpoints."""
-    queries = Queries(partitions)
+def query_routes(partitions: PartitionSet, feed: LogFeed, timeout_s: float) -> list[Route]:
+    """The read-only query endpoints; each query is interrupted after ``timeout_s``."""
+    queries = Queries(partitions, timeout_s)
 
     def services(request: ApiRequest) -> dict[str, Any]:
         since = _since(request)
@@ -92,16 +92,27 @@ def query_routes(partitions: PartitionSet, feed: LogFeed) -> list[Route]:
         return {"logs": queries.logs(_log_search(request))}
 
     def logs_stream(request: ApiRequest) -> Iterator[dict[str, Any] | None]:
+        # Everything that can fail (parameters, the backlog query) happens here, before the
+        # answer's headers are sent; only then does the stream start.
         search = _log_search(request)
         # Subscribe before reading the backlog, so nothing committed in between is missed; what
         # arrives in both is dropped from the live side.
         subscription = feed.subscribe()
         try:
             backlog = queries.logs(search)
+        except BaseException:
+            subscription.close()
+            raise
+        return _follow(backlog, subscription, search, request)
+
+    def _follow(
+        backlog: list[dict[str, Any]], subscription: Any, search: LogSearch, request: ApiRequest
+    ) -> Iterator[dict[str, Any] | None]:
+        try:
             yield from backlog
             already = {(r["time_ns"], r["span_id"], r["body"]) for r in backlog}
             for record in subscription.records(search, request.cancelled):
-                if record is not None:
+                if record is not None and "time_ns" in record:  # not a keep-alive or a gap
                     key = (record["time_ns"], record["span_id"], record["body"])
                     if key in already:
                         continue
@@ -120,8 +131,6 @@ def query_routes(partitions: PartitionSet, feed: LogFeed) -> list[Route]:
         step = request.param("step")
         points = queries.metric_points(name, since, request.param("service"))
         if not points:
-            from ophiond.store.queries import NotFound
-
             raise NotFound(
                 f"no points of metric {name!r} since {since.isoformat(timespec='seconds')}",
                 hint="ophion metrics lists the metrics that have points",

@@ -37,10 +37,6 @@ class Role(IntEnum):
     ADMIN = 3  # tokens, configuration
 
 
-class Forbidden(OphionError):
-    """The caller's role is not enough for the route."""
-
-
 @dataclass
 class ApiRequest:
     """One call to the API, as a route handler sees it."""
@@ -170,12 +166,21 @@ class ApiHandler(TrackedHandler):
         )
         try:
             result = route.handler(request)
-            if route.stream:
-                self._stream(result)
-            else:
-                self.reply(HTTPStatus.OK, result)
-        except Forbidden as e:
-            self.reply(HTTPStatus.FORBIDDEN, {"error": e.message, "hint": e.hint})
+        except OphionError as e:
+            status = getattr(e, "http_status", HTTPStatus.BAD_REQUEST)
+            self.reply(status, {"error": e.message, "hint": e.hint})
+            return
+        except Exception:
+            log.exception("API %s %s failed", method, url.path)
+            self.reply(
+                HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; see the daemon's log"}
+            )
+            return
+        if route.stream:
+            self._stream(result)  # headers go out now: no error answer can follow
+            return
+        try:
+            self.reply(HTTPStatus.OK, result)
         except OphionError as e:
             status = getattr(e, "http_status", HTTPStatus.BAD_REQUEST)
             self.reply(status, {"error": e.message, "hint": e.hint})
@@ -200,6 +205,16 @@ class ApiHandler(TrackedHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the client left or stopped reading (timeout): the stream simply ends
+        except OphionError as e:
+            # Headers are out; end the stream with an error line the client shows.
+            log.warning("stream %s ended: %s", self.path, e.message)
+            line = json.dumps({"error": e.message, "hint": e.hint}).encode() + b"\n"
+            try:
+                self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(line), line))
+            except OSError:
+                pass
         finally:
             close = getattr(documents, "close", None)
             if close is not None:

@@ -36,6 +36,7 @@ class Subscription:
     def __init__(self, feed: LogFeed) -> None:
         self._feed = feed
         self.inbox: queue.Queue[dict[str, Any]] = queue.Queue(_BACKLOG)
+        self.dropped = 0  # records that did not fit in the inbox since last reported
 
     def records(
         self, search: LogSearch, stop: threading.Event, keepalive_s: float = 5.0
@@ -53,6 +54,9 @@ class Subscription:
                     quiet_since = time.monotonic()
                     yield None
                 continue
+            if self.dropped:
+                dropped, self.dropped = self.dropped, 0
+                yield {"skipped": dropped}
             if search.matches(record):
                 quiet_since = time.monotonic()
                 yield log_document(record)
@@ -95,4 +99,6 @@ class LogFeed:
                 try:
                     subscription.inbox.put_nowait(record)
                 except queue.Full:
-                    pass  # that follower cannot keep up; it misses records rather than grow
+                    # That follower cannot keep up: it misses records rather than grow, and
+                    # is told how many.
+                    subscription.dropped += 1

@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from ophiond.store.queries import iso_ns
 from ophiond.timespec import to_ns
 
 _NICE_STEPS_S = (1, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
@@ -78,11 +79,6 @@ def metric_series(
     }
 
 
-def _iso(step_start_ns: int) -> str:
-    moment = dt.datetime.fromtimestamp(step_start_ns / 1e9, dt.UTC)
-    return moment.isoformat().replace("+00:00", "Z")
-
-
 def _bucketed(items: Iterable[tuple[int, Any]], start: int, step: int) -> dict[int, list[Any]]:
     steps: dict[int, list[Any]] = {}
     for time_ns, value in items:
@@ -95,14 +91,14 @@ def _gauge(points: list[dict[str, Any]], start: int, step: int) -> list[dict[str
     steps = _bucketed(
         ((p["time_ns"], p["value"]) for p in points if p["value"] is not None), start, step
     )
-    return [{"time": _iso(t), "value": sum(v) / len(v)} for t, v in sorted(steps.items())]
+    return [{"time": iso_ns(t), "value": sum(v) / len(v)} for t, v in sorted(steps.items())]
 
 
 def _last(points: list[dict[str, Any]], start: int, step: int) -> list[dict[str, Any]]:
     steps = _bucketed(
         ((p["time_ns"], p["value"]) for p in points if p["value"] is not None), start, step
     )
-    return [{"time": _iso(t), "value": v[-1]} for t, v in sorted(steps.items())]
+    return [{"time": iso_ns(t), "value": v[-1]} for t, v in sorted(steps.items())]
 
 
 def _counts_from_start(point: dict[str, Any], window_start: int) -> bool:
@@ -136,16 +132,25 @@ def _increments(
 def _rate(points: list[dict[str, Any]], start: int, step: int) -> list[dict[str, Any]]:
     steps = _bucketed(_increments(points, "value", start), start, step)
     seconds = step / 1e9
-    return [{"time": _iso(t), "value": sum(v) / seconds} for t, v in sorted(steps.items())]
+    return [{"time": iso_ns(t), "value": sum(v) / seconds} for t, v in sorted(steps.items())]
 
 
-def _buckets(point: dict[str, Any]) -> dict[float, int]:
-    """{upper bound: count} of one histogram point (explicit or exponential)."""
+def _buckets(point: dict[str, Any], scale: int | None = None) -> dict[float, int]:
+    """{upper bound: count} of one histogram point (explicit or exponential).
+
+    An exponential point can be given at a coarser ``scale`` than its own (the SDK lowers the
+    scale as the range of values grows): each bucket then folds into the one holding it.
+    """
     if point["metric_type"] == "histogram":
         bounds = list(point["explicit_bounds"] or []) + [math.inf]
         return dict(zip(bounds, point["bucket_counts"] or [], strict=False))
-    base = 2.0 ** (2.0 ** -(point["scale"] or 0))
-    out: dict[float, int] = {0.0: point["zero_count"] or 0}
+    own_scale = point["scale"] or 0
+    scale = own_scale if scale is None else min(scale, own_scale)
+    shift = own_scale - scale
+    base = 2.0 ** (2.0**-scale)
+    out: dict[float, int] = {}
+    if point["zero_count"]:
+        out[0.0] = point["zero_count"]
     for offset_key, counts_key, sign in (
         ("positive_offset", "positive_bucket_counts", 1),
         ("negative_offset", "negative_bucket_counts", -1),
@@ -153,28 +158,34 @@ def _buckets(point: dict[str, Any]) -> dict[float, int]:
         offset = point[offset_key] or 0
         for i, count in enumerate(point[counts_key] or []):
             if count:
-                # Bucket index k holds values in (base**k, base**(k+1)]; negatives mirrored.
-                bound = base ** (offset + i + 1) if sign > 0 else -(base ** (offset + i))
+                # Index k holds values in (base**k, base**(k+1)]; negatives mirror that, so a
+                # negative bucket's upper bound is -(base**k).
+                index = (offset + i) >> shift
+                bound = base ** (index + 1) if sign > 0 else -(base**index)
                 out[bound] = out.get(bound, 0) + count
     return out
 
 
 def _histogram(points: list[dict[str, Any]], start: int, step: int) -> list[dict[str, Any]]:
+    # Exponential points are all read at the series' coarsest scale, so buckets line up.
+    exponential = points[0]["metric_type"] == "exponential_histogram"
+    scale = min(p["scale"] or 0 for p in points) if exponential else None
     increments: list[tuple[int, dict[float, int]]] = []
-    previous: dict[str, Any] | None = None
+    previous: dict[float, int] | None = None
+    previous_start: int | None = None
     for point in points:
-        buckets = _buckets(point)
+        buckets = _buckets(point, scale)
         if point["temporality"] == "DELTA":
             increments.append((point["time_ns"], buckets))
         elif previous is None:
             if _counts_from_start(point, start):
                 increments.append((point["time_ns"], buckets))
         else:
-            before = _buckets(previous)
-            diff = {b: c - before.get(b, 0) for b, c in buckets.items()}
-            reset = point["start_ns"] != previous["start_ns"] or any(c < 0 for c in diff.values())
+            diff = {b: c - previous.get(b, 0) for b, c in buckets.items()}
+            reset = point["start_ns"] != previous_start or any(c < 0 for c in diff.values())
             increments.append((point["time_ns"], buckets if reset else diff))
-        previous = point
+        previous, previous_start = buckets, point["start_ns"]
+    base = 2.0 ** (2.0 ** -(scale or 0)) if exponential else None
     out = []
     seconds = step / 1e9
     for t, group in sorted(_bucketed(increments, start, step).items()):
@@ -183,31 +194,39 @@ def _histogram(points: list[dict[str, Any]], start: int, step: int) -> list[dict
             for bound, count in buckets.items():
                 total[bound] = total.get(bound, 0) + count
         count = sum(total.values())
-        quantiles = {f"p{round(q * 100)}": _quantile(total, q) for q in _QUANTILES}
-        out.append({"time": _iso(t), "count_rate": count / seconds, **quantiles})
+        quantiles = {f"p{round(q * 100)}": _quantile(total, q, base) for q in _QUANTILES}
+        out.append({"time": iso_ns(t), "count_rate": count / seconds, **quantiles})
     return out
 
 
-def _quantile(buckets: dict[float, int], q: float) -> float | None:
-    """Linear interpolation within the bucket where the q-th observation falls."""
+def _lower_edge(upper: float, previous_upper: float | None, base: float | None) -> float:
+    if base is not None:  # exponential: each bucket has its own lower edge
+        return 0.0 if upper == 0 else upper / base if upper > 0 else upper * base
+    if previous_upper is not None:
+        return previous_upper
+    return min(0.0, upper)  # the first explicit bucket reaches down to 0 (or to its bound)
+
+
+def _quantile(buckets: dict[float, int], q: float, base: float | None) -> float | None:
+    """Linear interpolation within the bucket where the q-th observation falls; ``base`` is
+    the exponential histogram's bucket ratio, None for explicit bounds."""
     count = sum(buckets.values())
     if count <= 0:
         return None
     rank = q * count
     seen = 0
-    lower = None
-    ordered = sorted(buckets.items())
-    for i, (upper, n) in enumerate(ordered):
+    previous_upper: float | None = None
+    for upper, n in sorted(buckets.items()):
         if n > 0 and seen + n >= rank:
-            low = lower if lower is not None else min(0.0, upper)
+            low = _lower_edge(upper, previous_upper, base)
             if math.isinf(upper):
                 return low  # the overflow bucket has no upper edge: report its lower edge
-            if i == 0 and lower is None and upper > 0:
-                low = 0.0
+            if upper == 0:
+                return 0.0  # the zero bucket
             return low + (upper - low) * ((rank - seen) / n)
         seen += n
-        lower = upper
-    return ordered[-1][0] if not math.isinf(ordered[-1][0]) else lower
+        previous_upper = upper
+    return previous_upper
 
 
 def _summary(points: list[dict[str, Any]], start: int, step: int) -> list[dict[str, Any]]:
@@ -220,6 +239,6 @@ def _summary(points: list[dict[str, Any]], start: int, step: int) -> list[dict[s
 
     steps = _bucketed(((p["time_ns"], p) for p in points), start, step)
     return [
-        {"time": _iso(t), **{f"p{round(q * 100)}": pick(group[-1], q) for q in _QUANTILES}}
+        {"time": iso_ns(t), **{f"p{round(q * 100)}": pick(group[-1], q) for q in _QUANTILES}}
         for t, group in sorted(steps.items())
     ]

@@ -16,8 +16,6 @@ from ophiond.errors import OphionError
 from ophiond.timespec import to_ns
 
 if TYPE_CHECKING:
-    import duckdb
-
     from ophiond.store.partitions import PartitionSet
 
 
@@ -41,7 +39,7 @@ def severity_floor(level: str) -> int:
         ) from None
 
 
-def _iso_ns(ns: int | None) -> str | None:
+def iso_ns(ns: int | None) -> str | None:
     if ns is None:
         return None
     seconds, rest = divmod(ns, 1_000_000_000)
@@ -54,7 +52,13 @@ def _json(text: str | None) -> Any:
 
 
 def _attr_path(key: str) -> str:
-    return '$."' + key.replace('"', '\\"') + '"'
+    # JSON path syntax inside the quoted key (wildcards, brackets) cannot be escaped in DuckDB.
+    if not key or any(c in key for c in '"*[]$\\'):
+        raise OphionError(
+            f"attribute key {key!r} cannot be filtered on",
+            hint='keys may not contain " * [ ] $ or backslashes',
+        )
+    return '$."' + key + '"'
 
 
 def _like_prefix(text: str) -> str:
@@ -69,21 +73,17 @@ def _ts(moment: dt.datetime) -> str:
 class Queries:
     """Runs the queries on cursors of the daemon's DuckDB instance."""
 
-    def __init__(self, partitions: PartitionSet) -> None:
+    def __init__(self, partitions: PartitionSet, timeout_s: float) -> None:
         self.partitions = partitions
-
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
-        with self.partitions.lock:
-            return self.partitions.con.cursor()
+        self.timeout_s = timeout_s
 
     def _rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-        cursor = self._cursor()
-        try:
-            cursor.execute(sql, params)
-            names = [d[0] for d in cursor.description or []]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        finally:
-            cursor.close()
+        """Rows as dicts; interrupted after ``sql_timeout`` like ``ophion sql``."""
+        from ophiond.store.query import fetch_limited
+
+        description, rows = fetch_limited(self.partitions, sql, params, self.timeout_s, None)
+        names = [d[0] for d in description]
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     # -- services ------------------------------------------------------------------------------
 
@@ -140,7 +140,7 @@ class Queries:
                     "p99_ns": _int(q[2]),
                     "spans": row["spans"],
                     "measured_by": "server_spans" if row["has_served"] else "root_spans",
-                    "last_seen": _iso_ns(row["last_ns"]),
+                    "last_seen": iso_ns(row["last_ns"]),
                 }
             )
         return out
@@ -203,7 +203,7 @@ class Queries:
                 "trace_id": row["trace_id"],
                 "root_service": row["root_service"],
                 "root_name": row["root_name"],
-                "start": _iso_ns(row["start_ns"]),
+                "start": iso_ns(row["start_ns"]),
                 "duration_ns": row["duration_ns"],
                 "spans": row["spans"],
                 "error": row["error"],
@@ -220,13 +220,17 @@ class Queries:
         prefix = trace_id.strip().lower()
         if not prefix or any(c not in "0123456789abcdef" for c in prefix):
             raise OphionError(f"{trace_id!r} is not a trace id", hint="trace ids are hex digits")
-        ids = [
-            row["trace_id"]
-            for row in self._rows(
-                "SELECT DISTINCT trace_id FROM raw_spans WHERE trace_id LIKE ? ESCAPE '\\' LIMIT 6",
-                [_like_prefix(prefix)],
-            )
-        ]
+        if len(prefix) == 32:
+            ids = [prefix]  # a whole id: no prefix search, straight to the spans
+        else:
+            ids = [
+                row["trace_id"]
+                for row in self._rows(
+                    "SELECT DISTINCT trace_id FROM raw_spans WHERE trace_id LIKE ? ESCAPE '\\' "
+                    "LIMIT 6",
+                    [_like_prefix(prefix)],
+                )
+            ]
         if not ids:
             raise NotFound(
                 f"no trace {trace_id} in the store",
@@ -258,11 +262,16 @@ class Queries:
             "WHERE trace_id = ?",
             [full],
         )
+        if not spans:
+            raise NotFound(
+                f"no trace {trace_id} in the store",
+                hint="it may be older than the retention, or not sent yet: ophion traces lists them",
+            )
         by_span: dict[str, dict[str, Any]] = {}
         for span in spans:
             span["attributes"] = _json(span["attributes"])
             span["resource_attributes"] = _json(span["resource_attributes"])
-            span["start"] = _iso_ns(span["start_ns"])
+            span["start"] = iso_ns(span["start_ns"])
             span["events"] = []
             span["links"] = []
             by_span[span["span_id"]] = span
@@ -280,7 +289,7 @@ class Queries:
         end = max(s["end_ns"] for s in spans)
         return {
             "trace_id": full,
-            "start": _iso_ns(start),
+            "start": iso_ns(start),
             "start_ns": start,
             "duration_ns": end - start,
             "services": sorted({s["service_name"] for s in spans if s["service_name"]}),
@@ -331,7 +340,7 @@ class Queries:
                 "description": row["description"],
                 "services": [s for s in row["services"] if s is not None],
                 "series": row["series"],
-                "last_seen": _iso_ns(row["last_ns"]),
+                "last_seen": iso_ns(row["last_ns"]),
             }
             for row in rows
         ]
@@ -458,7 +467,7 @@ class LogSearch:
 def log_document(row: dict[str, Any]) -> dict[str, Any]:
     """A log record as the API returns it."""
     return {
-        "time": _iso_ns(row["time_ns"]),
+        "time": iso_ns(row["time_ns"]),
         "time_ns": row["time_ns"],
         "service": row["service_name"],
         "severity_number": row["severity_number"],
@@ -498,12 +507,11 @@ def critical_path(spans: list[dict[str, Any]]) -> list[str]:
         path.append(span["span_id"])
         cursor = min(span["end_ns"], until)
         for child in sorted(children.get(span["span_id"], []), key=lambda c: -c["end_ns"]):
-            if child["end_ns"] <= cursor and child["end_ns"] > span["start_ns"]:
-                walk(child, cursor)
-                cursor = child["start_ns"]
-            elif child["start_ns"] < cursor < child["end_ns"]:
-                # A child still running at the cursor (it outlives its parent): it is on the path.
-                walk(child, cursor)
+            # A child that outlives its parent counts up to the parent's end. A child still
+            # running at the cursor ran beside the one already chosen: not on the path.
+            end = min(child["end_ns"], span["end_ns"])
+            if span["start_ns"] < end <= cursor:
+                walk(child, end)
                 cursor = child["start_ns"]
 
     walk(root, root["end_ns"])

@@ -75,33 +75,9 @@ def check_read_only(sql: str) -> None:
 
 def run_query(partitions: PartitionSet, sql: str, max_rows: int, timeout_s: float) -> QueryResult:
     """Run one read-only statement on its own cursor; interrupt it after ``timeout_s``."""
-    import duckdb
 
     check_read_only(sql)
-    with partitions.lock:
-        cursor = partitions.con.cursor()
-    timed_out = threading.Event()
-
-    def interrupt() -> None:
-        timed_out.set()
-        cursor.interrupt()
-
-    timer = threading.Timer(timeout_s, interrupt)
-    timer.start()
-    try:
-        cursor.execute(sql)
-        description = cursor.description or []
-        rows = cursor.fetchmany(max_rows + 1)
-    except duckdb.Error as e:
-        if timed_out.is_set():
-            raise QueryError(
-                f"query interrupted after {timeout_s:g}s (sql_timeout)",
-                hint="narrow it with a WHERE on time, or raise sql_timeout",
-            ) from None
-        raise _sql_error(e) from None
-    finally:
-        timer.cancel()
-        cursor.close()
+    description, rows = fetch_limited(partitions, sql, [], timeout_s, max_rows + 1)
     types = [str(d[1]) for d in description]
     # JSON columns (attributes, bodies of structured logs) come back as text: give them as JSON.
     is_json = [t == "JSON" for t in types]
@@ -114,6 +90,40 @@ def run_query(partitions: PartitionSet, sql: str, max_rows: int, timeout_s: floa
         ],
         truncated=len(rows) > max_rows,
     )
+
+
+def fetch_limited(
+    partitions: PartitionSet, sql: str, params: list[Any], timeout_s: float, max_rows: int | None
+) -> tuple[list[Any], list[tuple[Any, ...]]]:
+    """Run a statement on a cursor of its own, interrupted after ``timeout_s``; return its
+    description and up to ``max_rows`` rows. DuckDB's errors become :class:`QueryError`."""
+    import duckdb
+
+    with partitions.lock:
+        cursor = partitions.con.cursor()
+    timed_out = threading.Event()
+
+    def interrupt() -> None:
+        timed_out.set()
+        cursor.interrupt()
+
+    timer = threading.Timer(timeout_s, interrupt)
+    timer.start()
+    try:
+        cursor.execute(sql, params)
+        description = list(cursor.description or [])
+        rows = cursor.fetchall() if max_rows is None else cursor.fetchmany(max_rows)
+    except duckdb.Error as e:
+        if timed_out.is_set():
+            raise QueryError(
+                f"query interrupted after {timeout_s:g}s (sql_timeout)",
+                hint="narrow the time window (--since) or the filters, or raise sql_timeout",
+            ) from None
+        raise _sql_error(e) from None
+    finally:
+        timer.cancel()
+        cursor.close()
+    return description, rows
 
 
 def _sql_error(error: Exception) -> QueryError:
