@@ -1,13 +1,20 @@
-"""Where the daemon's time goes during ingest: py-spy samples, summarized.
+"""Where the daemon's time goes during ingest: CPU per thread, and py-spy's hot functions.
 
-``py-spy record -f raw --threads`` writes one line per distinct stack: the thread, the frames from
-the outermost in, and how many samples had that stack. Only threads that were running (not
-waiting) are sampled. The summary gives the share of samples per thread, per function where the
-sample was taken (self), and per function anywhere on the stack (inclusive).
+Two views, because neither is enough alone:
+
+- CPU per thread, from /proc/PID/task/*/stat before and after a replay, named with the Python
+  thread names py-spy reports (``py-spy dump``). This counts native work too: DuckDB appending
+  without the GIL, grpcio's C core, DuckDB's own threads (shown as ``native: <comm>``).
+- ``py-spy record --gil -f raw --threads``: samples of whichever thread holds the GIL, i.e. the
+  Python work that serializes the daemon. Without ``--gil`` py-spy counts threads blocked in
+  ``Condition.wait`` or ``select`` as running, which buries the real work. The share of
+  samples out of the samples possible is how much of the time the GIL was held.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -15,8 +22,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+SAMPLE_RATE = 100  # py-spy's default, samples per second
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _LINE_NUMBER = re.compile(r":\d+\)$")
-_THREAD_ID = re.compile(r"^thread \(0x[0-9A-Fa-f]+\)|^thread \(\d+\)")
+_THREAD = re.compile(r"^thread \((?:0x)?([0-9A-Fa-f]+)\):?\s*(.*)$")
 # Frames every thread has at its base; they would top the inclusive ranking and say nothing.
 _PLUMBING = ("/threading.py)", "(threading.py)", "futures/thread.py)")
 
@@ -25,22 +34,81 @@ class ProfilerMissing(RuntimeError):
     """py-spy is not installed."""
 
 
-def start_recording(pid: int, seconds: int, output: Path) -> subprocess.Popen[bytes]:
-    """Start ``py-spy record`` on ``pid`` for ``seconds``; wait on the returned process."""
-    py_spy = shutil.which("py-spy")
-    if py_spy is None:
+def _py_spy() -> str:
+    path = shutil.which("py-spy")
+    if path is None:
         raise ProfilerMissing("py-spy is not installed: python3 -m pip install py-spy")
-    command = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds)]
-    command += ["--format", "raw", "--threads", "--output", str(output)]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return path
+
+
+def start_recording(pid: int, seconds: int, output: Path) -> subprocess.Popen[bytes]:
+    """Start ``py-spy record --gil`` on ``pid`` for ``seconds``; wait on the returned process."""
+    command = [_py_spy(), "record", "--pid", str(pid), "--duration", str(seconds), "--gil"]
+    command += ["--rate", str(SAMPLE_RATE), "--format", "raw", "--threads"]
+    return subprocess.Popen(
+        [*command, "--output", str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """OS thread id -> Python thread name, from ``py-spy dump``."""
+    result = subprocess.run(
+        [_py_spy(), "dump", "--json", "--pid", str(pid)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return {
+        int(thread["os_thread_id"]): str(thread["thread_name"] or "(unnamed)")
+        for thread in json.loads(result.stdout)
+        if thread.get("os_thread_id") is not None
+    }
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """OS thread id -> (comm, user + system CPU seconds) of every thread of ``pid``."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(task.name)] = (comm, (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS)
+    return out
+
+
+def _group(name: str) -> str:
+    """Thread pools number their threads (``ophion-grpc_3``); count them as one."""
+    return re.sub(r"_\d+$", "_N", name)
+
+
+def cores_by_thread(
+    before: dict[int, tuple[str, float]],
+    after: dict[int, tuple[str, float]],
+    names: dict[int, str],
+    elapsed_s: float,
+) -> list[tuple[str, float]]:
+    """CPU seconds per second of each thread group between two :func:`thread_cpu` readings."""
+    cores: Counter[str] = Counter()
+    for tid, (comm, cpu) in after.items():
+        used = cpu - before.get(tid, (comm, 0.0))[1]
+        name = _group(names[tid]) if tid in names else f"native: {_group(comm)}"
+        cores[name] += used / elapsed_s
+    return [(name, value) for name, value in cores.most_common() if value >= 0.005]
 
 
 @dataclass
 class ProfileSummary:
-    """Sample shares (0..1) of the busiest threads and functions."""
+    """CPU per thread group (cores), and shares (0..1) of the GIL samples."""
 
-    samples: int
-    threads: list[tuple[str, float]]
+    seconds: float
+    cores_by_thread: list[tuple[str, float]]
+    gil_samples: int
+    gil_held: float  # share of the time some thread held the GIL
+    gil_by_thread: list[tuple[str, float]]
     self_time: list[tuple[str, float]]
     inclusive: list[tuple[str, float]]
 
@@ -50,13 +118,9 @@ def _function(frame: str) -> str:
     return _LINE_NUMBER.sub(")", frame.strip())
 
 
-def _thread(frame: str) -> str:
-    """``thread (1234): ophion-writer`` as ``ophion-writer``; thread pools share one name."""
-    name = _THREAD_ID.sub("", frame).lstrip(": ").strip() or "(unnamed)"
-    return re.sub(r"_\d+$", "_N", name)
-
-
-def summarize(raw: Path, top: int = 12) -> ProfileSummary:
+def summarize(
+    raw: Path, seconds: float, cores: list[tuple[str, float]], top: int = 15
+) -> ProfileSummary:
     """Read py-spy's raw output and rank threads and functions by their share of samples."""
     threads: Counter[str] = Counter()
     self_time: Counter[str] = Counter()
@@ -68,8 +132,9 @@ def summarize(raw: Path, top: int = 12) -> ProfileSummary:
             continue
         count = int(count_text)
         thread, *frames = stack.split(";")
+        match = _THREAD.match(thread)
         total += count
-        threads[_thread(thread)] += count
+        threads[_group(match.group(2) if match and match.group(2) else thread)] += count
         functions = [_function(frame) for frame in frames]
         if functions:
             self_time[functions[-1]] += count
@@ -80,4 +145,12 @@ def summarize(raw: Path, top: int = 12) -> ProfileSummary:
     def shares(counter: Counter[str]) -> list[tuple[str, float]]:
         return [(name, n / total) for name, n in counter.most_common(top)] if total else []
 
-    return ProfileSummary(total, shares(threads), shares(self_time), shares(inclusive))
+    return ProfileSummary(
+        seconds=seconds,
+        cores_by_thread=cores,
+        gil_samples=total,
+        gil_held=min(total / (seconds * SAMPLE_RATE), 1.0),
+        gil_by_thread=shares(threads),
+        self_time=shares(self_time),
+        inclusive=shares(inclusive),
+    )

@@ -30,6 +30,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -38,7 +39,14 @@ from typing import Any
 from benchmarks import report
 from benchmarks.ceiling import Ceiling, measure_ceiling
 from benchmarks.daemon import Daemon, directory_bytes, peak_rss_bytes, running
-from benchmarks.profile import ProfileSummary, start_recording, summarize
+from benchmarks.profile import (
+    ProfileSummary,
+    cores_by_thread,
+    start_recording,
+    summarize,
+    thread_cpu,
+    thread_names,
+)
 from benchmarks.queries import time_queries
 from benchmarks.senders import ReplayResult, replay
 from benchmarks.workload import RARE_LOG_TEXT, PayloadStream, Pool, build_pool
@@ -130,9 +138,11 @@ def _describe(result: ReplayResult) -> str:
     what = "spans" if result.signal == "traces" else "log records"
     text = (
         f"{result.records_per_s:,.0f} {what}/s ({result.acknowledged:,} acknowledged in "
-        f"{result.elapsed_s:.1f} s, {result.senders} senders); daemon CPU "
-        f"{result.cpu_s_per_100k:.2f} s per 100k; peak RSS {_mb(result.peak_rss_bytes)}; "
-        f"request latency p50 {result.latency_p50_ms:.0f} ms, p99 {result.latency_p99_ms:.0f} ms"
+        f"{result.elapsed_s:.1f} s, {result.senders} senders)\n"
+        f"         daemon CPU {result.cpu_s_per_100k:.2f} s per 100k, {result.daemon_cores:.2f} "
+        f"cores busy (senders {result.senders_cpu_s / result.elapsed_s:.2f}); peak RSS "
+        f"{_mb(result.peak_rss_bytes)}; request latency p50 {result.latency_p50_ms:.0f} ms, "
+        f"p99 {result.latency_p99_ms:.0f} ms"
     )
     if result.retries or result.rejected or result.abandoned:
         text += (
@@ -219,31 +229,49 @@ def throughput_phase(
 def profile_phase(
     daemon: Daemon, pool_path: Path, args: argparse.Namespace, workdir: Path
 ) -> dict[str, Any]:
-    """An extra gRPC replay with py-spy attached; its figures are not the benchmark's."""
+    """py-spy and per-thread CPU during an extra gRPC replay (its figures are not counted)."""
     raw = workdir / "py-spy-ingest.txt"
-    recorder = start_recording(daemon.pid, args.profile + 2, raw)
-    time.sleep(1)  # let py-spy attach before the load starts
-    result = replay(
-        daemon, "grpc", pool_path, "traces", args.senders, duration_s=float(args.profile)
-    )
-    _, errors = recorder.communicate(timeout=args.profile + 60)
+    seconds = args.profile
+    with ThreadPoolExecutor(1) as background:
+        # The replay outlasts the recording on both sides, so the samples see only full load.
+        running_replay = background.submit(
+            replay, daemon, "grpc", pool_path, "traces", args.senders, duration_s=seconds + 6.0
+        )
+        time.sleep(3)
+        before, began = thread_cpu(daemon.pid), time.monotonic()
+        recorder = start_recording(daemon.pid, seconds, raw)
+        _, errors = recorder.communicate(timeout=seconds + 60)
+        elapsed = time.monotonic() - began
+        after = thread_cpu(daemon.pid)
+        names = thread_names(daemon.pid)
+        result = running_replay.result()
     if recorder.returncode != 0 or not raw.exists():
         raise RuntimeError(f"py-spy failed: {errors.decode(errors='replace')[-2000:]}")
-    summary = summarize(raw)
-    say(f"   profiled gRPC replay (py-spy attached): {result.records_per_s:,.0f} spans/s")
+    summary = summarize(raw, elapsed, cores_by_thread(before, after, names, elapsed))
+    say(
+        f"   profiled gRPC replay (py-spy attached, {seconds} s): "
+        f"{result.records_per_s:,.0f} spans/s"
+    )
     _print_profile(summary)
     return {"replay": asdict(result), "summary": asdict(summary), "raw": raw.read_text()}
 
 
 def _print_profile(summary: ProfileSummary) -> None:
-    say(f"   {summary.samples:,} samples of running threads")
+    say("   CPU by thread (cores busy):")
+    for name, cores in summary.cores_by_thread[:10]:
+        say(f"     {cores:5.2f}  {name}")
+    say(
+        f"   the GIL was held {summary.gil_held * 100:.0f}% of the time "
+        f"({summary.gil_samples:,} samples); by thread:"
+    )
+    for name, share in summary.gil_by_thread[:5]:
+        say(f"     {share * 100:5.1f}%  {name}")
     for title, rows in (
-        ("threads", summary.threads),
-        ("self (where the sample was taken)", summary.self_time),
-        ("inclusive (anywhere on the stack)", summary.inclusive),
+        ("self (function holding the GIL)", summary.self_time),
+        ("inclusive (anywhere on the GIL holder's stack)", summary.inclusive),
     ):
         say(f"   top {title}:")
-        for name, share in rows[:10]:
+        for name, share in rows[:12]:
             say(f"     {share * 100:5.1f}%  {name}")
 
 

@@ -145,6 +145,7 @@ class SenderReport:
     retries: int = 0
     rejected: int = 0
     abandoned: int = 0  # requests still refused when the time was up
+    cpu_s: float = 0.0  # CPU time of this sender process (all its threads) while sending
     latencies_s: list[float] = field(default_factory=list)
 
 
@@ -182,6 +183,7 @@ def _sender_main(
         messages.put(("ready", spec.index, None))
         start.wait()
         end = deadline.value
+        cpu_before = time.process_time()
         budget = spec.requests if spec.requests is not None else math.inf
         while report.requests < budget and time.monotonic() < end:
             body, records = stream.next()
@@ -194,6 +196,7 @@ def _sender_main(
             report.requests += 1
             report.rejected += rejected
             report.acknowledged += records - rejected
+        report.cpu_s = time.process_time() - cpu_before
         transport.close()
         messages.put(("done", spec.index, asdict(report)))
     except BaseException:
@@ -219,6 +222,8 @@ class ReplayResult:
     abandoned: int
     records_per_s: float
     daemon_cpu_s: float
+    daemon_cores: float  # daemon CPU seconds per second: how many cores it kept busy
+    senders_cpu_s: float  # what the load generator took from the same cores
     cpu_s_per_100k: float
     peak_rss_bytes: int  # sampled during the replay
     latency_p50_ms: float
@@ -298,6 +303,8 @@ def replay(
         abandoned=sum(r.abandoned for r in reports),
         records_per_s=acknowledged / elapsed,
         daemon_cpu_s=cpu,
+        daemon_cores=cpu / elapsed,
+        senders_cpu_s=sum(r.cpu_s for r in reports),
         cpu_s_per_100k=cpu / acknowledged * 100_000 if acknowledged else math.nan,
         peak_rss_bytes=rss.peak,
         latency_p50_ms=_quantile(latencies, 0.50) * 1000,

@@ -175,7 +175,9 @@ class Queries:
         rows = self._rows(
             f"""
             WITH matched AS (
-                SELECT DISTINCT trace_id FROM raw_spans WHERE {" AND ".join(where)}
+                SELECT trace_id FROM raw_spans WHERE {" AND ".join(where)}
+                GROUP BY trace_id
+                {"" if having else "ORDER BY max(start_time) DESC LIMIT ?"}
             ),
             t AS (
                 SELECT trace_id,
@@ -195,6 +197,8 @@ class Queries:
             LIMIT ?
             """,
             params
+            # Without trace-level filters only the newest `limit` traces are aggregated.
+            + ([] if having else [search.limit])
             + [v for v in (search.min_duration_ns, search.max_duration_ns) if v is not None]
             + [search.limit],
         )
@@ -379,10 +383,13 @@ class Queries:
             FROM raw_spans c
             JOIN raw_spans p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id
             WHERE c.start_time >= make_timestamp_ns(?::BIGINT)
+              -- a parent starts before its child, and traces last far less than an hour: this
+              -- bound lets the parent side skip old data instead of scanning every span
+              AND p.start_time >= make_timestamp_ns(?::BIGINT) - INTERVAL 1 HOUR
               AND c.service_name IS DISTINCT FROM p.service_name
             GROUP BY 1, 2 ORDER BY 1, 2
             """,
-            [_ts(since)],
+            [_ts(since), _ts(since)],
         )
         nodes = self._rows(
             "SELECT DISTINCT service_name FROM raw_spans "
