@@ -22,6 +22,8 @@ from typing import Any
 from ophiond.errors import ConfigError
 
 APP_NAME = "ophion"
+# The TCP API's address when it is just turned on (the original OPHION platform's API port).
+DEFAULT_API_LISTEN = "127.0.0.1:8080"
 # Where a system service (share/systemd/ophiond.service) keeps its state; the CLI looks here last.
 SYSTEM_HOME = Path("/var/lib/ophion")
 
@@ -223,8 +225,8 @@ class Settings:
     """Daemon log level: ``debug``, ``info``, ``warning`` or ``error``."""
 
     api_listen: str = "off"
-    """TCP address of the local API, ``HOST:PORT`` or ``off`` (the Unix socket only). Callers need
-    a bearer token; ``127.0.0.1:8080`` is the conventional address, port 0 picks a free one."""
+    """TCP address of the local API: ``HOST:PORT``, ``on`` for its default ``127.0.0.1:8080``, or
+    ``off`` (the Unix socket only). Callers need a bearer token; port 0 picks a free one."""
 
     api_rate_limit: float = 20.0
     """Requests per second each client address may make to the TCP API (a token bucket)."""
@@ -269,7 +271,10 @@ class Settings:
                 0.05, parse_duration(self.housekeeping_interval, "housekeeping_interval")
             ),
             log_level=level,
-            api_listen=parse_listen(self.api_listen, "api_listen"),
+            api_listen=parse_listen(
+                DEFAULT_API_LISTEN if self.api_listen.strip().lower() == "on" else self.api_listen,
+                "api_listen",
+            ),
             api_rate_limit=float(self.api_rate_limit),
             api_rate_burst=self.api_rate_burst,
         )

@@ -127,3 +127,10 @@ def test_example_config_is_valid_with_every_line_uncommented(tmp_path: Path) -> 
     assert {line.split(" = ")[0] for line in lines} == set(SETTING_NAMES)
     (tmp_path / "config.toml").write_text("\n".join(line.split("  #")[0] for line in lines))
     load_settings(env={"OPHION_HOME": str(tmp_path)}).validate()
+
+
+def test_api_listen_on_means_its_default_address(tmp_path: Path) -> None:
+    valid = load_settings(env={"OPHION_HOME": str(tmp_path), "OPHION_API_LISTEN": "on"}).validate()
+    assert valid.api_listen == ListenAddress("127.0.0.1", 8080)
+    off = load_settings(env={"OPHION_HOME": str(tmp_path)}).validate()
+    assert off.api_listen is None
