@@ -153,6 +153,14 @@ def cpu_seconds(pid: int) -> float:
     return total / _CLOCK_TICKS
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine spent busy since boot (not idle, not I/O wait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    # guest time is already counted in user time; steal is time the hypervisor took away
+    return (sum(fields[:8]) - idle - iowait) / _CLOCK_TICKS
+
+
 def _status_kib(pid: int, key: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -92,12 +92,13 @@ def cores_by_thread(
     elapsed_s: float,
 ) -> list[tuple[str, float]]:
     """CPU seconds per second of each thread group between two :func:`thread_cpu` readings."""
-    cores: Counter[str] = Counter()
+    cores: dict[str, float] = {}
     for tid, (comm, cpu) in after.items():
         used = cpu - before.get(tid, (comm, 0.0))[1]
         name = _group(names[tid]) if tid in names else f"native: {_group(comm)}"
-        cores[name] += used / elapsed_s
-    return [(name, value) for name, value in cores.most_common() if value >= 0.005]
+        cores[name] = cores.get(name, 0.0) + used / elapsed_s
+    ranked = sorted(cores.items(), key=lambda item: item[1], reverse=True)
+    return [(name, value) for name, value in ranked if value >= 0.005]
 
 
 @dataclass

@@ -45,7 +45,7 @@ class Target:
 
 TARGETS = (
     Target("ingest_grpc", "ingest over OTLP/gRPC", 100_000, "spans/s", at_least=True),
-    Target("peak_rss", "daemon peak RSS while ingesting", 400, "MB"),
+    Target("peak_rss", "daemon peak RSS, gRPC ingest", 400, "MB"),
     Target("bytes_per_span", "disk per stored span", 80, "bytes"),
     Target("trace_by_id", "trace by id", 20, "ms"),
     Target("services_1h", "per-service summary, last hour", 100, "ms"),

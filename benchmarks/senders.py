@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.daemon import Daemon, RssSampler, cpu_seconds
+from benchmarks.daemon import Daemon, RssSampler, cpu_seconds, machine_busy_seconds
 from benchmarks.workload import PayloadStream, Pool
 
 _GRPC_METHODS = {
@@ -224,6 +224,7 @@ class ReplayResult:
     daemon_cpu_s: float
     daemon_cores: float  # daemon CPU seconds per second: how many cores it kept busy
     senders_cpu_s: float  # what the load generator took from the same cores
+    machine_busy_cores: float  # all processes on the machine, this benchmark's and others'
     cpu_s_per_100k: float
     peak_rss_bytes: int  # sampled during the replay
     latency_p50_ms: float
@@ -275,7 +276,7 @@ def replay(
         process.start()
     try:
         _await(messages, "ready", senders, processes)
-        cpu_before = cpu_seconds(daemon.pid)
+        cpu_before, busy_before = cpu_seconds(daemon.pid), machine_busy_seconds()
         began = time.monotonic()
         if duration_s is not None:
             deadline.value = began + duration_s
@@ -284,6 +285,7 @@ def replay(
             reports = _await(messages, "done", senders, processes, progress)
         elapsed = time.monotonic() - began
         cpu = cpu_seconds(daemon.pid) - cpu_before
+        busy = machine_busy_seconds() - busy_before
     finally:
         for process in processes:
             process.join(10)
@@ -305,6 +307,7 @@ def replay(
         daemon_cpu_s=cpu,
         daemon_cores=cpu / elapsed,
         senders_cpu_s=sum(r.cpu_s for r in reports),
+        machine_busy_cores=busy / elapsed,
         cpu_s_per_100k=cpu / acknowledged * 100_000 if acknowledged else math.nan,
         peak_rss_bytes=rss.peak,
         latency_p50_ms=_quantile(latencies, 0.50) * 1000,
