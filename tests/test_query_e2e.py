@@ -940,6 +940,21 @@ def _read_lines(stream: Any, lines: queue.Queue[str | None]) -> None:
     lines.put(None)
 
 
+def _start_follow(*args: str) -> tuple[subprocess.Popen[str], queue.Queue[str | None]]:
+    """``ophion logs -f --json ARGS`` in a subprocess, and a queue of the lines it prints."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ophion_cli", "logs", "-f", "--json", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ),
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True).start()
+    return process, lines
+
+
 def _next_line(lines: queue.Queue[str | None], timeout: float) -> str | None:
     try:
         return lines.get(timeout=timeout)
@@ -1012,16 +1027,7 @@ def test_logs_follow_applies_the_filters_to_live_records(daemon: RunningDaemon) 
         ],
         base,
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ophion_cli", "logs", "-f", "--json", "--severity", "error"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=dict(os.environ),
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True).start()
+    process, lines = _start_follow("--severity", "error")
     try:
         first = _next_line(lines, 15)
         assert first is not None and json.loads(first)["body"] == "old error"
@@ -1049,16 +1055,7 @@ def test_logs_follow_applies_the_filters_to_live_records(daemon: RunningDaemon) 
 @pytest.mark.slow
 def test_logs_follow_ends_when_the_daemon_stops(daemon: RunningDaemon) -> None:
     send_records(daemon, [Record(0, "api", SeverityNumber.INFO, "INFO", "backlog")], time.time_ns())
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ophion_cli", "logs", "-f", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=dict(os.environ),
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True).start()
+    process, lines = _start_follow()
     try:
         first = _next_line(lines, 15)
         assert first is not None and json.loads(first)["body"] == "backlog"
