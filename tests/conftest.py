@@ -10,14 +10,60 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from ophiond.api.client import ApiClient
 
 REPO = Path(__file__).resolve().parent.parent
+# ophiond as the tests start it: the module of this checkout, on free loopback ports.
+OPHIOND = [sys.executable, "-m", "ophiond"]
+FREE_PORTS = ["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
+
+
+def ophion(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the real ``ophion`` entry point in a subprocess (exit codes, stderr)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ophion_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+@dataclass
+class Exports:
+    """What the SDK handed to an exporter, and the exporter's verdict on each batch."""
+
+    batches: list[Any] = field(default_factory=list)
+    verdicts: list[str] = field(default_factory=list)
+
+    def check(self, daemon: RunningDaemon) -> None:
+        """Fail unless something was exported and ophiond accepted every export."""
+        assert self.batches, "the SDK exported nothing"
+        assert self.verdicts == ["SUCCESS"] * len(self.verdicts), (self.verdicts, daemon.log())
+
+
+ExporterT = TypeVar("ExporterT")
+
+
+def recorded(exporter: ExporterT) -> tuple[ExporterT, Exports]:
+    """Wrap ``exporter.export`` so the test sees what was sent and whether ophiond took it."""
+    exports = Exports()
+    send = exporter.export  # type: ignore[attr-defined]
+
+    def export(batch: Any, *args: Any, **kwargs: Any) -> Any:
+        result = send(batch, *args, **kwargs)
+        exports.batches.append(batch)
+        exports.verdicts.append(result.name if isinstance(result, Enum) else str(result))
+        return result
+
+    exporter.export = export  # type: ignore[attr-defined]
+    return exporter, exports
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +85,6 @@ class RunningDaemon:
     home: Path
     process: subprocess.Popen[bytes]
     log_path: Path
-    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def listen(self) -> dict[str, Any]:
@@ -87,22 +132,13 @@ def start_daemon(
     full_env = dict(os.environ, OPHION_HOME=str(home), PYTHONUNBUFFERED="1", **(env or {}))
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ophiond",
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                *args,
-            ],
+            [*OPHIOND, *FREE_PORTS, *args],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=full_env,
             cwd=REPO,
         )
-    daemon = RunningDaemon(home, process, log_path, env or {})
+    daemon = RunningDaemon(home, process, log_path)
     deadline = time.monotonic() + timeout
     while not listen_file.exists():
         if process.poll() is not None:

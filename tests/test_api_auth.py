@@ -281,3 +281,16 @@ def test_token_commands_through_the_socket(tcp_daemon: Any) -> None:
     again = ophion("token", "revoke", "ci")
     assert again.returncode == 1 and "no token named 'ci'" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_rate_limiter_memory_stays_bounded_and_recent_clients_keep_their_bucket() -> None:
+
+    now = [0.0]
+    limiter = RateLimiter(1.0, 2, clock=lambda: now[0])
+    limiter.take("busy")
+    limiter.take("busy")
+    for i in range(25_000):
+        limiter.take(f"10.0.{i // 256}.{i % 256}")
+        if i % 1000 == 0:
+            assert limiter.take("busy") > 0  # seen recently: still limited, never forgotten
+    assert len(limiter._buckets) <= 10_000

@@ -8,23 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from conftest import ophion
 from typer.testing import CliRunner
 
 from ophion_cli.main import app
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
-
-
-def ophion(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the real ``ophion`` entry point in a subprocess (errors, exit codes, stderr)."""
-    return subprocess.run(
-        [sys.executable, "-m", "ophion_cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-    )
 
 
 def _send_spans(daemon: Any, names: list[str]) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import FREE_PORTS, OPHIOND
 
 
 def _receive_all(sock: socket.socket, until: str, timeout: float = 20) -> list[str]:
@@ -53,15 +53,7 @@ def test_sigterm_and_sigint_stop_cleanly_and_remove_state_files(daemon_factory: 
 
 def test_a_second_daemon_on_the_same_state_directory_is_refused(daemon: Any) -> None:
     second = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ophiond",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ],
+        [*OPHIOND, *FREE_PORTS],
         capture_output=True,
         text=True,
         timeout=30,
@@ -75,7 +67,7 @@ def test_a_second_daemon_on_the_same_state_directory_is_refused(daemon: Any) -> 
 def test_a_port_in_use_is_reported_plainly(daemon: Any, isolated_env: Path) -> None:
     taken = daemon.listen["http"]
     other = subprocess.run(
-        [sys.executable, "-m", "ophiond", "--grpc-listen", "off", "--http-listen", taken],
+        [*OPHIOND, "--grpc-listen", "off", "--http-listen", taken],
         capture_output=True,
         text=True,
         timeout=30,
@@ -88,7 +80,7 @@ def test_a_port_in_use_is_reported_plainly(daemon: Any, isolated_env: Path) -> N
 
 def test_bad_settings_exit_2_with_one_line(isolated_env: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "ophiond", "--retention-max-age", "forever"],
+        [*OPHIOND, "--retention-max-age", "forever"],
         capture_output=True,
         text=True,
         timeout=30,

@@ -15,12 +15,12 @@ import logging
 import math
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import grpc
 import pytest
+from conftest import RunningDaemon, recorded
 from opentelemetry import trace
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.context import Context
@@ -70,9 +70,6 @@ from opentelemetry.trace import (
     TraceFlags,
     TraceState,
 )
-
-if TYPE_CHECKING:
-    from conftest import RunningDaemon
 
 Transport = Literal["grpc", "http/protobuf", "http/json"]
 TRANSPORTS: tuple[Transport, ...] = ("grpc", "http/protobuf", "http/json")
@@ -133,38 +130,6 @@ def metric_exporter(daemon: RunningDaemon, transport: Transport) -> MetricExport
     if transport == "http/protobuf":
         return HttpMetricExporter(endpoint=daemon.http_url("/v1/metrics"), timeout=EXPORT_TIMEOUT_S)
     return JsonMetricExporter(endpoint=daemon.http_url("/v1/metrics"), timeout=EXPORT_TIMEOUT_S)
-
-
-@dataclass
-class Exports:
-    """The batches the SDK handed to an OTLP exporter, and the exporter's verdict on each."""
-
-    batches: list[Any] = field(default_factory=list)
-    results: list[Enum] = field(default_factory=list)
-
-    def check_delivered(self, daemon: RunningDaemon) -> None:
-        """Fail unless something was exported and ophiond accepted every export."""
-        assert self.batches, "the SDK exported nothing"
-        verdicts = [result.name for result in self.results]
-        assert verdicts == ["SUCCESS"] * len(verdicts), f"{verdicts}\n{daemon.log()}"
-
-
-ExporterT = TypeVar("ExporterT", SpanExporter, LogRecordExporter, MetricExporter)
-
-
-def recorded(exporter: ExporterT) -> tuple[ExporterT, Exports]:
-    """Wrap ``exporter.export`` so the test sees what was sent and whether ophiond took it."""
-    exports = Exports()
-    send = exporter.export
-
-    def export(batch: Any, *args: Any, **kwargs: Any) -> Any:
-        result = send(batch, *args, **kwargs)
-        exports.batches.append(batch)
-        exports.results.append(result)
-        return result
-
-    exporter.export = export  # type: ignore[method-assign,assignment]
-    return exporter, exports
 
 
 @pytest.fixture(params=TRANSPORTS)
@@ -293,7 +258,7 @@ class StoredTrace:
 def stored_trace(daemon: RunningDaemon, transport: Transport) -> StoredTrace:
     exporter, exports = recorded(span_exporter(daemon, transport))
     send_checkout_trace(exporter)
-    exports.check_delivered(daemon)
+    exports.check(daemon)
     sent = {span.name: span for batch in exports.batches for span in batch}
     rows = daemon.sql("SELECT * FROM spans ORDER BY start_time_unix_nano")
     assert sorted(row["name"] for row in rows) == sorted(sent), "each span stored exactly once"
@@ -478,7 +443,7 @@ def test_gzip_compressed_spans_are_stored(daemon: RunningDaemon, transport: Tran
     ):
         pass
     provider.shutdown()
-    exports.check_delivered(daemon)
+    exports.check(daemon)
     [span] = [span for batch in exports.batches for span in batch]
     rows = daemon.sql("SELECT trace_id, span_id, name, http_route, attributes FROM spans")
     assert rows == [
@@ -560,7 +525,7 @@ class StoredLogs:
 def stored_logs(daemon: RunningDaemon, transport: Transport) -> StoredLogs:
     exporter, exports = recorded(log_exporter(daemon, transport))
     span = send_logs(exporter)
-    exports.check_delivered(daemon)
+    exports.check(daemon)
     sent: list[ReadableLogRecord] = [record for batch in exports.batches for record in batch]
     rows = daemon.sql("SELECT * FROM logs")
     assert len(rows) == len(sent) == 4 + len(SCALAR_BODIES)
@@ -739,7 +704,7 @@ class StoredMetrics:
 def stored_metrics(daemon: RunningDaemon, transport: Transport) -> StoredMetrics:
     exporter, exports = recorded(metric_exporter(daemon, transport))
     span = send_metrics(exporter)
-    exports.check_delivered(daemon)
+    exports.check(daemon)
     assert len(exports.batches) == 1
     data: MetricsData = exports.batches[0]
     sent = {

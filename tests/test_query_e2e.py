@@ -21,11 +21,11 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import pytest
+from conftest import Exports, RunningDaemon, ophion, recorded
 from opentelemetry import trace
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.context import Context
@@ -48,7 +48,6 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExp
 from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
-    MetricExporter,
     MetricsData,
     PeriodicExportingMetricReader,
 )
@@ -68,9 +67,6 @@ from opentelemetry.trace import (
 from typer.testing import CliRunner
 
 from ophion_cli.main import app
-
-if TYPE_CHECKING:
-    from conftest import RunningDaemon
 
 REPO = Path(__file__).resolve().parent.parent
 MS = 1_000_000
@@ -100,17 +96,6 @@ def cli_text(*args: str) -> str:
     return result.stdout
 
 
-def ophion(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """The real ``ophion`` entry point in a subprocess (exit codes, stderr)."""
-    return subprocess.run(
-        [sys.executable, "-m", "ophion_cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-    )
-
-
 def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int) -> None:
     """An expected failure: the exit code, nothing on stdout, no traceback on stderr."""
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
@@ -120,35 +105,6 @@ def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int) ->
 
 # ---------------------------------------------------------------------------------------------
 # Exporting with the SDK, and checking that ophiond accepted every export
-
-ExporterT = TypeVar("ExporterT", SpanExporter, LogRecordExporter, MetricExporter)
-
-
-@dataclass
-class Exports:
-    """What the SDK handed to an exporter, and the exporter's verdict on each batch."""
-
-    batches: list[Any] = field(default_factory=list)
-    verdicts: list[str] = field(default_factory=list)
-
-    def check(self, daemon: RunningDaemon) -> None:
-        assert self.batches, "the SDK exported nothing"
-        assert self.verdicts == ["SUCCESS"] * len(self.verdicts), (self.verdicts, daemon.log())
-
-
-def recorded(exporter: ExporterT) -> tuple[ExporterT, Exports]:
-    """Wrap ``exporter.export`` so the test sees what was sent and whether ophiond took it."""
-    exports = Exports()
-    send = exporter.export
-
-    def export(batch: Any, *args: Any, **kwargs: Any) -> Any:
-        result = send(batch, *args, **kwargs)
-        exports.batches.append(batch)
-        exports.verdicts.append(result.name if isinstance(result, Enum) else str(result))
-        return result
-
-    exporter.export = export  # type: ignore[method-assign,assignment]
-    return exporter, exports
 
 
 def grpc_spans(daemon: RunningDaemon) -> SpanExporter:

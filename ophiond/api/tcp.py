@@ -50,21 +50,19 @@ class RateLimiter:
         """Spend one request of ``address``: 0 when allowed, else seconds until one would be."""
         now = self._clock()
         with self._lock:
-            tokens, when = self._buckets.get(address, (self.burst, now))
+            # Popped and re-inserted: the dict stays ordered from least to most recently seen.
+            tokens, when = self._buckets.pop(address, (self.burst, now))
             tokens = min(self.burst, tokens + (now - when) * self.rate)
             allowed = tokens >= 1
             self._buckets[address] = (tokens - 1 if allowed else tokens, now)
             if len(self._buckets) > _MAX_TRACKED_CLIENTS:
-                self._forget_idle(now)
+                self._forget_least_recent()
         return 0.0 if allowed else (1 - tokens) / self.rate
 
-    def _forget_idle(self, now: float) -> None:
-        full = [
-            address
-            for address, (tokens, when) in self._buckets.items()
-            if tokens + (now - when) * self.rate >= self.burst
-        ]
-        for address in full:
+    def _forget_least_recent(self) -> None:
+        """Bound the memory: drop the half of the clients seen longest ago (their buckets have
+        mostly refilled). Amortised, it is O(1) a request whatever the number of addresses."""
+        for address in list(self._buckets)[: len(self._buckets) // 2]:
             del self._buckets[address]
 
 

@@ -195,7 +195,8 @@ class Writer:
     def _finish(self, group: list[PendingWrite], error: StoreError | None) -> None:
         with self._cond:
             self._depth -= sum(p.records for p in group)
-            self._in_flight = [p for p in self._in_flight if p not in group]
+            done = {id(p) for p in group}
+            self._in_flight = [p for p in self._in_flight if id(p) not in done]
         for pending in group:
             if error is None:
                 self.telemetry.stored(pending.batch.signal, pending.batch.accepted)
