@@ -181,17 +181,36 @@ def rss_bytes(pid: int) -> int:
     return sum(_status_kib(member, "VmRSS") for member in process_tree(pid)) * 1024
 
 
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of ``pid`` and its live descendants: each page shared by several
+    processes (the Python, pyarrow and protobuf libraries the decode workers and the daemon all
+    map) counted once in total, not once per process as summing their RSS does."""
+    return sum(_pss_kib(member) for member in process_tree(pid)) * 1024
+
+
 class RssSampler:
-    """Samples the resident memory of a process tree in a thread; keeps the largest total.
+    """Samples the resident memory of a process tree in a thread; keeps the largest totals.
 
     VmHWM is per process and only grows; the sampler gives the peak of one phase, and the peak
-    of several processes taken together, which summing their VmHWM would overstate.
+    of several processes taken together, which summing their VmHWM would overstate. It keeps
+    the peak of the summed RSS and of the summed PSS (see :func:`pss_bytes`).
     """
 
     def __init__(self, pid: int, interval: float = 0.25) -> None:
         self.pid = pid
         self.interval = interval
         self.peak = 0
+        self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -206,6 +225,7 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, rss_bytes(self.pid))
+            self.peak_pss = max(self.peak_pss, pss_bytes(self.pid))
             self._stop.wait(self.interval)
 
 

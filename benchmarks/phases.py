@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.daemon import Daemon, directory_bytes, peak_rss_bytes, running
+from benchmarks.daemon import Daemon, directory_bytes, peak_rss_bytes, process_tree, running
 from benchmarks.profile import (
     ProfileSummary,
     cores_by_thread,
@@ -24,6 +24,7 @@ from benchmarks.profile import (
     summarize,
     thread_cpu,
     thread_names,
+    tree_thread_cpu,
 )
 from benchmarks.queries import time_queries
 from benchmarks.senders import ReplayResult, replay
@@ -69,7 +70,7 @@ def describe(result: ReplayResult) -> str:
         f"         daemon CPU {result.cpu_s_per_100k:.2f} s per 100k, {result.daemon_cores:.2f} "
         f"cores busy (senders {result.senders_cpu_s / result.elapsed_s:.2f}, whole machine "
         f"{result.machine_busy_cores:.2f}); peak RSS "
-        f"{_mb(result.peak_rss_bytes)}; request latency p50 {result.latency_p50_ms:.0f} ms, "
+        f"{_mb(result.peak_rss_bytes)} (PSS {_mb(result.peak_pss_bytes)}); request latency p50 {result.latency_p50_ms:.0f} ms, "
         f"p99 {result.latency_p99_ms:.0f} ms"
     )
     if result.retries or result.rejected or result.abandoned:
@@ -158,30 +159,42 @@ def profile_phase(
     daemon: Daemon, pool_path: Path, settings: Settings, workdir: Path
 ) -> dict[str, Any]:
     """py-spy and per-thread CPU during an extra gRPC replay (its figures are not counted)."""
-    raw = workdir / "py-spy-ingest.txt"
+    raw, raw_worker = workdir / "py-spy-ingest.txt", workdir / "py-spy-worker.txt"
     seconds = settings.profile_s
+    workers = [p for p in process_tree(daemon.pid) if p != daemon.pid]
     with ThreadPoolExecutor(1) as background:
         # The replay outlasts the recording on both sides, so the samples see only full load.
         running_replay = background.submit(
             replay, daemon, "grpc", pool_path, "traces", settings.senders, duration_s=seconds + 6.0
         )
         time.sleep(3)
-        before, began = thread_cpu(daemon.pid), time.monotonic()
-        recorder = start_recording(daemon.pid, seconds, raw)
-        _, errors = recorder.communicate(timeout=seconds + 60)
+        before, began = tree_thread_cpu(daemon.pid, workers), time.monotonic()
+        recorders = [(start_recording(daemon.pid, seconds, raw), raw)]
+        if workers:  # one decode worker is enough: they all run the same code
+            worker_recorder = start_recording(workers[0], seconds, raw_worker, gil=False)
+            recorders.append((worker_recorder, raw_worker))
+        errors = [recorder.communicate(timeout=seconds + 60)[1] for recorder, _ in recorders]
         elapsed = time.monotonic() - began
-        after = thread_cpu(daemon.pid)
+        after = tree_thread_cpu(daemon.pid, workers)
         names = thread_names(daemon.pid)
+        for worker in workers:
+            names.update({tid: "decode workers (processes)" for tid in thread_cpu(worker)})
         result = running_replay.result()
-    if recorder.returncode != 0 or not raw.exists():
-        raise RuntimeError(f"py-spy failed: {errors.decode(errors='replace')[-2000:]}")
+    for (recorder, path), error in zip(recorders, errors, strict=True):
+        if recorder.returncode != 0 or not path.exists():
+            raise RuntimeError(f"py-spy failed: {error.decode(errors='replace')[-2000:]}")
     summary = summarize(raw, elapsed, cores_by_thread(before, after, names, elapsed))
     say(
         f"   profiled gRPC replay (py-spy attached, {seconds} s): "
         f"{result.records_per_s:,.0f} spans/s"
     )
     _print_profile(summary)
-    return {"replay": asdict(result), "summary": asdict(summary), "raw": raw.read_text()}
+    out = {"replay": asdict(result), "summary": asdict(summary), "raw": raw.read_text()}
+    if workers:
+        worker = summarize(raw_worker, elapsed, [])
+        _print_worker_profile(worker)
+        out.update(worker_summary=asdict(worker), worker_raw=raw_worker.read_text())
+    return out
 
 
 def _print_profile(summary: ProfileSummary) -> None:
@@ -201,6 +214,15 @@ def _print_profile(summary: ProfileSummary) -> None:
         say(f"   top {title}:")
         for name, share in rows[:12]:
             say(f"     {share * 100:5.1f}%  {name}")
+
+
+def _print_worker_profile(summary: ProfileSummary) -> None:
+    say(f"   one decode worker was busy {summary.gil_held * 100:.0f}% of the time; top self:")
+    for name, share in summary.self_time[:12]:
+        say(f"     {share * 100:5.1f}%  {name}")
+    say("   top inclusive:")
+    for name, share in summary.inclusive[:12]:
+        say(f"     {share * 100:5.1f}%  {name}")
 
 
 def _progress(daemon: Daemon, signal: str, target: int) -> Callable[[], None]:

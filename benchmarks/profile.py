@@ -41,9 +41,14 @@ def _py_spy() -> str:
     return path
 
 
-def start_recording(pid: int, seconds: int, output: Path) -> subprocess.Popen[bytes]:
-    """Start ``py-spy record --gil`` on ``pid`` for ``seconds``; wait on the returned process."""
-    command = [_py_spy(), "record", "--pid", str(pid), "--duration", str(seconds), "--gil"]
+def start_recording(
+    pid: int, seconds: int, output: Path, gil: bool = True
+) -> subprocess.Popen[bytes]:
+    """Start ``py-spy record`` (``--gil``: only the GIL holder) on ``pid`` for ``seconds``; wait
+    on the returned process. A decode worker has one thread: there ``gil=False`` counts the
+    samples where it is running, so the share of samples is how busy it was."""
+    command = [_py_spy(), "record", "--pid", str(pid), "--duration", str(seconds)]
+    command += ["--gil"] if gil else []
     command += ["--rate", str(SAMPLE_RATE), "--format", "raw", "--threads"]
     return subprocess.Popen(
         [*command, "--output", str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -77,6 +82,17 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
         out[int(task.name)] = (comm, (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS)
+    return out
+
+
+def tree_thread_cpu(pid: int, children: list[int]) -> dict[int, tuple[str, float]]:
+    """:func:`thread_cpu` of ``pid`` and of its child processes (decode workers)."""
+    out = thread_cpu(pid)
+    for child in children:
+        try:
+            out.update(thread_cpu(child))
+        except OSError:
+            pass  # the worker ended meanwhile
     return out
 
 

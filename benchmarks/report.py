@@ -176,6 +176,7 @@ def table_row(results: dict[str, Any]) -> str:
         _number(figures.get("ratio_grpc"), 2),
         _number(figures.get("cpu_s_per_100k"), 2),
         _number(figures.get("peak_rss")),
+        _number(figures.get("peak_pss")),
         _number(figures.get("bytes_per_span"), 1),
         _number(figures.get("bytes_per_log"), 1),
         _number(figures.get("load_spans_per_s")),

@@ -226,7 +226,8 @@ class ReplayResult:
     senders_cpu_s: float  # what the load generator took from the same cores
     machine_busy_cores: float  # all processes on the machine, this benchmark's and others'
     cpu_s_per_100k: float
-    peak_rss_bytes: int  # sampled during the replay
+    peak_rss_bytes: int  # sampled during the replay: the processes' RSS summed
+    peak_pss_bytes: int  # the same, with shared pages counted once
     latency_p50_ms: float
     latency_p99_ms: float
 
@@ -310,6 +311,7 @@ def replay(
         machine_busy_cores=busy / elapsed,
         cpu_s_per_100k=cpu / acknowledged * 100_000 if acknowledged else math.nan,
         peak_rss_bytes=rss.peak,
+        peak_pss_bytes=rss.peak_pss,
         latency_p50_ms=_quantile(latencies, 0.50) * 1000,
         latency_p99_ms=_quantile(latencies, 0.99) * 1000,
     )

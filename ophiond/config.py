@@ -212,8 +212,13 @@ class Settings:
     max_request_size: str = "20MiB"
     """Largest accepted request body, after decompression (HTTP 413 / gRPC RESOURCE_EXHAUSTED)."""
 
-    memory_limit: str = "512MB"
-    """Memory DuckDB may use for its buffers and queries."""
+    memory_limit: str = "128MB"
+    """Memory DuckDB may use for its buffers and queries. DuckDB keeps data it wrote cached up to
+    this much, so it is most of the daemon's memory; raise it for large ad-hoc SQL queries."""
+
+    decode_workers: str = "auto"
+    """Processes that decode OTLP requests: ``auto`` (one per CPU the daemon may use, at most 8),
+    a number, or ``0`` to decode in the receiving threads of the daemon's own process."""
 
     sql_timeout: str = "30s"
     """Longest an ``ophion sql`` query may run before it is interrupted."""
@@ -266,6 +271,7 @@ class Settings:
             queue_size=self.queue_size,
             max_request_size=parse_size(self.max_request_size, "max_request_size"),
             memory_limit=parse_size(self.memory_limit, "memory_limit"),
+            decode_workers=_decode_workers(self.decode_workers),
             sql_timeout=parse_duration(self.sql_timeout, "sql_timeout"),
             housekeeping_interval=max(
                 0.05, parse_duration(self.housekeeping_interval, "housekeeping_interval")
@@ -293,12 +299,27 @@ class ValidSettings:
     queue_size: int
     max_request_size: int
     memory_limit: int
+    decode_workers: int
     sql_timeout: float
     housekeeping_interval: float
     log_level: str
     api_listen: ListenAddress | None
     api_rate_limit: float
     api_rate_burst: int
+
+
+def _decode_workers(text: str) -> int:
+    value = text.strip().lower()
+    if value == "auto":
+        from ophiond.otlp.workers import default_workers
+
+        return default_workers()
+    if not value.isdigit() or int(value) > 64:
+        raise ConfigError(
+            f"decode_workers: {text!r} is not a number of processes",
+            hint="use auto, 0 (decode in the daemon's process) or a number up to 64",
+        )
+    return int(value)
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(

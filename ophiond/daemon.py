@@ -103,6 +103,7 @@ class Daemon:
         self.grpc: Any = None
         self.http: Any = None
         self.api_tcp: Any = None
+        self.decode_pool: Any = None
 
     def request_stop(self, signum: int | None = None, _frame: Any = None) -> None:
         if signum is not None:
@@ -144,8 +145,15 @@ class Daemon:
             )
             self.feed = LogFeed()
             self.writer.on_commit = self._publish
+            self.writer.recover()
             self.writer.start()
-            ingest = Ingest(self.writer, self.telemetry, settings.ingest_key)
+            self.partitions.before_read = self.writer.sync
+            if settings.decode_workers:
+                from ophiond.otlp.workers import DecodePool
+
+                self.decode_pool = DecodePool(settings.decode_workers)
+                self.decode_pool.start()
+            ingest = Ingest(self.writer, self.telemetry, settings.ingest_key, self.decode_pool)
 
             self.tokens = TokenStore(paths.tokens_file, paths.admin_token_file)
             self.tokens.ensure_admin_token()
@@ -216,6 +224,8 @@ class Daemon:
                 part.stop()
             except OSError as e:
                 log.warning("stopping %s: %s", type(part).__name__, e)
+        if self.decode_pool is not None:
+            self.decode_pool.stop()
         if hasattr(self, "writer"):
             self.writer.stop()
         if hasattr(self, "partitions"):
@@ -354,7 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-request-size", metavar="SIZE", help="largest accepted request body (20MiB)"
     )
-    parser.add_argument("--memory-limit", metavar="SIZE", help="DuckDB memory limit (512MB)")
+    parser.add_argument("--memory-limit", metavar="SIZE", help="DuckDB memory limit (128MB)")
+    parser.add_argument(
+        "--decode-workers",
+        metavar="N",
+        help="processes decoding OTLP requests; 0 decodes in the daemon's process (auto)",
+    )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return parser
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,17 @@ def _open(data_dir: Path, now: dt.datetime = T0) -> PartitionSet:
 
 
 def _writer(partitions: PartitionSet, capacity: int = 1_000_000, budget: int = 10**12) -> Writer:
-    return Writer(partitions, Telemetry(), capacity, budget, 7 * 86400, 3600, clock=lambda: T0)
+    # Flushed into DuckDB after every batch, so that the size-driven roll-over sees each one.
+    return Writer(
+        partitions,
+        Telemetry(),
+        capacity,
+        budget,
+        7 * 86400,
+        3600,
+        clock=lambda: T0,
+        flush_records=1,
+    )
 
 
 def test_every_arrow_column_exists_in_the_migrated_tables(tmp_path: Path) -> None:
@@ -141,14 +152,23 @@ def test_age_retention_deletes_partitions_whose_data_is_all_too_old(tmp_path: Pa
 def test_disk_budget_rolls_over_and_deletes_oldest_first(tmp_path: Path) -> None:
     budget = 8 << 20
     partitions = _open(tmp_path)
-    writer = _writer(partitions, budget=budget)
+    clock = [T0]
+    writer = Writer(
+        partitions,
+        Telemetry(),
+        1_000_000,
+        budget,
+        30 * 86400,
+        0.05,  # retention runs between flushes, on the writer's thread, every 50 ms
+        clock=lambda: clock[0],
+        flush_records=1,
+    )
     writer.start()
-    now = T0
     for i in range(40):
         writer.submit(decode_traces(_trace_request(2000, payload=f"{i}-" + "x" * 200))).wait()
-        now += dt.timedelta(seconds=1)
-        partitions.roll_over_if_due(now, budget, 30 * 86400)
-        partitions.apply_retention(now, 30 * 86400, budget)
+        writer.sync()
+        clock[0] += dt.timedelta(seconds=1)
+    time.sleep(0.2)  # a last round of retention
     writer.stop()
     assert len(partitions.partitions) > 1
     assert partitions.total_size() <= budget + budget // 8 + (2 << 20)
@@ -274,10 +294,10 @@ def test_a_crashed_writer_fails_waiting_requests_and_refuses_new_ones(
     partitions = _open(tmp_path)
     writer = _writer(partitions)
 
-    def broken_write(batches: object) -> None:
-        raise MemoryError("simulated")  # anything but a DuckDB error, which is handled
+    def broken_append(frames: object) -> None:
+        raise MemoryError("simulated")  # anything but a StoreError, which is handled
 
-    monkeypatch.setattr(writer, "_write", broken_write)
+    monkeypatch.setattr(writer.journal, "append", broken_append)
     pending = writer.submit(decode_traces(_trace_request(3)))
     writer.start()
     with pytest.raises(StoreError, match="the writer failed"):

@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,9 @@ class DecodedBatch:
     accepted: int
     rejected: int = 0
     problems: list[str] = field(default_factory=list)
+    # The tables as Arrow IPC streams, when a decode worker already made them (the journal
+    # stores these bytes as they are).
+    streams: Mapping[str, bytes | memoryview] | None = None
 
     @property
     def message(self) -> str:

@@ -5,14 +5,8 @@ from __future__ import annotations
 import hmac
 import time
 
-from ophiond.otlp.decode import (
-    DecodedBatch,
-    InvalidPayload,
-    Signal,
-    decode,
-    parse_json,
-    parse_protobuf,
-)
+from ophiond.otlp.decode import DecodedBatch, InvalidPayload, Signal
+from ophiond.otlp.workers import DecodePool, decode_body
 from ophiond.store.writer import QueueFull, Writer, WriterStopped
 from ophiond.telemetry import Telemetry
 
@@ -22,10 +16,18 @@ __all__ = ["Ingest", "InvalidPayload", "QueueFull", "WriterStopped"]
 class Ingest:
     """The receivers' entry into the store; one instance shared by gRPC and HTTP."""
 
-    def __init__(self, writer: Writer, telemetry: Telemetry, ingest_key: str = "") -> None:
+    def __init__(
+        self,
+        writer: Writer,
+        telemetry: Telemetry,
+        ingest_key: str = "",
+        pool: DecodePool | None = None,
+    ) -> None:
         self.writer = writer
         self.telemetry = telemetry
         self._key = ingest_key.encode()
+        # Decode workers; without them requests are decoded in the receiving thread.
+        self.pool = pool
 
     def authorized(self, authorization: str | None) -> bool:
         """True when no ingest key is set, or ``authorization`` is ``Bearer <key>``."""
@@ -40,15 +42,18 @@ class Ingest:
         """Store one export request; return it once committed.
 
         Raises :class:`InvalidPayload` (not retryable), :class:`QueueFull` or
-        :class:`WriterStopped` (retryable), or ``StoreError`` when the commit failed (retryable).
+        :class:`WriterStopped` (retryable), or ``StoreError`` when the record could not be
+        written or a decode worker died (retryable).
         """
         received_ns = time.time_ns()
         try:
-            request = parse_json(signal, body) if as_json else parse_protobuf(signal, body)
+            if self.pool is not None:
+                batch = self.pool.decode(signal, body, as_json, received_ns)
+            else:
+                batch = decode_body(signal, body, as_json, received_ns)
         except InvalidPayload:
             self.telemetry.invalid(signal)
             raise
-        batch = decode(signal, request, received_ns)
         self.telemetry.request(signal, batch.accepted, batch.rejected)
         if batch.accepted == 0:
             return batch

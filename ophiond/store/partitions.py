@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -119,6 +120,9 @@ class PartitionSet:
         self.read_only = read_only
         self.partitions: list[Partition] = []
         self.lock = threading.Lock()
+        # Called before every read through the daemon: the writer makes every acknowledged
+        # record visible (flushes its journal into DuckDB) so that readers see their writes.
+        self.before_read: Callable[[], None] | None = None
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -174,6 +178,15 @@ class PartitionSet:
     @property
     def current(self) -> Partition:
         return self.partitions[-1]
+
+    def journal_position(self) -> int:
+        """The last ingest-journal segment whose records are in the store (0: none yet)."""
+        union = " UNION ALL ".join(
+            f"SELECT max(segment) AS segment FROM {p.alias}.main.journal_applied"
+            for p in self.partitions
+        )
+        row = self.con.execute(f"SELECT coalesce(max(segment), 0) FROM ({union})").fetchone()
+        return int(row[0]) if row else 0
 
     def total_size(self) -> int:
         return sum(p.size() for p in self.partitions)

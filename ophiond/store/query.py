@@ -99,6 +99,8 @@ def fetch_limited(
     description and up to ``max_rows`` rows. DuckDB's errors become :class:`QueryError`."""
     import duckdb
 
+    if partitions.before_read is not None:
+        partitions.before_read()
     with partitions.lock:
         cursor = partitions.con.cursor()
     timed_out = threading.Event()

@@ -125,6 +125,14 @@ CREATE TABLE metric_points (
 """
 
 
+# The writer's place in the ingest journal (see ophiond.store.journal): the last journal
+# segment whose records are in the store, written in the same transaction as they are.
+_MIGRATION_2 = """
+CREATE TABLE journal_applied (segment UBIGINT NOT NULL);
+INSERT INTO journal_applied VALUES (0);
+"""
+
+
 def _sql(statement: str) -> Callable[[duckdb.DuckDBPyConnection, str], None]:
     def run(con: duckdb.DuckDBPyConnection, schema: str) -> None:
         con.execute(f"USE {schema}")
@@ -139,6 +147,7 @@ def _sql(statement: str) -> Callable[[duckdb.DuckDBPyConnection, str], None]:
 # (version, description, function). Append only.
 MIGRATIONS: list[tuple[int, str, Callable[[duckdb.DuckDBPyConnection, str], None]]] = [
     (1, "spans, span events, span links, logs and metric points", _sql(_MIGRATION_1)),
+    (2, "the last ingest-journal segment stored here", _sql(_MIGRATION_2)),
 ]
 
 TABLES = ("spans", "span_events", "span_links", "logs", "metric_points")

@@ -1,0 +1,132 @@
+"""The ingest journal: acknowledged records are on disk before DuckDB has them, and come back
+exactly once after a crash. The daemon-level proof (SIGKILL) is in test_durability.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from ophiond.errors import StoreError
+from ophiond.otlp.decode import decode_traces
+from ophiond.store.journal import Journal, encode_record, encode_tables, read_segment
+from ophiond.store.partitions import PartitionSet, connect
+from ophiond.store.writer import Writer
+from ophiond.telemetry import Telemetry
+from tests.test_store import _trace_request
+
+T0 = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.UTC)
+
+
+def _open(data_dir: Path) -> PartitionSet:
+    partitions = PartitionSet(connect(256 << 20, data_dir), data_dir)
+    partitions.open(T0)
+    return partitions
+
+
+def _writer(partitions: PartitionSet, **kwargs: object) -> Writer:
+    return Writer(partitions, Telemetry(), 1_000_000, 10**12, 7 * 86400, 3600, **kwargs)  # type: ignore[arg-type]
+
+
+def _frame(spans: int, service: str = "checkout") -> bytes:
+    batch = decode_traces(_trace_request(spans, service))
+    return encode_record("traces", batch.accepted, encode_tables(batch.tables))
+
+
+def _span_count(partitions: PartitionSet) -> int:
+    row = partitions.con.execute("SELECT count(*) FROM spans").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_torn_last_record_is_ignored_and_the_whole_ones_read(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.open(after=0)
+    journal.append([_frame(3), _frame(4)])
+    journal.close()
+    path = journal.path(journal.segment)
+    whole = path.read_bytes()
+    path.write_bytes(whole + _frame(5)[:-10])  # a crash in the middle of the third write
+    assert [r.records for r in read_segment(path)] == [3, 4]
+    path.write_bytes(whole[:-1])  # or of the second
+    assert [r.records for r in read_segment(path)] == [3]
+
+
+def test_unflushed_records_are_replayed_once_at_start(tmp_path: Path) -> None:
+    partitions = _open(tmp_path)
+    # What a daemon killed before its flush leaves: records in the journal, none in DuckDB.
+    journal = Journal(tmp_path / "journal")
+    journal.open(after=0)
+    journal.append([_frame(3, "a"), _frame(4, "b")])
+    journal.close()
+
+    writer = _writer(partitions)
+    assert writer.recover() == 7
+    assert _span_count(partitions) == 7
+    assert Journal(tmp_path / "journal").segments() == [writer.journal.segment]
+    writer.journal.close()
+
+    # Starting again replays nothing more.
+    assert _writer(partitions).recover() == 0
+    assert _span_count(partitions) == 7
+    partitions.close()
+
+
+def test_a_segment_duckdb_already_has_is_not_replayed(tmp_path: Path) -> None:
+    """A crash between the flush's commit and the deletion of its segment."""
+    partitions = _open(tmp_path)
+    writer = _writer(partitions)
+    writer.start()
+    writer.submit(decode_traces(_trace_request(5))).wait()
+    segment = writer.journal.segment
+    kept = writer.journal.path(segment).read_bytes()
+    writer.sync()  # flushed: DuckDB records the segment as applied, and it is deleted
+    assert not writer.journal.path(segment).exists()
+    writer.stop()
+    writer.journal.path(segment).write_bytes(kept)  # as if the deletion never happened
+
+    assert _writer(partitions).recover() == 0
+    assert _span_count(partitions) == 5
+    partitions.close()
+
+
+def test_acknowledged_records_wait_in_the_journal_until_a_reader_asks(tmp_path: Path) -> None:
+    partitions = _open(tmp_path)
+    writer = _writer(partitions, flush_interval=3600.0)
+    partitions.before_read = writer.sync
+    writer.start()
+    writer.submit(decode_traces(_trace_request(6))).wait()
+    assert writer.depth == 6  # acknowledged, not yet in DuckDB
+    assert partitions.con.cursor().execute("SELECT count(*) FROM raw_spans").fetchone() == (0,)
+    from ophiond.store.query import run_query
+
+    assert run_query(partitions, "SELECT count(*) FROM spans", 10, 5.0).rows == [[6]]
+    assert writer.depth == 0
+    writer.stop()
+    partitions.close()
+
+
+def test_a_failed_flush_keeps_the_records_and_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    partitions = _open(tmp_path)
+    writer = _writer(partitions)
+    real_insert = writer._insert
+    failures = [1]
+
+    def flaky_insert(batches: object, segment: int) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise StoreError("disk full (simulated)")
+        real_insert(batches, segment)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writer, "_insert", flaky_insert)
+    writer.start()
+    writer.submit(decode_traces(_trace_request(4))).wait()
+    writer.sync()  # returns after the failed attempt; the reader sees what is there
+    assert _span_count(partitions) == 0 and writer.depth == 4
+    writer.sync()  # the retry, a second later
+    assert _span_count(partitions) == 4 and writer.depth == 0
+    writer.stop()
+    partitions.close()
