@@ -29,7 +29,7 @@ def _writer(partitions: PartitionSet, **kwargs: object) -> Writer:
     return Writer(partitions, Telemetry(), 1_000_000, 10**12, 7 * 86400, 3600, **kwargs)  # type: ignore[arg-type]
 
 
-def _frame(spans: int, service: str = "checkout") -> bytes:
+def _frame(spans: int, service: str = "checkout") -> list[bytes | memoryview]:
     batch = decode_traces(_trace_request(spans, service))
     return encode_record("traces", batch.accepted, encode_tables(batch.tables))
 
@@ -47,7 +47,8 @@ def test_a_torn_last_record_is_ignored_and_the_whole_ones_read(tmp_path: Path) -
     journal.close()
     path = journal.path(journal.segment)
     whole = path.read_bytes()
-    path.write_bytes(whole + _frame(5)[:-10])  # a crash in the middle of the third write
+    torn = b"".join(_frame(5))[:-10]
+    path.write_bytes(whole + torn)  # a crash in the middle of the third write
     assert [r.records for r in read_segment(path)] == [3, 4]
     path.write_bytes(whole[:-1])  # or of the second
     assert [r.records for r in read_segment(path)] == [3]

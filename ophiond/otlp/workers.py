@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ophiond.errors import StoreError
 from ophiond.otlp.decode import DecodedBatch, InvalidPayload, Signal
+from ophiond.store.journal import write_all
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,8 @@ _LENGTH = struct.Struct("<I")
 _PIPE_SIZE = 1 << 20  # fewer wake-ups per 400 kB request; Linux lets anyone ask for 1 MiB
 
 
-def _write_message(fd: int, *parts: bytes | memoryview) -> None:
-    data = b"".join([_LENGTH.pack(sum(len(p) for p in parts)), *parts])
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _write_message(fd: int, parts: list[bytes | memoryview]) -> None:
+    write_all(fd, [_LENGTH.pack(sum(len(p) for p in parts)), *parts])
 
 
 def _read_exactly(fd: int, size: int) -> bytearray:
@@ -199,7 +197,7 @@ class DecodePool:
         worker = self._idle.get()
         head = _REQUEST_HEAD.pack(_SIGNALS.index(signal_), int(as_json), received_ns)
         try:
-            _write_message(worker.to_worker, head, body)
+            _write_message(worker.to_worker, [head, body])
             reply = _read_message(worker.from_worker)
         except (EOFError, OSError) as e:
             self._replace(worker)

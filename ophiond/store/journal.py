@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 _RECORD_HEAD = struct.Struct("<II")  # payload length, crc32 of the payload
 _HEADER_SIZE = struct.Struct("<I")
+_MAX_BUFFERS = 512  # per writev call (Linux allows 1024)
 _NAME_RE = re.compile(r"^(\d{12})\.journal$")
 
 
@@ -73,11 +74,14 @@ def decode_tables(streams: Mapping[str, bytes | memoryview]) -> dict[str, pa.Tab
     return {name: pa.ipc.open_stream(pa.py_buffer(d)).read_all() for name, d in streams.items()}
 
 
-def pack(header: dict[str, Any], streams: Mapping[str, bytes | memoryview]) -> bytes:
+def pack(
+    header: dict[str, Any], streams: Mapping[str, bytes | memoryview]
+) -> list[bytes | memoryview]:
     """A JSON header (listing each stream's name and length) followed by the streams: the
-    format of journal records and of decode workers' answers."""
+    format of journal records and of decode workers' answers, as buffers to write (the streams
+    are not copied)."""
     head = json.dumps({**header, "tables": [[n, len(d)] for n, d in streams.items()]}).encode()
-    return b"".join([_HEADER_SIZE.pack(len(head)), head, *streams.values()])
+    return [_HEADER_SIZE.pack(len(head)), head, *streams.values()]
 
 
 def unpack(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], dict[str, memoryview]]:
@@ -93,10 +97,28 @@ def unpack(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], dict[s
     return header, streams
 
 
-def encode_record(signal: str, records: int, streams: Mapping[str, bytes | memoryview]) -> bytes:
-    """One journal record, framed, ready to append."""
-    payload = pack({"signal": signal, "records": records}, streams)
-    return _RECORD_HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+def encode_record(
+    signal: str, records: int, streams: Mapping[str, bytes | memoryview]
+) -> list[bytes | memoryview]:
+    """One journal record, framed, as the buffers to write (the streams are not copied)."""
+    parts = pack({"signal": signal, "records": records}, streams)
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return [_RECORD_HEAD.pack(sum(len(p) for p in parts), crc), *parts]
+
+
+def write_all(fd: int, parts: list[bytes | memoryview]) -> None:
+    """``writev`` every buffer, going on after short writes."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        written = os.writev(fd, views[:_MAX_BUFFERS])
+        while written:
+            if written >= len(views[0]):
+                written -= len(views.pop(0))
+            else:
+                views[0] = views[0][written:]
+                written = 0
 
 
 def _decode_payload(payload: bytes) -> JournalRecord:
@@ -142,18 +164,29 @@ class Journal:
             raise StoreError(f"cannot create journal segment {self.path(segment)}: {e}") from e
         self.segment = segment
 
-    def append(self, records: list[bytes]) -> None:
-        """Write framed records and make them durable; raise :class:`StoreError` if not."""
+    def append(self, records: list[list[bytes | memoryview]]) -> None:
+        """Write framed records and make them durable; raise :class:`StoreError` if not.
+
+        A write that fails half-way is cut off again, so that the records appended after it
+        are not hidden behind a torn one; if even that fails, the next append starts a new
+        segment.
+        """
         if self._fd is None:  # not opened yet, or a rotation failed half-way: a new segment
             self._start(self.segment + 1)
-        assert self._fd is not None
-        data = b"".join(records)
+        fd = self._fd
+        assert fd is not None
         try:
-            written = os.write(self._fd, data)
-            while written < len(data):
-                written += os.write(self._fd, data[written:])
-            os.fdatasync(self._fd)
+            size = os.fstat(fd).st_size
         except OSError as e:
+            raise StoreError(f"cannot write the journal: {e}") from e
+        try:
+            write_all(fd, [part for record in records for part in record])
+            os.fdatasync(fd)
+        except OSError as e:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                self.close()
             raise StoreError(f"cannot write the journal: {e}") from e
 
     def rotate(self) -> int:
