@@ -29,6 +29,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from ophiond.errors import OphionError
@@ -211,8 +212,8 @@ _json_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allo
 # ``_json_encoder.encode`` builds a new C encoder on every call, which costs more than encoding
 # a record's handful of attributes; this is the same C encoder with the same settings, built
 # once. ``c_make_encoder`` is not public API, hence the fallback; circular-reference checks
-# are off (``None``) because values decoded from protobuf are trees. The tests hold its text
-# against ``_json_encoder.encode``.
+# are off (``None``) because values decoded from protobuf are trees. tests/test_decode_fast.py
+# holds the stored text against ``json.dumps`` with these settings, for every kind of value.
 _make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
 _encode_chunks: Callable[[Any, int], Iterable[str]] = (
     _make_c_encoder(
@@ -356,18 +357,30 @@ class _Problems:
 # ---------------------------------------------------------------------------------------------
 # Records -> Arrow
 
-# The origin columns close the spans, logs and metric_points schemas, in this order.
-_ORIGIN_WIDTH = 9
+# The columns that close the spans, logs and metric_points schemas, in the order of the tuple
+# that _origin returns.
+_ORIGIN_COLUMNS = (
+    "service_name",
+    "resource_attributes",
+    "resource_dropped_attributes_count",
+    "resource_schema_url",
+    "scope_name",
+    "scope_version",
+    "scope_attributes",
+    "scope_dropped_attributes_count",
+    "scope_schema_url",
+)
 
 
 def _origin(resource_message: Any, scope_message: Any) -> tuple[Any, ...]:
     """The origin columns shared by every record of one (resource, scope) pair."""
     resource = resource_message.resource
     scope = scope_message.scope
-    service = _attribute_values(resource.attributes).get("service.name")
+    resource_values = _attribute_values(resource.attributes)
+    service = resource_values.get("service.name")
     return (
         service if isinstance(service, str) else None,
-        _attributes_json(resource.attributes),
+        _to_json(resource_values),
         resource.dropped_attributes_count,
         resource_message.schema_url or None,
         scope.name or None,
@@ -390,8 +403,11 @@ class _Rows:
     def __init__(self, name: str, with_origin: bool = True) -> None:
         from ophiond.store.schema import arrow_schemas
 
+        self.name = name
         self.schema = arrow_schemas()[name]
-        self.width = len(self.schema) - (_ORIGIN_WIDTH if with_origin else 0)
+        self.width = len(self.schema) - (len(_ORIGIN_COLUMNS) if with_origin else 0)
+        if with_origin and tuple(self.schema.names[self.width :]) != _ORIGIN_COLUMNS:
+            raise AssertionError(f"the {name} schema does not end with the origin columns")
         self.values: list[Any] = []
         self.add = self.values.extend
         self.origins: list[tuple[Any, ...]] = []
@@ -410,11 +426,10 @@ class _Rows:
         import pyarrow as pa
 
         values, width, fields = self.values, self.width, list(self.schema)
-        assert len(values) % width == 0, f"a {self.schema.names} record is not {width} values"
+        assert len(values) % width == 0, f"a {self.name} record is not {width} values"
         arrays = [pa.array(values[j::width], type=fields[j].type) for j in range(width)]
         if width < len(fields):
-            ends = [*self.run_starts[1:], len(self)]
-            counts = [end - start for start, end in zip(self.run_starts, ends, strict=True)]
+            counts = [end - start for start, end in pairwise([*self.run_starts, len(self)])]
             for j, f in enumerate(fields[width:]):
                 runs = [
                     pa.repeat(pa.scalar(origin[j], type=f.type), count)
