@@ -248,16 +248,19 @@ def _build_arrow_schemas() -> dict[str, pa.Schema]:
         pa.float64(),
     )
     ts = pa.timestamp("ns")
+    # The same for every record of a (resource, scope) run: dictionary-encoded, so that a batch
+    # carries each run's values once.
+    d = pa.dictionary(pa.int32(), pa.string())
     origin = [
-        ("service_name", s),
-        ("resource_attributes", s),
+        ("service_name", d),
+        ("resource_attributes", d),
         ("resource_dropped_attributes_count", u32),
-        ("resource_schema_url", s),
-        ("scope_name", s),
-        ("scope_version", s),
-        ("scope_attributes", s),
+        ("resource_schema_url", d),
+        ("scope_name", d),
+        ("scope_version", d),
+        ("scope_attributes", d),
         ("scope_dropped_attributes_count", u32),
-        ("scope_schema_url", s),
+        ("scope_schema_url", d),
     ]
     return {
         "spans": pa.schema(

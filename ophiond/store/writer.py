@@ -435,12 +435,12 @@ class Writer:
             cur.execute("BEGIN")
             for name, parts in by_table.items():
                 combined = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
-                order = " ORDER BY trace_id" if name in _BY_TRACE else ""
+                if name in _BY_TRACE:  # (Arrow sorts for less CPU than an ORDER BY in DuckDB)
+                    combined = combined.sort_by("trace_id")
                 cur.register("_ophion_batch", combined)
                 try:
                     cur.execute(
-                        f"INSERT INTO {alias}.main.{name} BY NAME "
-                        f"SELECT * FROM _ophion_batch{order}"
+                        f"INSERT INTO {alias}.main.{name} BY NAME SELECT * FROM _ophion_batch"
                     )
                 finally:
                     cur.unregister("_ophion_batch")
