@@ -205,9 +205,9 @@ class Settings:
     ingest_key: str = ""
     """When set, receivers require ``Authorization: Bearer <key>`` (HTTP header or gRPC metadata)."""
 
-    queue_size: int = 200_000
-    """Records (spans, log records, metric points) waiting for the writer before receivers refuse
-    new requests with a retryable error (HTTP 503 / gRPC UNAVAILABLE)."""
+    queue_size: int = 100_000
+    """Records (spans, log records, metric points) accepted and not yet in DuckDB before receivers
+    refuse new requests with a retryable error (HTTP 503 / gRPC UNAVAILABLE)."""
 
     max_request_size: str = "20MiB"
     """Largest accepted request body, after decompression (HTTP 413 / gRPC RESOURCE_EXHAUSTED)."""
