@@ -131,12 +131,20 @@ def _sql_without_daemon(query: str, max_rows: int) -> dict[str, Any]:
     from rich.console import Console
 
     from ophiond.config import load_settings
+    from ophiond.store.journal import unstored_bytes
     from ophiond.store.query import open_read_only, run_query
 
     settings = load_settings().validate()
-    Console(stderr=True).print(
+    console = Console(stderr=True)
+    console.print(
         f"[dim]ophiond is not running; reading {settings.paths.data_dir} directly (read-only)[/]"
     )
+    if unstored_bytes(settings.paths.data_dir):
+        console.print(
+            "[yellow]ophiond stopped without a clean shutdown: records it acknowledged last are "
+            "still in its journal and not in these results; they are stored when it starts "
+            "again[/]"
+        )
     partitions = open_read_only(settings.paths.data_dir, settings.memory_limit)
     try:
         return run_query(partitions, query, max_rows, settings.sql_timeout).to_json()

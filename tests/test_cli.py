@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,20 @@ def test_sql_reads_the_files_when_the_daemon_is_down(daemon: Any) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [{"name": "kept"}]
     assert "not running" in result.stderr and "read-only" in result.stderr
+
+
+def test_sql_after_a_crash_says_the_journal_holds_more(daemon: Any, daemon_factory: Any) -> None:
+    _send_spans(daemon, ["journaled"])  # acknowledged: in the journal, not yet flushed
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    result = ophion("sql", "SELECT count(*) AS n FROM spans", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "without a clean shutdown" in result.stderr and "journal" in result.stderr
+    restarted = daemon_factory(home=daemon.home)
+    assert restarted.sql("SELECT name FROM spans") == [{"name": "journaled"}]
+    assert restarted.stop() == 0
+    result = ophion("sql", "SELECT name FROM spans", "--json")
+    assert json.loads(result.stdout) == [{"name": "journaled"}]
+    assert "journal" not in result.stderr
 
 
 def test_status_without_daemon_says_how_to_start_it() -> None:

@@ -218,6 +218,13 @@ class Journal:
                     yield number, record
 
 
+def unstored_bytes(data_dir: Path) -> int:
+    """Bytes in the journal of ``data_dir``: records a daemon acknowledged and had not yet put
+    into the partition files when it stopped uncleanly (stored when it starts again)."""
+    journal = Journal(data_dir / "journal")
+    return sum(journal.path(n).stat().st_size for n in journal.segments())
+
+
 def read_segment(path: Path) -> Iterator[JournalRecord]:
     """The whole records of one segment; a torn or corrupt tail ends it (with a warning)."""
     data = path.read_bytes()
