@@ -205,14 +205,14 @@ class Settings:
     ingest_key: str = ""
     """When set, receivers require ``Authorization: Bearer <key>`` (HTTP header or gRPC metadata)."""
 
-    queue_size: int = 100_000
+    queue_size: int = 150_000
     """Records (spans, log records, metric points) accepted and not yet in DuckDB before receivers
     refuse new requests with a retryable error (HTTP 503 / gRPC UNAVAILABLE)."""
 
     max_request_size: str = "20MiB"
     """Largest accepted request body, after decompression (HTTP 413 / gRPC RESOURCE_EXHAUSTED)."""
 
-    memory_limit: str = "128MB"
+    memory_limit: str = "64MB"
     """Memory DuckDB may use for its buffers and queries. DuckDB keeps data it wrote cached up to
     this much, so it is most of the daemon's memory; raise it for large ad-hoc SQL queries."""
 

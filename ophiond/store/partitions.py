@@ -34,6 +34,12 @@ _NAME_RE = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?\.duckdb$")
 _MAX_PARTITION_SPAN_S = 86400.0
 _PARTITIONS_PER_MAX_AGE = 8
 # A partition never grows past this share of the disk budget, so the budget is kept to ~1/8.
+# Rows per DuckDB row group (its default is 122,880). The writer inserts spans sorted by trace
+# id in flushes several row groups long, so each row group covers a narrow range of ids and
+# a trace lookup skips most of them by their min/max; that needs row groups well below a flush
+# (10 M spans: 24 ms with the default, 16.5 ms with 16k). Smaller row groups cost disk
+# (compression works per group): 32k measured +6% per span, 16k +17%.
+ROW_GROUP_SIZE = 16_384
 _PARTITIONS_PER_BUDGET = 8
 _MIN_PARTITION_BYTES = 1 << 20
 
@@ -150,7 +156,7 @@ class PartitionSet:
             self._rebuild_views()
 
     def _attach(self, partition: Partition) -> None:
-        mode = " (READ_ONLY)" if self.read_only else ""
+        mode = " (READ_ONLY)" if self.read_only else f" (ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
         path = str(partition.path).replace("'", "''")
         self.con.execute(f"ATTACH '{path}' AS {partition.alias}{mode}")
         if not self.read_only:
