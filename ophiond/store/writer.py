@@ -98,15 +98,15 @@ class _Chunk:
         self.segment = segment
         self.tables: list[dict[str, pa.Table]] = []
         self.records = 0
-        self.size = 0  # Arrow bytes in memory
+        self.size = 0  # bytes of its records in the journal, about what they hold in memory
         self.since = time.monotonic()
         self.last = 0  # the writer's count of journaled batches when the last one came in
         self.closed = False  # its segment is complete: no more appends go to it
 
-    def add(self, tables: dict[str, pa.Table], records: int, sequence: int) -> None:
+    def add(self, tables: dict[str, pa.Table], records: int, size: int, sequence: int) -> None:
         self.tables.append(tables)
         self.records += records
-        self.size += sum(t.nbytes for t in tables.values())
+        self.size += size
         self.last = sequence
 
 
@@ -314,9 +314,11 @@ class Writer:
                         last.closed = True  # its segment ended (after a failed rotation)
                     self._chunks.append(_Chunk(self.journal.segment))
                 chunk = self._chunks[-1]
-                for p in group:
+                for p, frame in zip(group, frames, strict=True):
                     self._journaled += 1
-                    chunk.add(p.batch.tables, p.batch.accepted, self._journaled)
+                    # (the IPC bytes: what the tables hold, without asking Arrow to add it up)
+                    size = sum(len(part) for part in frame)
+                    chunk.add(p.batch.tables, p.batch.accepted, size, self._journaled)
                 self._in_flight = []
                 full = chunk.records >= self.flush_records or chunk.size >= self.flush_bytes
             if full:  # the next records go to a new segment: this one is a flush's worth
