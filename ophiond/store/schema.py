@@ -145,9 +145,9 @@ def _sql(statement: str) -> Callable[[duckdb.DuckDBPyConnection, str], None]:
 
 
 # Tables whose ``attributes`` JSON is stored with zstd in partitions created from migration 3 on:
-# half the bytes of DuckDB's default string compression (FSST) on span attributes (about 50
-# bytes per span of the ~100 a span took), at the same insert cost. Log bodies keep the
-# default: text search scans them, and FSST decompresses faster.
+# 32 instead of 55 bytes per span for the benchmark's span attributes with DuckDB's default
+# string compression (FSST), at the same insert cost; attribute searches decompress it more
+# slowly (docs/performance.md). Log bodies keep the default: text search scans them.
 _ZSTD_ATTRIBUTES = ("spans", "span_events", "span_links", "logs")
 
 
