@@ -41,9 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Records per DuckDB insert: DuckDB's CPU per record is a third of what 1,000-record inserts
-# cost from about 50,000 on, and four row groups (partitions.ROW_GROUP_SIZE) of spans sorted by
-# trace id let a trace lookup skip most row groups.
-FLUSH_RECORDS = 4 * ROW_GROUP_SIZE
+# cost from about 50,000 on, and whole row groups (partitions.ROW_GROUP_SIZE) of spans sorted
+# by trace id let a trace lookup skip most row groups. (Larger flushes hold more in memory.)
+FLUSH_RECORDS = 3 * ROW_GROUP_SIZE
 # Smallest size (Arrow bytes in memory) that makes a flush due, whatever the disk budget.
 FLUSH_MIN_BYTES = 1 << 20
 # Longest an acknowledged record waits for its flush when nobody reads (bounds replay time).
