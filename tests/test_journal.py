@@ -4,7 +4,9 @@ exactly once after a crash. The daemon-level proof (SIGKILL) is in test_durabili
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,4 +132,71 @@ def test_a_failed_flush_keeps_the_records_and_retries(
     writer.sync()  # the retry, a second later
     assert _span_count(partitions) == 4 and writer.depth == 0
     writer.stop()
+    partitions.close()
+
+
+def test_a_tail_of_zeros_ends_the_segment(tmp_path: Path) -> None:
+    """What a power loss can leave after an unacknowledged write: it reads as no record."""
+    journal = Journal(tmp_path)
+    journal.open(after=0)
+    journal.append([_frame(3)])
+    journal.close()
+    path = journal.path(journal.segment)
+    path.write_bytes(path.read_bytes() + b"\0" * 4096)
+    assert [r.records for r in read_segment(path)] == [3]
+
+
+def test_a_rotation_that_fails_half_way_stores_nothing_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new segment's directory entry cannot be synced: no record may go to that file."""
+    from ophiond.store import journal as journal_module
+
+    partitions = _open(tmp_path)
+    writer = _writer(partitions, flush_records=5, flush_interval=3600.0)
+    writer.start()
+    real_open = os.open
+    fail = [True]
+
+    def flaky_open(path: Any, flags: int, *args: Any) -> int:
+        if fail[0] and flags == os.O_RDONLY and Path(path) == writer.journal.directory:
+            fail[0] = False
+            raise OSError(24, "Too many open files")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(journal_module.os, "open", flaky_open)
+    writer.submit(decode_traces(_trace_request(5, "a"))).wait()  # a full chunk: rotation fails
+    writer.submit(decode_traces(_trace_request(2, "b"))).wait()
+    writer.sync()
+    writer.submit(decode_traces(_trace_request(1, "c"))).wait()  # acknowledged, not flushed
+    # A crash now: the writer is abandoned and a new one recovers from the journal.
+    assert _writer(partitions).recover() == 1
+    assert _span_count(partitions) == 8
+    partitions.close()
+
+
+def test_a_journal_error_during_rotation_never_leaves_a_request_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    partitions = _open(tmp_path)
+    writer = _writer(partitions, flush_records=5, flush_interval=3600.0)
+    real_close = os.close
+    journal_fds: list[int] = []
+
+    def failing_close(fd: int) -> None:
+        real_close(fd)
+        if fd in journal_fds:
+            raise OSError(5, "Input/output error")
+
+    writer.start()
+    journal_fds.append(writer.journal._fd)  # type: ignore[arg-type]
+    from ophiond.store import journal as journal_module
+
+    monkeypatch.setattr(journal_module.os, "close", failing_close)
+    pending = writer.submit(decode_traces(_trace_request(5)))
+    assert pending._done.wait(10), "the request was left waiting"
+    pending.wait()  # and answered with success: its records were synced
+    monkeypatch.undo()
+    writer.stop()
+    assert _span_count(partitions) == 5
     partitions.close()

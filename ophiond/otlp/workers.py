@@ -20,11 +20,13 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import select
 import signal
 import struct
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -69,11 +71,15 @@ def _write_message(fd: int, parts: list[bytes | memoryview]) -> None:
     write_all(fd, [_LENGTH.pack(sum(len(p) for p in parts)), *parts])
 
 
-def _read_exactly(fd: int, size: int) -> bytearray:
+def _read_exactly(fd: int, size: int, deadline: float | None) -> bytearray:
     buf = bytearray(size)
     view = memoryview(buf)
     got = 0
     while got < size:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise TimeoutError("no answer in time")
         n = os.readv(fd, [view[got:]])
         if n == 0:
             raise EOFError("the pipe closed")
@@ -81,9 +87,10 @@ def _read_exactly(fd: int, size: int) -> bytearray:
     return buf
 
 
-def _read_message(fd: int) -> bytearray:
-    (size,) = _LENGTH.unpack(_read_exactly(fd, _LENGTH.size))
-    return _read_exactly(fd, size)
+def _read_message(fd: int, timeout: float | None = None) -> bytearray:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    (size,) = _LENGTH.unpack(_read_exactly(fd, _LENGTH.size, deadline))
+    return _read_exactly(fd, size, deadline)
 
 
 def _grow_pipe(fd: int) -> None:
@@ -167,6 +174,13 @@ class _Worker:
             self.process.wait()
 
 
+# Longest a request may take to decode (a 20 MiB OTLP/JSON body takes a few seconds); a worker
+# that takes longer is taken to be stuck, and is replaced.
+DECODE_TIMEOUT_S = 120.0
+# Longest a request waits for a free worker before it is answered "retry later".
+WAIT_FOR_WORKER_S = 30.0
+
+
 class DecodePool:
     """``processes`` decode workers shared by every receiving thread."""
 
@@ -175,6 +189,7 @@ class DecodePool:
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
+        self._stopped = False
 
     def start(self) -> None:
         for _ in range(self.processes):
@@ -186,6 +201,17 @@ class DecodePool:
             self._workers.append(worker)
         self._idle.put(worker)
 
+    def _top_up(self) -> None:
+        """Start workers again where starting one failed before (no processes, no memory)."""
+        with self._lock:
+            missing = 0 if self._stopped else self.processes - len(self._workers)
+        for _ in range(missing):
+            try:
+                self._add()
+            except OSError as e:
+                log.error("cannot start a decode worker, trying again later: %s", e)
+                return
+
     def pids(self) -> list[int]:
         with self._lock:
             return [w.process.pid for w in self._workers]
@@ -194,14 +220,20 @@ class DecodePool:
         """Decode in a worker; raise :class:`InvalidPayload` or :class:`DecodeFailed`."""
         from ophiond.store.journal import decode_tables, unpack
 
-        worker = self._idle.get()
+        self._top_up()
+        try:
+            worker = self._idle.get(timeout=WAIT_FOR_WORKER_S)
+        except queue.Empty:
+            raise DecodeFailed("no decode worker is free") from None
+        if self._stopped:
+            raise DecodeFailed("ophiond is shutting down")
         head = _REQUEST_HEAD.pack(_SIGNALS.index(signal_), int(as_json), received_ns)
         try:
             _write_message(worker.to_worker, [head, body])
-            reply = _read_message(worker.from_worker)
-        except (EOFError, OSError) as e:
+            reply = _read_message(worker.from_worker, DECODE_TIMEOUT_S)
+        except (EOFError, OSError) as e:  # (TimeoutError is an OSError)
             self._replace(worker)
-            raise DecodeFailed(f"a decode worker stopped while decoding: {e}") from e
+            raise DecodeFailed(f"a decode worker failed while decoding: {e}") from e
         self._idle.put(worker)
         header, streams = unpack(reply)
         if "invalid" in header:
@@ -216,17 +248,21 @@ class DecodePool:
         )
 
     def _replace(self, worker: _Worker) -> None:
-        code = worker.process.poll()
-        log.error("decode worker %s exited (code %s); starting another", worker.process.pid, code)
+        if worker.process.poll() is None:
+            worker.process.kill()  # stuck, or its pipe broke: it cannot be trusted with more
+        code = worker.process.wait()
+        log.error("decode worker %s ended (code %s); starting another", worker.process.pid, code)
         with self._lock:
             if worker in self._workers:
                 self._workers.remove(worker)
         worker.close()
-        self._add()
+        self._top_up()
 
     def stop(self) -> None:
-        """Close every worker's pipes (they exit) and wait for them."""
+        """Close every worker's pipes (they exit) and wait for them. Requests still arriving
+        are answered "retry later"."""
         with self._lock:
+            self._stopped = True
             workers, self._workers = self._workers, []
         for worker in workers:
             worker.close()

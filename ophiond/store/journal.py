@@ -21,6 +21,7 @@ that segment.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -147,22 +148,31 @@ class Journal:
 
     def open(self, after: int) -> None:
         """Start appending to a new segment numbered above every existing one and ``after``."""
+        self.close()
         self.directory.mkdir(parents=True, exist_ok=True)
         existing = self.segments()
         self._start(max([after, *existing]) + 1)
 
     def _start(self, segment: int) -> None:
+        """Create segment ``segment`` and append to it from now on. Either all of that happens
+        or nothing does: records must never go to a file whose number the writer does not
+        know, nor to one whose name a crash could lose."""
+        path = self.path(segment)
+        fd = None
         try:
-            self._fd = os.open(self.path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            # The new name must survive a crash too, or a synced record could vanish with it.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             dir_fd = os.open(self.directory, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
         except OSError as e:
-            raise StoreError(f"cannot create journal segment {self.path(segment)}: {e}") from e
-        self.segment = segment
+            if fd is not None:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise StoreError(f"cannot create journal segment {path}: {e}") from e
+        self._fd, self.segment = fd, segment
 
     def append(self, records: list[list[bytes | memoryview]]) -> None:
         """Write framed records and make them durable; raise :class:`StoreError` if not.
@@ -204,11 +214,16 @@ class Journal:
                     self.path(number).unlink()
                 except FileNotFoundError:
                     pass
+                except OSError as e:  # harmless: DuckDB records it as stored, replay skips it
+                    log.warning("cannot delete journal segment %s: %s", number, e)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError as e:  # its records were synced; nothing is lost
+                log.warning("closing journal segment %s: %s", self.segment, e)
 
     def replay(self, after: int) -> Iterator[tuple[int, JournalRecord]]:
         """The records of every segment numbered above ``after``, in order, with their segment."""
@@ -227,6 +242,8 @@ def unstored_bytes(data_dir: Path) -> int:
 
 def read_segment(path: Path) -> Iterator[JournalRecord]:
     """The whole records of one segment; a torn or corrupt tail ends it (with a warning)."""
+    from pyarrow import ArrowException as ArrowError
+
     data = path.read_bytes()
     offset = 0
     while offset < len(data):
@@ -235,9 +252,15 @@ def read_segment(path: Path) -> Iterator[JournalRecord]:
         length, crc = _RECORD_HEAD.unpack_from(data, offset)
         start = offset + _RECORD_HEAD.size
         payload = data[start : start + length]
-        if len(payload) < length or zlib.crc32(payload) != crc:
+        # (a tail of zeros, which a power loss can leave, reads as an empty record: not one)
+        if length < _HEADER_SIZE.size or len(payload) < length or zlib.crc32(payload) != crc:
             break
-        yield _decode_payload(payload)
+        try:
+            record = _decode_payload(payload)
+        except (ValueError, KeyError, TypeError, struct.error, ArrowError) as e:
+            log.warning("journal %s: a record at byte %d cannot be read: %s", path.name, offset, e)
+            break
+        yield record
         offset = start + length
     if offset < len(data):
         log.warning(

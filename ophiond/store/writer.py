@@ -79,6 +79,8 @@ class PendingWrite:
         self.error: StoreError | None = None
 
     def finish(self, error: StoreError | None = None) -> None:
+        if self._done.is_set():  # answered already (a failing writer fails everything it holds)
+            return
         self.error = error
         self._done.set()
 
@@ -318,18 +320,19 @@ class Writer:
                     self._journaled += 1
                     # (the IPC bytes: what the tables hold, without asking Arrow to add it up)
                     size = sum(len(part) for part in frame)
-                    chunk.add(p.batch.tables, p.batch.accepted, size, self._journaled)
-                self._in_flight = []
+                    chunk.add(p.batch.tables, p.records, size, self._journaled)
                 full = chunk.records >= self.flush_records or chunk.size >= self.flush_bytes
             if full:  # the next records go to a new segment: this one is a flush's worth
                 try:
                     self._close_chunk(chunk)
-                except StoreError as e:
-                    log.error("%s; the segment grows until a new one can be made", e.message)
+                except (StoreError, OSError) as e:
+                    log.error("%s; the segment grows until a new one can be made", e)
             with self._cond:
                 self._cond.notify_all()
         self.last_progress = time.monotonic()
         self._finish(group, None, release=False)
+        with self._cond:  # only now: until answered, a failing writer must fail them
+            self._in_flight = []
 
     def _close_chunk(self, chunk: _Chunk) -> None:
         """Start a new journal segment, so that ``chunk``'s is complete (journal lock held)."""
@@ -356,12 +359,13 @@ class Writer:
                             or now - oldest.since >= self.flush_interval
                         )
                     )
-                    if due or (final and oldest is None) or now >= next_housekeeping:
+                    housekeeping_due = not final and now >= next_housekeeping
+                    if due or (final and oldest is None) or housekeeping_due:
                         break
-                    wake = [next_housekeeping]
+                    wake = [] if final else [next_housekeeping]
                     if oldest is not None:
                         wake.append(max(retry_at, oldest.since + self.flush_interval))
-                    self._cond.wait(max(0.0, min(wake) - now))
+                    self._cond.wait(max(0.0, min(wake) - now) if wake else None)
             if due:
                 if self._flush():
                     retry_at = 0.0
@@ -384,12 +388,17 @@ class Writer:
         """Insert the oldest chunk into DuckDB; False when that failed."""
         with self._cond:
             chunk = self._chunks[0]
-        if not chunk.closed:  # due by time or for a reader: it ends here
-            with self._journal_lock:
+        with self._journal_lock:  # (the journal thread may be closing it meanwhile)
+            if chunk.closed:
+                pass
+            elif chunk.segment != self.journal.segment:  # its segment already ended
+                with self._cond:
+                    chunk.closed = True
+            else:  # due by time or for a reader: it ends here
                 try:
                     self._close_chunk(chunk)
-                except StoreError as e:
-                    log.error("%s; retrying", e.message)
+                except (StoreError, OSError) as e:
+                    log.error("%s; retrying", e)
                     with self._cond:
                         self._flush_failures += 1
                         self._cond.notify_all()
@@ -429,7 +438,10 @@ class Writer:
             pending.finish(error)
         if error is None and self.on_commit is not None:
             for pending in group:  # after the acknowledgements: followers never delay them
-                self.on_commit(pending.batch)
+                try:
+                    self.on_commit(pending.batch)
+                except Exception:  # a follower's problem must not stop the writer
+                    log.exception("passing records to followers failed")
 
     def _insert(self, batches: list[dict[str, pa.Table]], segment: int) -> None:
         """One transaction: every table's rows, and the journal segment they complete."""
@@ -458,7 +470,7 @@ class Writer:
                     cur.unregister("_ophion_batch")
             cur.execute(f"UPDATE {alias}.main.journal_applied SET segment = ?", [segment])
             cur.execute("COMMIT")
-        except duckdb.Error as e:
+        except (duckdb.Error, pa.ArrowException) as e:
             try:
                 cur.execute("ROLLBACK")
             except duckdb.Error:
