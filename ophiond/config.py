@@ -205,7 +205,7 @@ class Settings:
     ingest_key: str = ""
     """When set, receivers require ``Authorization: Bearer <key>`` (HTTP header or gRPC metadata)."""
 
-    queue_size: int = 100_000
+    queue_size: int = 150_000
     """Records (spans, log records, metric points) accepted and not yet in DuckDB before receivers
     refuse new requests with a retryable error (HTTP 503 / gRPC UNAVAILABLE)."""
 

@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--queue-size",
         type=int,
         metavar="RECORDS",
-        help="records waiting before receivers refuse (100000)",
+        help="records waiting before receivers refuse (150000)",
     )
     parser.add_argument(
         "--max-request-size", metavar="SIZE", help="largest accepted request body (20MiB)"

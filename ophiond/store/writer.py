@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 
 # Records per DuckDB insert: DuckDB's CPU per record is a third of what 1,000-record inserts
 # cost from about 50,000 on, and whole row groups (partitions.ROW_GROUP_SIZE) of spans sorted
-# by trace id let a trace lookup skip most row groups. (Larger flushes hold more in memory.)
-FLUSH_RECORDS = 3 * ROW_GROUP_SIZE
+# by trace id let a trace lookup skip most row groups. Flushes of three row groups with a
+# queue of 100,000 saved 14 MB but refused requests three to seven times as often under full
+# load (docs/performance.md, the third run of 2026-11-24).
+FLUSH_RECORDS = 4 * ROW_GROUP_SIZE
 # Smallest size (Arrow bytes in memory) that makes a flush due, whatever the disk budget.
 FLUSH_MIN_BYTES = 1 << 20
 # Longest an acknowledged record waits for its flush when nobody reads (bounds replay time).
