@@ -200,3 +200,48 @@ def test_a_journal_error_during_rotation_never_leaves_a_request_waiting(
     writer.stop()
     assert _span_count(partitions) == 5
     partitions.close()
+
+
+def test_a_trace_split_over_partitions_keeps_its_events_and_links(tmp_path: Path) -> None:
+    """A trace's events and links are looked up only in the partitions that hold its spans."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from ophiond.store.queries import Queries
+
+    trace_id = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
+
+    def request(span: int, parent: int | None) -> ExportTraceServiceRequest:
+        message = ExportTraceServiceRequest()
+        resource_spans = message.resource_spans.add()
+        attr = resource_spans.resource.attributes.add()
+        attr.key, attr.value.string_value = "service.name", f"svc{span}"
+        s = resource_spans.scope_spans.add().spans.add()
+        s.trace_id, s.span_id = trace_id, span.to_bytes(8, "big")
+        if parent is not None:
+            s.parent_span_id = parent.to_bytes(8, "big")
+        s.name, s.start_time_unix_nano, s.end_time_unix_nano = f"op{span}", 1_000 * span, 10_000
+        event = s.events.add()
+        event.name, event.time_unix_nano = f"event{span}", 1_000 * span + 1
+        link = s.links.add()
+        link.trace_id, link.span_id = bytes(15) + bytes([span]), span.to_bytes(8, "big")
+        return message
+
+    partitions = _open(tmp_path)
+    writer = _writer(partitions)
+    partitions.before_read = writer.sync
+    writer.start()
+    writer.submit(decode_traces(request(1, None))).wait()
+    writer.sync()
+    partitions.roll_over_if_due(T0 + dt.timedelta(days=1), 10**12, 30 * 86400)
+    writer.submit(decode_traces(request(2, 1))).wait()
+    # A partition the trace is not in, created after it.
+    partitions.roll_over_if_due(T0 + dt.timedelta(days=2), 10**12, 30 * 86400)
+    trace = Queries(partitions, 30.0).trace(trace_id.hex())
+    writer.stop()
+    assert [s["name"] for s in trace["spans"]] == ["op1", "op2"]
+    assert [[e["name"] for e in s["events"]] for s in trace["spans"]] == [["event1"], ["event2"]]
+    assert [len(s["links"]) for s in trace["spans"]] == [1, 1]
+    assert len(partitions.partitions) >= 3  # (the writer rolls over to today's date as well)
+    partitions.close()

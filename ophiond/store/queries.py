@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ophiond.errors import OphionError
+from ophiond.store.query import QueryError
 from ophiond.timespec import to_ns
 
 if TYPE_CHECKING:
@@ -121,19 +122,24 @@ def _ts(moment: dt.datetime) -> str:
 
 
 # One trace: its spans (record 0, by start), events (1, by time) and links (2).
-_TRACE_SQL = """
-    SELECT 0 AS record, span_id, parent_span_id, service_name, name, kind, status_code,
-           status_message, epoch_ns(start_time) AS start_ns, epoch_ns(end_time) AS end_ns,
-           duration_ns, attributes, resource_attributes, scope_name, scope_version, trace_state,
-           NULL::BIGINT AS time_ns, NULL AS linked_trace_id, NULL AS linked_span_id
-    FROM raw_spans WHERE trace_id = ?
-    UNION ALL BY NAME
-    SELECT 1 AS record, span_id, name, attributes, epoch_ns(time) AS time_ns
-    FROM raw_span_events WHERE trace_id = ?
-    UNION ALL BY NAME
-    SELECT 2 AS record, span_id, attributes, linked_trace_id, linked_span_id
-    FROM raw_span_links WHERE trace_id = ?
-    ORDER BY record, start_ns, time_ns, span_id
+# A trace's spans, per partition (each row says which), then the events and links of those
+# partitions only: the writer stores a span's events and links in the same transaction, so
+# in the same partition, as the span, and scanning the others for them is wasted.
+_TRACE_SPANS_SQL = """
+    SELECT '{alias}' AS part, 0 AS record, span_id, parent_span_id, service_name, name, kind,
+           status_code, status_message, epoch_ns(start_time) AS start_ns,
+           epoch_ns(end_time) AS end_ns, duration_ns, attributes, resource_attributes,
+           scope_name, scope_version, trace_state
+    FROM {alias}.main.spans WHERE trace_id = ?
+"""
+_TRACE_EXTRAS_SQL = """
+    SELECT 1 AS record, span_id, name, attributes, epoch_ns(time) AS time_ns,
+           NULL AS linked_trace_id, NULL AS linked_span_id
+    FROM {alias}.main.span_events WHERE trace_id = ?
+    UNION ALL
+    SELECT 2 AS record, span_id, NULL AS name, attributes, NULL::BIGINT AS time_ns,
+           linked_trace_id, linked_span_id
+    FROM {alias}.main.span_links WHERE trace_id = ?
 """
 
 
@@ -343,6 +349,37 @@ class Queries:
             params += [path, path, value]
         return conditions, params
 
+    def _trace_records(self, trace_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The spans of a trace, and the events and links of the partitions that hold them."""
+        with self.partitions.lock:
+            aliases = [p.alias for p in self.partitions.partitions]
+        try:
+            spans = self._rows(
+                "SELECT * FROM ("
+                + " UNION ALL ".join(_TRACE_SPANS_SQL.format(alias=a) for a in aliases)
+                + ") ORDER BY start_ns, span_id",
+                [trace_id] * len(aliases),
+            )
+            holding = sorted({span["part"] for span in spans})
+            extras = (
+                self._rows(
+                    "SELECT * FROM ("
+                    + " UNION ALL ".join(_TRACE_EXTRAS_SQL.format(alias=a) for a in holding)
+                    + ") ORDER BY record, time_ns, span_id",
+                    [trace_id] * 2 * len(holding),
+                )
+                if holding
+                else []
+            )
+        except QueryError:
+            # A partition was deleted by retention in between: once more, with the set as it
+            # is now (retention never deletes the newest, so this ends).
+            with self.partitions.lock:
+                if [p.alias for p in self.partitions.partitions] == aliases:
+                    raise
+            return self._trace_records(trace_id)
+        return spans, extras
+
     def trace(self, trace_id: str) -> dict[str, Any]:
         """One trace, all its spans with events and links, and its critical path.
 
@@ -376,10 +413,7 @@ class Queries:
                 hint="give more digits",
             )
         full = ids[0]
-        # Spans, events and links in one statement: one snapshot, and one round trip instead of
-        # three (each costs a cursor and a timer thread, up to several ms on a busy machine).
-        records = self._rows(_TRACE_SQL, [full, full, full])
-        spans = [r for r in records if r["record"] == 0]
+        spans, records = self._trace_records(full)
         events = [
             {
                 "span_id": r["span_id"],
@@ -401,8 +435,7 @@ class Queries:
             if r["record"] == 2
         ]
         for span in spans:
-            for column in ("record", "time_ns", "linked_trace_id", "linked_span_id"):
-                del span[column]
+            del span["part"], span["record"]
         if not spans:
             raise NotFound(
                 f"no trace {trace_id} in the store",
