@@ -13,18 +13,10 @@ import pytest
 from ophiond.errors import StoreError
 from ophiond.otlp.decode import decode_traces
 from ophiond.store.journal import Journal, encode_record, encode_tables, read_segment
-from ophiond.store.partitions import PartitionSet, connect
+from ophiond.store.partitions import PartitionSet
 from ophiond.store.writer import Writer
 from ophiond.telemetry import Telemetry
-from tests.test_store import _trace_request
-
-T0 = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.UTC)
-
-
-def _open(data_dir: Path) -> PartitionSet:
-    partitions = PartitionSet(connect(256 << 20, data_dir), data_dir)
-    partitions.open(T0)
-    return partitions
+from tests.test_store import T0, _open, _trace_request
 
 
 def _writer(partitions: PartitionSet, **kwargs: object) -> Writer:

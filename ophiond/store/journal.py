@@ -50,7 +50,6 @@ _NAME_RE = re.compile(r"^(\d{12})\.journal$")
 class JournalRecord:
     """One accepted request as the journal keeps it."""
 
-    signal: str
     records: int
     tables: dict[str, pa.Table]
 
@@ -124,7 +123,7 @@ def write_all(fd: int, parts: list[bytes | memoryview]) -> None:
 
 def _decode_payload(payload: bytes) -> JournalRecord:
     header, streams = unpack(payload)
-    return JournalRecord(header["signal"], header["records"], decode_tables(streams))
+    return JournalRecord(header["records"], decode_tables(streams))
 
 
 class Journal:

@@ -143,6 +143,11 @@ _TRACE_EXTRAS_SQL = """
 """
 
 
+def _pick(records: list[dict[str, Any]], kind: int, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The rows of one ``record`` kind of a union query, with only that kind's columns."""
+    return [{k: r[k] for k in keys} for r in records if r["record"] == kind]
+
+
 class Queries:
     """Runs the queries on cursors of the daemon's DuckDB instance."""
 
@@ -414,26 +419,8 @@ class Queries:
             )
         full = ids[0]
         spans, records = self._trace_records(full)
-        events = [
-            {
-                "span_id": r["span_id"],
-                "time_ns": r["time_ns"],
-                "name": r["name"],
-                "attributes": r["attributes"],
-            }
-            for r in records
-            if r["record"] == 1
-        ]
-        links = [
-            {
-                "span_id": r["span_id"],
-                "linked_trace_id": r["linked_trace_id"],
-                "linked_span_id": r["linked_span_id"],
-                "attributes": r["attributes"],
-            }
-            for r in records
-            if r["record"] == 2
-        ]
+        events = _pick(records, 1, ("span_id", "time_ns", "name", "attributes"))
+        links = _pick(records, 2, ("span_id", "linked_trace_id", "linked_span_id", "attributes"))
         for span in spans:
             del span["part"], span["record"]
         if not spans:

@@ -20,7 +20,9 @@ journal's records that DuckDB lacks are replayed (:meth:`Writer.recover`).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
+import operator
 import threading
 import time
 from collections import deque
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ophiond.errors import OphionError, StoreError
-from ophiond.store.journal import Journal, JournalRecord, encode_record, encode_tables
+from ophiond.store.journal import Journal, encode_record, encode_tables
 from ophiond.store.partitions import ROW_GROUP_SIZE
 
 if TYPE_CHECKING:
@@ -217,18 +219,12 @@ class Writer:
         """
         applied = self.partitions.journal_position()
         replayed = 0
-        segment_records: list[JournalRecord] = []
-        current = None
-        for segment, record in self.journal.replay(after=applied):
-            if current is not None and segment != current:
-                self._insert([r.tables for r in segment_records], current)
-                replayed += sum(r.records for r in segment_records)
-                segment_records = []
-            current = segment
-            segment_records.append(record)
-        if current is not None:
-            self._insert([r.tables for r in segment_records], current)
-            replayed += sum(r.records for r in segment_records)
+        for segment, entries in itertools.groupby(
+            self.journal.replay(after=applied), key=operator.itemgetter(0)
+        ):
+            records = [record for _, record in entries]
+            self._insert([r.tables for r in records], segment)  # one segment, one transaction
+            replayed += sum(r.records for r in records)
         last = max([applied, *self.journal.segments()])
         self.journal.open(after=last)
         self.journal.discard_through(last)
