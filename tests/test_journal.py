@@ -237,3 +237,22 @@ def test_a_trace_split_over_partitions_keeps_its_events_and_links(tmp_path: Path
     assert [len(s["links"]) for s in trace["spans"]] == [1, 1]
     assert len(partitions.partitions) >= 3  # (the writer rolls over to today's date as well)
     partitions.close()
+
+
+def test_a_flush_reads_its_records_back_from_the_journal_and_reports_any_lost_on_disk(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records wait for their flush on disk, not in memory; if the disk loses one meanwhile,
+    the readable ones are stored and the loss is logged, not retried forever."""
+    partitions = _open(tmp_path)
+    writer = _writer(partitions, flush_interval=3600.0)
+    writer.start()
+    writer.submit(decode_traces(_trace_request(3))).wait()
+    writer.submit(decode_traces(_trace_request(4))).wait()
+    path = writer.journal.path(writer.journal.segment)
+    path.write_bytes(path.read_bytes()[:-5])  # the second record damaged after its ack
+    writer.sync()
+    assert _span_count(partitions) == 3 and writer.depth == 0
+    assert "lost 1 of its 2 requests" in caplog.text
+    writer.stop()
+    partitions.close()

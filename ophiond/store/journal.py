@@ -121,7 +121,7 @@ def write_all(fd: int, parts: list[bytes | memoryview]) -> None:
                 written = 0
 
 
-def _decode_payload(payload: bytes) -> JournalRecord:
+def _decode_payload(payload: bytes | memoryview) -> JournalRecord:
     header, streams = unpack(payload)
     return JournalRecord(header["records"], decode_tables(streams))
 
@@ -244,13 +244,14 @@ def read_segment(path: Path) -> Iterator[JournalRecord]:
     from pyarrow import ArrowException as ArrowError
 
     data = path.read_bytes()
+    view = memoryview(data)  # (the tables point into ``data``: no copies)
     offset = 0
     while offset < len(data):
         if len(data) - offset < _RECORD_HEAD.size:
             break
         length, crc = _RECORD_HEAD.unpack_from(data, offset)
         start = offset + _RECORD_HEAD.size
-        payload = data[start : start + length]
+        payload = view[start : start + length]
         # (a tail of zeros, which a power loss can leave, reads as an empty record: not one)
         if length < _HEADER_SIZE.size or len(payload) < length or zlib.crc32(payload) != crc:
             break

@@ -6,8 +6,9 @@ the client with success only once it reports the batch durable. Two threads do t
 - the *journal thread* takes every waiting batch at once, appends them to the ingest journal
   (:mod:`ophiond.store.journal`) with one ``fdatasync`` (group commit) and acknowledges them;
 - the *flusher thread* inserts what the journal holds into DuckDB in large chunks, one per
-  journal segment (DuckDB needs a third of the CPU per record, and stores them more compactly,
-  than with one request per commit), spans sorted by trace id and log records by time. It flushes
+  journal segment, read back from the segment's file, so that waiting records take no memory
+  (DuckDB needs a third of the CPU per record, and stores them more compactly, than with one
+  request per commit), spans sorted by trace id and log records by time. It flushes
   when enough records wait, when the oldest has waited ``flush_interval``, and whenever a
   reader asks (:meth:`Writer.sync`, called before every query), so readers see every
   acknowledged record. Between flushes it runs housekeeping (roll-over, retention).
@@ -30,7 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ophiond.errors import OphionError, StoreError
-from ophiond.store.journal import Journal, encode_record, encode_tables
+from ophiond.store.journal import Journal, encode_record, encode_tables, read_segment
 from ophiond.store.partitions import ROW_GROUP_SIZE
 
 if TYPE_CHECKING:
@@ -96,21 +97,21 @@ class PendingWrite:
 
 
 class _Chunk:
-    """The records of one journal segment: what one flush inserts into DuckDB."""
+    """The records of one journal segment: what one flush reads back and inserts into DuckDB."""
 
-    __slots__ = ("segment", "tables", "records", "size", "since", "last", "closed")
+    __slots__ = ("segment", "batches", "records", "size", "since", "last", "closed")
 
     def __init__(self, segment: int) -> None:
         self.segment = segment
-        self.tables: list[dict[str, pa.Table]] = []
+        self.batches = 0  # journal records (one per accepted request)
         self.records = 0
         self.size = 0  # bytes of its records in the journal, about what they hold in memory
         self.since = time.monotonic()
         self.last = 0  # the writer's count of journaled batches when the last one came in
         self.closed = False  # its segment is complete: no more appends go to it
 
-    def add(self, tables: dict[str, pa.Table], records: int, size: int, sequence: int) -> None:
-        self.tables.append(tables)
+    def add(self, records: int, size: int, sequence: int) -> None:
+        self.batches += 1
         self.records += records
         self.size += size
         self.last = sequence
@@ -318,7 +319,7 @@ class Writer:
                     self._journaled += 1
                     # (the IPC bytes: what the tables hold, without asking Arrow to add it up)
                     size = sum(len(part) for part in frame)
-                    chunk.add(p.batch.tables, p.records, size, self._journaled)
+                    chunk.add(p.records, size, self._journaled)
                 full = chunk.records >= self.flush_records or chunk.size >= self.flush_bytes
             if full:  # the next records go to a new segment: this one is a flush's worth
                 try:
@@ -402,7 +403,7 @@ class Writer:
                         self._cond.notify_all()
                     return False
         try:
-            self._insert(chunk.tables, chunk.segment)
+            self._insert(self._read_chunk(chunk), chunk.segment)
         except StoreError as e:
             log.error("%s; the records stay in the journal, retrying", e.message)
             with self._cond:
@@ -418,6 +419,24 @@ class Writer:
             self._cond.notify_all()
         self.last_progress = time.monotonic()
         return True
+
+    def _read_chunk(self, chunk: _Chunk) -> list[dict[str, pa.Table]]:
+        """The tables of a chunk's records, from its journal segment (complete and synced)."""
+        path = self.journal.path(chunk.segment)
+        try:
+            records = list(read_segment(path))
+        except OSError as e:
+            raise StoreError(f"cannot read journal segment {path}: {e}") from e
+        if len(records) < chunk.batches:  # read_segment warned; retrying cannot bring them back
+            log.error(
+                "journal segment %s lost %d of its %d requests on disk after they were "
+                "acknowledged; storing the %d that can be read",
+                path.name,
+                chunk.batches - len(records),
+                chunk.batches,
+                len(records),
+            )
+        return [record.tables for record in records]
 
     def _finish(
         self, group: list[PendingWrite], error: StoreError | None, release: bool = True
@@ -459,6 +478,8 @@ class Writer:
                 combined = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
                 if name in _SORT_KEYS:  # (Arrow sorts for less CPU than an ORDER BY in DuckDB)
                     combined = combined.sort_by(_SORT_KEYS[name])
+                # One statement per table: DuckDB ends a row group where an INSERT ends (in
+                # slices of 16k rows, each flush left small row groups: 10 bytes more per span).
                 cur.register("_ophion_batch", combined)
                 try:
                     cur.execute(
