@@ -53,7 +53,7 @@ class DecodedBatch:
     """What one request became: Arrow tables to append, and what had to be rejected."""
 
     signal: Signal
-    tables: dict[str, pa.Table]
+    tables: Mapping[str, pa.Table]
     accepted: int
     rejected: int = 0
     problems: list[str] = field(default_factory=list)

@@ -218,7 +218,7 @@ class DecodePool:
 
     def decode(self, signal_: Signal, body: bytes, as_json: bool, received_ns: int) -> DecodedBatch:
         """Decode in a worker; raise :class:`InvalidPayload` or :class:`DecodeFailed`."""
-        from ophiond.store.journal import decode_tables, unpack
+        from ophiond.store.journal import LazyTables, unpack
 
         self._top_up()
         try:
@@ -240,7 +240,7 @@ class DecodePool:
             raise InvalidPayload(header["invalid"])
         return DecodedBatch(
             signal_,
-            decode_tables(streams),
+            LazyTables(streams),
             header["accepted"],
             header["rejected"],
             header["problems"],

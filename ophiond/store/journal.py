@@ -54,7 +54,7 @@ class JournalRecord:
     tables: dict[str, pa.Table]
 
 
-def encode_tables(tables: dict[str, pa.Table]) -> dict[str, bytes]:
+def encode_tables(tables: Mapping[str, pa.Table]) -> dict[str, bytes]:
     """Each table as an Arrow IPC stream (what decode workers send and the journal stores)."""
     import pyarrow as pa
 
@@ -72,6 +72,27 @@ def decode_tables(streams: Mapping[str, bytes | memoryview]) -> dict[str, pa.Tab
     import pyarrow as pa
 
     return {name: pa.ipc.open_stream(pa.py_buffer(d)).read_all() for name, d in streams.items()}
+
+
+class LazyTables(Mapping[str, "pa.Table"]):
+    """Tables from IPC streams, each decoded when first asked for: a receiver hands a worker's
+    streams to the journal as they are, and only the live log feed looks at a table."""
+
+    def __init__(self, streams: Mapping[str, bytes | memoryview]) -> None:
+        self._streams = streams
+        self._tables: dict[str, pa.Table] = {}
+
+    def __getitem__(self, name: str) -> pa.Table:
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = decode_tables({name: self._streams[name]})[name]
+        return table
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._streams)
+
+    def __len__(self) -> int:
+        return len(self._streams)
 
 
 def pack(
