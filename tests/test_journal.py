@@ -256,3 +256,21 @@ def test_a_flush_reads_its_records_back_from_the_journal_and_reports_any_lost_on
     assert "lost 1 of its 2 requests" in caplog.text
     writer.stop()
     partitions.close()
+
+
+def test_a_flush_ends_before_it_would_pass_its_size(tmp_path: Path) -> None:
+    """Flushes of a little less than whole row groups, never a little more (which leaves small
+    row groups that DuckDB rewrites at checkpoints)."""
+    partitions = _open(tmp_path)
+    writer = _writer(partitions, flush_records=10, flush_interval=3600.0)
+    partitions.before_read = writer.sync
+    writer.start()
+    for _ in range(6):
+        writer.submit(decode_traces(_trace_request(4))).wait()  # one group each
+    writer.sync()
+    sizes = partitions.con.execute(
+        "SELECT count(*) FROM raw_spans GROUP BY flush ORDER BY flush"
+    ).fetchall()
+    assert [row[0] for row in sizes] == [8, 8, 8]
+    writer.stop()
+    partitions.close()

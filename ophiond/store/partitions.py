@@ -34,12 +34,12 @@ _NAME_RE = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?\.duckdb$")
 _MAX_PARTITION_SPAN_S = 86400.0
 _PARTITIONS_PER_MAX_AGE = 8
 # A partition never grows past this share of the disk budget, so the budget is kept to ~1/8.
-# Rows per DuckDB row group (its default is 122,880). The writer inserts spans sorted by trace
-# id in flushes several row groups long, so each row group covers a narrow range of ids and
-# a trace lookup skips most of them by their min/max; that needs row groups well below a flush
-# (10 M spans: 24 ms with the default, 16.5 ms with 16k). Smaller row groups cost disk
-# (compression works per group): 32k measured +6% per span, 16k +17%.
-ROW_GROUP_SIZE = 16_384
+# Rows per DuckDB row group (its default is 122,880). Compression works per row group, so
+# small ones cost disk: the benchmark's spans took 89 bytes each in groups of 16k rows, 73 in
+# 32k and 67 in 64k (docs/performance.md). Each flush holds up to two row groups, so the
+# larger the groups the more memory a flush takes. Trace lookups find a trace's rows by the
+# per-flush trace-id filters (tracefilter.py), not by the row groups' min/max trace ids.
+ROW_GROUP_SIZE = 32_768
 _PARTITIONS_PER_BUDGET = 8
 _MIN_PARTITION_BYTES = 1 << 20
 

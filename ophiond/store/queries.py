@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ophiond.errors import OphionError
+from ophiond.store import tracefilter
 from ophiond.store.query import QueryError
 from ophiond.timespec import to_ns
 
@@ -108,7 +109,7 @@ _RECENT_SHARE = 16
 _MAX_RESOURCE_LIST = 1000
 
 
-def _in_list(test: str, values: list[str]) -> str:
+def _in_list(test: str, values: list[Any]) -> str:
     return f"{test} ({', '.join('?' for _ in values)})"
 
 
@@ -122,24 +123,29 @@ def _ts(moment: dt.datetime) -> str:
 
 
 # One trace: its spans (record 0, by start), events (1, by time) and links (2).
-# A trace's spans, per partition (each row says which), then the events and links of those
-# partitions only: the writer stores a span's events and links in the same transaction, so
-# in the same partition, as the span, and scanning the others for them is wasted.
+# First the flushes whose trace-id filters may hold the trace (ophiond.store.tracefilter; a row
+# without bits stands for rows stored before the filters existed), then the trace's spans in
+# those flushes, then its events and links in the flushes that hold its spans: the writer
+# stores a span's events and links in the same flush as the span.
+_TRACE_FLUSHES_SQL = """
+    SELECT '{alias}' AS part, flush FROM {alias}.main.trace_filters
+    WHERE bits IS NULL OR ({test})
+"""
 _TRACE_SPANS_SQL = """
     SELECT '{alias}' AS part, 0 AS record, span_id, parent_span_id, service_name, name, kind,
            status_code, status_message, epoch_ns(start_time) AS start_ns,
            epoch_ns(end_time) AS end_ns, duration_ns, attributes, resource_attributes,
-           scope_name, scope_version, trace_state
-    FROM {alias}.main.spans WHERE trace_id = ?
+           scope_name, scope_version, trace_state, flush
+    FROM {alias}.main.spans WHERE trace_id = ?{flushes}
 """
 _TRACE_EXTRAS_SQL = """
     SELECT 1 AS record, span_id, name, attributes, epoch_ns(time) AS time_ns,
            NULL AS linked_trace_id, NULL AS linked_span_id
-    FROM {alias}.main.span_events WHERE trace_id = ?
+    FROM {alias}.main.span_events WHERE trace_id = ?{flushes}
     UNION ALL
     SELECT 2 AS record, span_id, NULL AS name, attributes, NULL::BIGINT AS time_ns,
            linked_trace_id, linked_span_id
-    FROM {alias}.main.span_links WHERE trace_id = ?
+    FROM {alias}.main.span_links WHERE trace_id = ?{flushes}
 """
 
 
@@ -355,27 +361,26 @@ class Queries:
         return conditions, params
 
     def _trace_records(self, trace_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The spans of a trace, and the events and links of the partitions that hold them."""
+        """The spans of a trace, and the events and links of the flushes that hold them."""
         with self.partitions.lock:
             aliases = [p.alias for p in self.partitions.partitions]
         try:
-            spans = self._rows(
-                "SELECT * FROM ("
-                + " UNION ALL ".join(_TRACE_SPANS_SQL.format(alias=a) for a in aliases)
-                + ") ORDER BY start_ns, span_id",
-                [trace_id] * len(aliases),
-            )
-            holding = sorted({span["part"] for span in spans})
-            extras = (
-                self._rows(
-                    "SELECT * FROM ("
-                    + " UNION ALL ".join(_TRACE_EXTRAS_SQL.format(alias=a) for a in holding)
-                    + ") ORDER BY record, time_ns, span_id",
-                    [trace_id] * 2 * len(holding),
-                )
-                if holding
-                else []
-            )
+            candidates: dict[str, set[int | None]] = {}
+            for row in self._rows(
+                " UNION ALL ".join(
+                    _TRACE_FLUSHES_SQL.format(alias=a, test=tracefilter.sql_test()) for a in aliases
+                ),
+                tracefilter.probes(trace_id) * len(aliases),
+            ):
+                candidates.setdefault(row["part"], set()).add(row["flush"])
+            spans = self._trace_rows(_TRACE_SPANS_SQL, candidates, 1, trace_id, "start_ns")
+            holding: dict[str, set[int | None]] = {}
+            for span in spans:
+                if None in candidates[span["part"]]:  # (untagged rows: no narrowing)
+                    holding[span["part"]] = candidates[span["part"]]
+                else:
+                    holding.setdefault(span["part"], set()).add(span["flush"])
+            extras = self._trace_rows(_TRACE_EXTRAS_SQL, holding, 2, trace_id, "record, time_ns")
         except QueryError:
             # A partition was deleted by retention in between: once more, with the set as it
             # is now (retention never deletes the newest, so this ends).
@@ -384,6 +389,31 @@ class Queries:
                     raise
             return self._trace_records(trace_id)
         return spans, extras
+
+    def _trace_rows(
+        self,
+        sql: str,
+        candidates: dict[str, set[int | None]],
+        lookups: int,
+        trace_id: str,
+        order: str,
+    ) -> list[dict[str, Any]]:
+        """``sql`` (``lookups`` lookups of the trace id) over the candidate flushes of each
+        partition, as one ordered query."""
+        parts, params = [], []
+        for alias, flushes in sorted(candidates.items()):
+            if None in flushes:  # rows from before the filters: every flush is a candidate
+                condition, values = "", []
+            else:
+                values = sorted(f for f in flushes if f is not None)
+                condition = " AND " + _in_list("flush IN", values)
+            parts.append(sql.format(alias=alias, flushes=condition))
+            params += [trace_id, *values] * lookups
+        if not parts:
+            return []
+        return self._rows(
+            f"SELECT * FROM ({' UNION ALL '.join(parts)}) ORDER BY {order}, span_id", params
+        )
 
     def trace(self, trace_id: str) -> dict[str, Any]:
         """One trace, all its spans with events and links, and its critical path.
@@ -422,7 +452,7 @@ class Queries:
         events = _pick(records, 1, ("span_id", "time_ns", "name", "attributes"))
         links = _pick(records, 2, ("span_id", "linked_trace_id", "linked_span_id", "attributes"))
         for span in spans:
-            del span["part"], span["record"]
+            del span["part"], span["record"], span["flush"]
         if not spans:
             raise NotFound(
                 f"no trace {trace_id} in the store",

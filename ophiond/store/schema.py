@@ -169,11 +169,27 @@ def _migration_3(con: duckdb.DuckDBPyConnection, schema: str) -> None:
         _sql(ddl)(con, schema)
 
 
+# Tables whose rows carry the flush (journal segment) that wrote them; see tracefilter.py.
+FLUSH_TAGGED = ("spans", "span_events", "span_links")
+
+
+def _migration_4(con: duckdb.DuckDBPyConnection, schema: str) -> None:
+    """Flush tags and per-flush trace-id filters. Rows stored before have no tag: a filter row
+    without bits says that they exist, and lookups read them without the filters' help."""
+    for table in FLUSH_TAGGED:
+        con.execute(f"ALTER TABLE {schema}.main.{table} ADD COLUMN flush UBIGINT")
+    con.execute(f"CREATE TABLE {schema}.main.trace_filters (flush UBIGINT, bits BIT)")
+    row = con.execute(f"SELECT count(*) FROM {schema}.main.spans").fetchone()
+    if row is not None and row[0]:
+        con.execute(f"INSERT INTO {schema}.main.trace_filters VALUES (NULL, NULL)")
+
+
 # (version, description, function). Append only.
 MIGRATIONS: list[tuple[int, str, Callable[[duckdb.DuckDBPyConnection, str], None]]] = [
     (1, "spans, span events, span links, logs and metric points", _sql(_MIGRATION_1)),
     (2, "the last ingest-journal segment stored here", _sql(_MIGRATION_2)),
     (3, "attributes compressed with zstd (new partitions)", _migration_3),
+    (4, "flush tags and per-flush trace-id filters", _migration_4),
 ]
 
 TABLES = ("spans", "span_events", "span_links", "logs", "metric_points")
@@ -240,9 +256,12 @@ def view_statements(schemas: list[str]) -> list[str]:
     for table in TABLES:
         union = " UNION ALL BY NAME ".join(f"SELECT * FROM {s}.main.{table}" for s in schemas)
         statements.append(f"CREATE OR REPLACE VIEW memory.main.raw_{table} AS {union}")
+        # (the flush tag is ophion's bookkeeping, not telemetry; partitions opened read-only
+        # from before migration 4 have none, hence a pattern rather than EXCLUDE)
         statements.append(
             f"CREATE OR REPLACE VIEW memory.main.{table} AS "
-            f"SELECT {_VIEW_SELECTS[table]} FROM ({union})"
+            f"SELECT {_VIEW_SELECTS[table]} FROM "
+            f"(SELECT COLUMNS(lambda c: c <> 'flush') FROM ({union}))"
         )
     return statements
 

@@ -31,8 +31,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ophiond.errors import OphionError, StoreError
+from ophiond.store import tracefilter
 from ophiond.store.journal import Journal, encode_record, encode_tables, read_segment
 from ophiond.store.partitions import ROW_GROUP_SIZE
+from ophiond.store.schema import FLUSH_TAGGED
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -43,12 +45,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Records per DuckDB insert: DuckDB's CPU per record is a third of what 1,000-record inserts
-# cost from about 50,000 on, and whole row groups (partitions.ROW_GROUP_SIZE) of spans sorted
-# by trace id let a trace lookup skip most row groups. Flushes of three row groups with a
-# queue of 100,000 saved 14 MB but refused requests three to seven times as often under full
-# load (docs/performance.md, the third run of 2026-11-24).
-FLUSH_RECORDS = 4 * ROW_GROUP_SIZE
+# Records per DuckDB insert, at most: DuckDB's CPU per record is a third of what 1,000-record
+# inserts cost from about 50,000 on, and a flush of a little less than two row groups
+# (partitions.ROW_GROUP_SIZE) leaves row groups that are full or nearly (see
+# _close_before_overflow). Smaller flushes with a queue of 100,000 saved 14 MB but refused
+# requests three to seven times as often under full load (docs/performance.md).
+FLUSH_RECORDS = 2 * ROW_GROUP_SIZE
 # Smallest size (Arrow bytes in memory) that makes a flush due, whatever the disk budget.
 FLUSH_MIN_BYTES = 1 << 20
 # Longest an acknowledged record waits for its flush when nobody reads (bounds replay time).
@@ -300,6 +302,7 @@ class Writer:
             for p in group
         ]
         with self._journal_lock:
+            self._close_before_overflow(sum(p.records for p in group))
             try:
                 self.journal.append(frames)
             except StoreError as e:
@@ -332,6 +335,26 @@ class Writer:
         self._finish(group, None, release=False)
         with self._cond:  # only now: until answered, a failing writer must fail them
             self._in_flight = []
+
+    def _close_before_overflow(self, incoming: int) -> None:
+        """End the open chunk if ``incoming`` records would take it past a flush's worth: a
+        flush of a little less than whole row groups leaves one large partial row group per
+        table, while a little more leaves a small one, and DuckDB's checkpoints rewrite runs
+        of small row groups (docs/performance.md). Journal lock held."""
+        with self._cond:
+            chunk = self._chunks[-1] if self._chunks else None
+            if (
+                chunk is None
+                or chunk.closed
+                or chunk.segment != self.journal.segment
+                or not chunk.records
+                or chunk.records + incoming <= self.flush_records
+            ):
+                return
+        try:
+            self._close_chunk(chunk)
+        except (StoreError, OSError) as e:
+            log.error("%s; the segment grows until a new one can be made", e)
 
     def _close_chunk(self, chunk: _Chunk) -> None:
         """Start a new journal segment, so that ``chunk``'s is complete (journal lock held)."""
@@ -461,9 +484,12 @@ class Writer:
                     log.exception("passing records to followers failed")
 
     def _insert(self, batches: list[dict[str, pa.Table]], segment: int) -> None:
-        """One transaction: every table's rows, and the journal segment they complete."""
+        """One transaction: every table's rows (tagged with the flush, which is the journal
+        segment, where tracefilter.py says so), the flush's trace-id filter, and the journal
+        segment they complete."""
         import duckdb
         import pyarrow as pa
+        import pyarrow.compute as pc
 
         by_table: dict[str, list[pa.Table]] = {}
         for batch in batches:
@@ -480,13 +506,26 @@ class Writer:
                     combined = combined.sort_by(_SORT_KEYS[name])
                 # One statement per table: DuckDB ends a row group where an INSERT ends (in
                 # slices of 16k rows, each flush left small row groups: 10 bytes more per span).
+                tag = ", ?::UBIGINT AS flush" if name in FLUSH_TAGGED else ""
                 cur.register("_ophion_batch", combined)
                 try:
                     cur.execute(
-                        f"INSERT INTO {alias}.main.{name} BY NAME SELECT * FROM _ophion_batch"
+                        f"INSERT INTO {alias}.main.{name} BY NAME SELECT *{tag} FROM _ophion_batch",
+                        [segment] if tag else [],
                     )
                 finally:
                     cur.unregister("_ophion_batch")
+            trace_ids = {
+                trace_id
+                for name in FLUSH_TAGGED
+                for table in by_table.get(name, ())
+                for trace_id in pc.unique(table["trace_id"]).to_pylist()
+            }
+            if trace_ids:
+                cur.execute(
+                    f"INSERT INTO {alias}.main.trace_filters VALUES (?, ?::BLOB::BIT)",
+                    [segment, tracefilter.build(trace_ids)],
+                )
             cur.execute(f"UPDATE {alias}.main.journal_applied SET segment = ?", [segment])
             cur.execute("COMMIT")
         except (duckdb.Error, pa.ArrowException) as e:
