@@ -11,7 +11,7 @@ _ophion() {
         fi
     done
     case "$cmdpath" in
-        '') words='daemon logs map metrics services sql status token trace traces --version --help' ;;
+        '') words='daemon logs map metrics services sql status token trace traces tui --version --help' ;;
         daemon) words='install run start status stop --help' ;;
         'daemon install') words='--now --user --help' ;;
         'daemon run') words=--help ;;
@@ -30,6 +30,7 @@ _ophion() {
         'token revoke') words='--api --token --help' ;;
         trace) words='--api --json --span --token --help' ;;
         traces) words='--api --attr --json --limit --max-duration --min-duration --name --service --since --status --token -n -s --help' ;;
+        tui) words='--api --since --token --help' ;;
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
 }

@@ -265,6 +265,24 @@ def service_map(
     print_json(doc) if json_output else views.service_map(doc)
 
 
+def tui(
+    since: Annotated[
+        str,
+        typer.Option(
+            "--since",
+            help="The window to start with, back from now (15m, 2h); w in the app steps "
+            "through 5m, 15m, 1h, 6h and 24h.",
+        ),
+    ] = "15m",
+    api: ApiOption = None,
+    token: TokenOption = None,
+) -> None:
+    """A terminal UI over the daemon: services and their traces, live (keys: ? in the app)."""
+    from ophion_cli import tui as terminal_ui
+
+    terminal_ui.run(api, token, _check_since(since))
+
+
 def register(app: typer.Typer) -> None:
     """Add the query commands to the ``ophion`` app."""
     app.command()(services)
@@ -273,3 +291,4 @@ def register(app: typer.Typer) -> None:
     app.command()(logs)
     app.command()(metrics)
     app.command("map")(service_map)
+    app.command()(tui)

@@ -1,0 +1,350 @@
+"""The terminal UI: an app with a status bar and a stack of screens over the daemon's API.
+
+No question to the daemon runs on the UI thread: every screen asks from a thread worker and
+hands the answer back with ``call_from_thread``. The status bar polls ``/status``: it shows
+whether the daemon answers and how fast records are stored; when the daemon is down the
+screens keep what they showed and the app keeps asking until it is back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.screen import ModalScreen, Screen
+from textual.widgets import DataTable, Footer, Static
+
+from ophion_cli.tui.source import Source
+from ophion_cli.views import human_ns, service_colors
+from ophiond.errors import DaemonNotRunning, OphionError
+
+# The windows ``w`` steps through.
+WINDOWS = ("5m", "15m", "1h", "6h", "24h")
+_SIGNALS = ("traces", "logs", "metrics")
+_UNITS = {"traces": "spans", "logs": "logs", "metrics": "points"}
+
+
+def _clock_text(iso: str | None) -> str:
+    """``2026-11-23T10:00:01.234567Z`` -> ``10:00:01``."""
+    return iso.split("T", 1)[-1][:8] if iso else "-"
+
+
+class StatusBar(Static):
+    """Daemon connection, ingest rates and the time window, on one line."""
+
+    DEFAULT_CSS = "StatusBar { dock: bottom; height: 1; background: $panel; padding: 0 1; }"
+
+    def show(self, app: OphionTui) -> None:
+        text = Text()
+        if app.daemon_error is None:
+            text.append("● ", style="green")
+            text.append(f"ophiond {app.daemon_version}", style="bold")
+            rates = "  ".join(
+                f"{app.ingest_rates[s]:,.0f} {_UNITS[s]}/s"
+                for s in _SIGNALS
+                if s in app.ingest_rates
+            )
+            if rates:
+                text.append(f" │ {rates}")
+        else:
+            text.append("● ", style="red")
+            text.append(f"daemon down: {app.daemon_error} (retrying)", style="bold red")
+        text.append(f" │ window {app.window}")
+        text.append(" │ ? help", style="dim")
+        self.update(text)
+
+
+class OphionTui(App[None]):
+    """``ophion tui``."""
+
+    TITLE = "ophion"
+    CSS = """
+    DataTable { height: 1fr; }
+    #title { height: 1; padding: 0 1; background: $boost; }
+    """
+    BINDINGS = [
+        Binding("q", "go_back", "back/quit"),
+        Binding("question_mark", "help", "help"),
+        Binding("w", "window(1)", "window"),
+        Binding("W", "window(-1)", "window", show=False),
+        Binding("r", "refresh", "refresh"),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
+    ]
+
+    def __init__(
+        self,
+        source: Source,
+        since: str = "15m",
+        refresh_s: float = 5.0,
+        status_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.window = since
+        self.refresh_s = refresh_s
+        self.status_s = status_s
+        self.clock = clock
+        self.daemon_error: str | None = None
+        self.daemon_version = ""
+        self.ingest_rates: dict[str, float] = {}
+        self._last_stored: tuple[float, dict[str, int]] | None = None
+
+    def on_mount(self) -> None:
+        self.push_screen(ServicesScreen())
+        self.poll_status()
+        self.set_interval(self.status_s, self.poll_status)
+
+    # -- the daemon's status -------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="status", exit_on_error=False)
+    def poll_status(self) -> None:
+        try:
+            status = self.source.status()
+        except OphionError as e:
+            self.call_from_thread(self._daemon_down, e)
+            return
+        self.call_from_thread(self._daemon_up, status)
+
+    def _daemon_up(self, status: dict[str, Any]) -> None:
+        was_down = self.daemon_error is not None
+        self.daemon_error = None
+        self.daemon_version = str(status.get("version", ""))
+        now = self.clock()
+        stored = {s: int(status["signals"][s]["stored"]) for s in _SIGNALS}
+        if self._last_stored is not None and now > self._last_stored[0]:
+            then, before = self._last_stored
+            self.ingest_rates = {s: max(0, stored[s] - before[s]) / (now - then) for s in _SIGNALS}
+        self._last_stored = (now, stored)
+        self._show_status()
+        if was_down:
+            self.action_refresh()
+
+    def _daemon_down(self, error: OphionError) -> None:
+        self.daemon_error = error.message if isinstance(error, DaemonNotRunning) else str(error)
+        self.ingest_rates = {}
+        self._last_stored = None
+        self._show_status()
+
+    def _show_status(self) -> None:
+        for bar in self.screen.query(StatusBar):
+            bar.show(self)
+
+    def query_failed(self, error: OphionError) -> None:
+        """A screen's question failed: a down daemon shows in the status bar, the rest here."""
+        if isinstance(error, DaemonNotRunning):
+            self._daemon_down(error)
+        else:
+            self.notify(f"{error.message}\n{error.hint or ''}".strip(), severity="error")
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def action_go_back(self) -> None:
+        if len(self.screen_stack) > 2:  # (the default screen, then ours)
+            self.pop_screen()
+        else:
+            self.exit()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_window(self, step: int) -> None:
+        i = WINDOWS.index(self.window) if self.window in WINDOWS else 0
+        self.window = WINDOWS[(i + step) % len(WINDOWS)]
+        self._show_status()
+        self.action_refresh()
+
+    def action_refresh(self) -> None:
+        screen = self.screen
+        if isinstance(screen, DataScreen):
+            screen.load()
+
+
+class DataScreen(Screen[None]):
+    """A screen that shows one table the app refreshes every ``refresh_s``."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="title")
+        yield DataTable(cursor_type="row", zebra_stripes=True)
+        yield Footer()
+        yield StatusBar()
+
+    @property
+    def tui(self) -> OphionTui:
+        app = self.app
+        assert isinstance(app, OphionTui)
+        return app
+
+    def on_mount(self) -> None:
+        self.setup(self.query_one(DataTable))
+        self.query_one(StatusBar).show(self.tui)
+        self.load()
+        self._timer = self.set_interval(self.tui.refresh_s, self.load)
+
+    def on_screen_suspend(self) -> None:
+        self._timer.pause()
+
+    def on_screen_resume(self) -> None:
+        self.query_one(StatusBar).show(self.tui)
+        self._timer.resume()
+        self.load()
+
+    def setup(self, table: DataTable[Any]) -> None:
+        raise NotImplementedError
+
+    def fetch(self) -> dict[str, Any]:
+        """Ask the daemon (on a worker thread)."""
+        raise NotImplementedError
+
+    def show(self, doc: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    def load(self) -> None:
+        try:
+            doc = self.fetch()
+        except OphionError as e:
+            self.app.call_from_thread(self.tui.query_failed, e)
+            return
+        self.app.call_from_thread(self.show, doc)
+
+    def put_rows(self, rows: dict[str, tuple[Any, ...]]) -> None:
+        """Make the table hold exactly ``rows`` (by key, in order) without moving the cursor
+        off the row it is on: rows are updated in place, added and removed by key."""
+        table = self.query_one(DataTable)
+        current = None
+        if table.row_count:
+            current = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        columns = list(table.columns)
+        existing = {key.value for key in table.rows if key.value is not None}
+        for key in existing - rows.keys():
+            table.remove_row(key)
+        for key, cells in rows.items():
+            if key in existing:
+                for column, cell in zip(columns, cells, strict=True):
+                    table.update_cell(key, column, cell)
+            else:
+                table.add_row(*cells, key=key)
+        if current in rows:
+            table.move_cursor(row=table.get_row_index(current), scroll=False)
+
+
+class ServicesScreen(DataScreen):
+    """Each service's request rate, error rate and latency; Enter opens its traces."""
+
+    def setup(self, table: DataTable[Any]) -> None:
+        for label in ("service", "req/s", "errors", "p50", "p95", "p99", "spans", "last seen"):
+            table.add_column(label, key=label)
+
+    def fetch(self) -> dict[str, Any]:
+        return self.tui.source.services(self.tui.window)
+
+    def show(self, doc: dict[str, Any]) -> None:
+        services = doc["services"]
+        colors = service_colors([s["service"] or "" for s in services])
+        self.query_one("#title", Static).update(
+            Text.assemble(
+                ("Services", "bold"), f"  last {self.tui.window}, {len(services)} services"
+            )
+        )
+        rows = {}
+        for s in services:
+            rate = s["error_rate"]
+            style = "red" if rate > 0.05 else ("yellow" if rate else "")
+            rows[s["service"] or ""] = (
+                Text(s["service"] or "(no service)", style=colors.get(s["service"] or "", "")),
+                Text(f"{s['request_rate']:.2f}", justify="right"),
+                Text(f"{rate * 100:.1f}%", style=style, justify="right"),
+                Text(human_ns(s["p50_ns"]), justify="right"),
+                Text(human_ns(s["p95_ns"]), justify="right"),
+                Text(human_ns(s["p99_ns"]), justify="right"),
+                Text(f"{s['spans']:,}", justify="right"),
+                _clock_text(s["last_seen"]),
+            )
+        self.put_rows(rows)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter (or a click on the highlighted row): the service's traces."""
+        self.app.push_screen(TracesScreen(service=event.row_key.value or None))
+
+
+class TracesScreen(DataScreen):
+    """Traces with a span matching the filters, newest first."""
+
+    def __init__(self, service: str | None = None) -> None:
+        super().__init__()
+        self.service = service
+
+    def setup(self, table: DataTable[Any]) -> None:
+        for label in ("start", "trace", "root", "duration", "spans", "status", "services"):
+            table.add_column(label, key=label)
+
+    def fetch(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"since": self.tui.window, "limit": 200}
+        if self.service:
+            params["service"] = self.service
+        return self.tui.source.traces(params)
+
+    def show(self, doc: dict[str, Any]) -> None:
+        traces = doc["traces"]
+        where = f" of {self.service}" if self.service else ""
+        self.query_one("#title", Static).update(
+            Text.assemble(
+                ("Traces", "bold"), f"{where}  last {self.tui.window}, {len(traces)} shown"
+            )
+        )
+        rows = {}
+        for t in traces:
+            rows[t["trace_id"]] = (
+                _clock_text(t["start"]),
+                t["trace_id"][:16],
+                f"{t['root_service'] or '?'}: {t['root_name'] or '?'}",
+                Text(human_ns(t["duration_ns"]), justify="right"),
+                Text(str(t["spans"]), justify="right"),
+                Text("error", style="red") if t["error"] else Text("ok", style="green"),
+                ", ".join(t["services"]),
+            )
+        self.put_rows(rows)
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key, by screen."""
+
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > Static { width: auto; max-width: 90%; border: round $accent; padding: 1 2;
+                          background: $surface; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(help_text())
+
+
+KEYS: list[tuple[str, str, str]] = [
+    ("everywhere", "q", "back to the previous screen; quit on the first"),
+    ("everywhere", "?", "this help"),
+    ("everywhere", "w / W", "next / previous time window (" + ", ".join(WINDOWS) + ")"),
+    ("everywhere", "r", "ask the daemon again now"),
+    ("everywhere", "ctrl+c", "quit"),
+    ("tables", "↑ ↓ PgUp PgDn Home End", "move; the mouse scrolls and clicks too"),
+    ("services", "enter", "the service's traces"),
+]
+
+
+def help_text() -> Text:
+    text = Text("Keys\n\n", style="bold")
+    width = max(len(key) for _, key, _ in KEYS)
+    scope = ""
+    for where, key, what in KEYS:
+        if where != scope:
+            text.append(f"{where}\n", style="bold underline")
+            scope = where
+        text.append(f"  {key:<{width}}  ", style="bold cyan")
+        text.append(f"{what}\n")
+    return text
