@@ -18,7 +18,7 @@ _out = Console(highlight=False, soft_wrap=False)
 
 # Services get colours in the order of their names, so a service keeps its colour everywhere.
 _PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan", "orange3")
-_SEVERITY_STYLES = (
+SEVERITY_STYLES = (
     (21, "bold white on red", "FATAL"),
     (17, "bold red", "ERROR"),
     (13, "yellow", "WARN"),
@@ -285,7 +285,7 @@ def span_details(span: dict[str, Any], colors: dict[str, str]) -> None:
 
 
 def _severity(number: int | None, text: str | None) -> Text:
-    for floor, style, name in _SEVERITY_STYLES:
+    for floor, style, name in SEVERITY_STYLES:
         if (number or 0) >= floor:
             return Text(f"{(text or name)[:5]:<5}", style=style)
     return Text(f"{(text or '-')[:5]:<5}", style="dim")

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 from textual.pilot import Pilot
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static, Tree
 
 from ophion_cli.tui.app import HelpScreen, OphionTui, ServicesScreen, StatusBar, TracesScreen
 from ophion_cli.tui.source import ApiSource
@@ -104,3 +104,57 @@ def test_every_key_in_the_help_screen_is_in_tui_md() -> None:
         if where.strip() != "where"
     }
     assert rows == set(KEYS)
+
+
+def test_a_trace_as_a_waterfall_and_from_a_log_record_to_its_span(daemon: RunningDaemon) -> None:
+    from opentelemetry._logs import SeverityNumber
+
+    from ophion_cli.tui.trace import TraceScreen
+    from tests.otel_senders import KNOWN_TRACE, Record, send_known_trace, send_records, span_hex
+
+    known = send_known_trace(daemon)
+    charge = int(span_hex(known.charge), 16)
+    send_records(
+        daemon,
+        [
+            Record(0, "api", SeverityNumber.INFO, "INFO", "order received", KNOWN_TRACE, 0x1),
+            Record(1, "api", SeverityNumber.ERROR, "ERROR", "card declined", KNOWN_TRACE, charge),
+        ],
+        known.start_ns,
+    )
+
+    async def scenario() -> None:
+        app = _app(daemon)
+        async with app.run_test(size=(160, 40), notifications=False) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ServicesScreen))
+            app.push_screen(TraceScreen(known.trace_id))
+            await until(
+                pilot,
+                lambda: isinstance(app.screen, TraceScreen) and bool(app.screen.nodes),
+            )
+            screen = app.screen
+            assert isinstance(screen, TraceScreen)
+            tree = screen.query_one(Tree)
+            # The span tree: the root, its three children in start order, the query under cart.
+            root = tree.root.children[0]
+            assert root.data is not None and root.data["name"] == "GET /order"
+            assert [c.data["name"] for c in root.children if c.data] == [
+                "load cart",
+                "charge card",
+                "audit log",
+            ]
+            assert "█" in str(root.label)  # on the critical path
+            assert "▄" in str(screen.nodes[span_hex(known.audit)].label)  # beside it
+            # The trace's records; Enter on the error record moves to "charge card".
+            logs = screen.query_one(DataTable)
+            await until(pilot, lambda: logs.row_count == 2)
+            logs.focus()
+            logs.move_cursor(row=1)
+            await pilot.press("enter")
+            await until(pilot, lambda: tree.cursor_node is screen.nodes[span_hex(known.charge)])
+            details = str(screen.query_one("#span", Static).render())
+            assert "card declined" in details and "gateway.request" in details
+            await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, ServicesScreen))
+
+    asyncio.run(scenario())

@@ -311,6 +311,13 @@ class TracesScreen(DataScreen):
             )
         self.put_rows(rows)
 
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter (or a click on the highlighted row): the trace's waterfall."""
+        from ophion_cli.tui.trace import TraceScreen
+
+        if event.row_key.value:
+            self.app.push_screen(TraceScreen(event.row_key.value))
+
 
 class HelpScreen(ModalScreen[None]):
     """Every key, by screen."""
@@ -334,6 +341,12 @@ KEYS: list[tuple[str, str, str]] = [
     ("everywhere", "ctrl+c", "quit"),
     ("tables", "↑ ↓ PgUp PgDn Home End", "move; the mouse scrolls and clicks too"),
     ("services", "enter", "the service's traces"),
+    ("traces", "enter", "the trace's waterfall"),
+    ("trace", "↑ ↓", "move between spans; the selected span's details show beside"),
+    ("trace", "enter / space", "collapse or expand a span's children"),
+    ("trace", "shift+←", "to the parent span"),
+    ("trace", "shift+↑ / shift+↓", "to the previous / next sibling span"),
+    ("trace", "tab", "to the trace's log records; enter on one moves to its span"),
 ]
 
 

@@ -21,6 +21,8 @@ class Source(Protocol):
 
     def trace(self, trace_id: str) -> dict[str, Any]: ...
 
+    def logs(self, params: dict[str, Any]) -> dict[str, Any]: ...
+
     def describe(self) -> str:
         """The daemon's address, for the status bar."""
         ...
@@ -58,6 +60,9 @@ class ApiSource:
 
     def trace(self, trace_id: str) -> dict[str, Any]:
         return self._get(f"/traces/{trace_id}")
+
+    def logs(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self._get("/logs", params)
 
     def describe(self) -> str:
         return self._api or "local ophiond"
