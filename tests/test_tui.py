@@ -6,9 +6,16 @@ import asyncio
 from collections.abc import Callable
 
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Static, Tree
+from textual.widgets import DataTable, Input, Static, Tree
 
-from ophion_cli.tui.app import HelpScreen, OphionTui, ServicesScreen, StatusBar, TracesScreen
+from ophion_cli.tui.app import (
+    FilterScreen,
+    HelpScreen,
+    OphionTui,
+    ServicesScreen,
+    StatusBar,
+    TracesScreen,
+)
 from ophion_cli.tui.source import ApiSource
 from tests.conftest import RunningDaemon
 from tests.test_query_e2e import send_shop
@@ -61,6 +68,24 @@ def test_from_a_service_to_its_traces(daemon: RunningDaemon) -> None:
             traces = app.screen.query_one(DataTable)
             assert {str(k.value) for k in traces.rows} == set(shop.request_ids)
             assert _cells(traces, "status").count("error") == 2
+            # Errors only, then also at least 50 ms through the filter form: one trace left.
+            await pilot.press("e")
+            await until(pilot, lambda: traces.row_count == 2)
+            await pilot.press("f")
+            await until(pilot, lambda: isinstance(app.screen, FilterScreen))
+            app.screen.query_one("#min_duration", Input).value = "50ms"
+            app.screen.query_one("#min_duration", Input).focus()
+            await pilot.press("enter")
+            await until(pilot, lambda: traces.row_count == 1)
+            assert [k.value for k in traces.rows] == [shop.request_ids[7]]
+            # Cleared, then slowest first: the cursor stays on its trace as rows move.
+            await pilot.press("c")
+            await until(pilot, lambda: traces.row_count == 14)
+            traces.move_cursor(row=traces.get_row_index(shop.request_ids[0]))
+            await pilot.press("o")
+            await until(pilot, lambda: _cells(traces, "duration")[0] == "4.10 s")
+            key = traces.coordinate_to_cell_key(traces.cursor_coordinate).row_key.value
+            assert key == shop.request_ids[0]
             await pilot.press("q")
             await until(pilot, lambda: isinstance(app.screen, ServicesScreen))
             await pilot.press("question_mark")

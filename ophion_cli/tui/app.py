@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Footer, Input, Label, Static, Switch
 
 from ophion_cli.tui.source import Source
 from ophion_cli.views import human_ns, service_colors
@@ -214,24 +216,27 @@ class DataScreen(Screen[None]):
         self.app.call_from_thread(self.show, doc)
 
     def put_rows(self, rows: dict[str, tuple[Any, ...]]) -> None:
-        """Make the table hold exactly ``rows`` (by key, in order) without moving the cursor
-        off the row it is on: rows are updated in place, added and removed by key."""
+        """Make the table hold exactly ``rows`` (by key, in that order) with the cursor on the
+        row it was on, wherever that row is now: rows are updated in place while the order
+        holds, else the table is rebuilt and the cursor put back on its row."""
         table = self.query_one(DataTable)
         current = None
         if table.row_count:
             current = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        columns = list(table.columns)
-        existing = {key.value for key in table.rows if key.value is not None}
-        for key in existing - rows.keys():
-            table.remove_row(key)
-        for key, cells in rows.items():
-            if key in existing:
-                for column, cell in zip(columns, cells, strict=True):
+        if [key.value for key in table.rows] == list(rows):
+            for key, cells in rows.items():
+                for column, cell in zip(list(table.columns), cells, strict=True):
                     table.update_cell(key, column, cell)
-            else:
-                table.add_row(*cells, key=key)
+            return
+        scroll_y, old_row = table.scroll_y, table.cursor_row
+        table.clear()
+        for key, cells in rows.items():
+            table.add_row(*cells, key=key)
         if current in rows:
-            table.move_cursor(row=table.get_row_index(current), scroll=False)
+            # The row keeps its place on the screen: rows that came above it scroll the view.
+            row = table.get_row_index(current)
+            table.move_cursor(row=row, scroll=False)
+            table.scroll_to(y=max(0, scroll_y + row - old_row), animate=False)
 
 
 class ServicesScreen(DataScreen):
@@ -273,29 +278,65 @@ class ServicesScreen(DataScreen):
         self.app.push_screen(TracesScreen(service=event.row_key.value or None))
 
 
+@dataclass
+class TraceFilters:
+    """What the traces screen asks for: traces with a span matching all of these."""
+
+    service: str = ""
+    name: str = ""
+    min_duration: str = ""  # 250ms, 1.5s
+    attribute: str = ""  # KEY=VALUE
+    errors_only: bool = False
+
+    def params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "service": self.service or None,
+            "name": self.name or None,
+            "min_duration": self.min_duration or None,
+            "attr": self.attribute or None,
+        }
+        if self.errors_only:
+            params["status"] = "error"
+        return {k: v for k, v in params.items() if v is not None}
+
+    def describe(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.params().items()]
+        return ", ".join(parts) if parts else "all"
+
+
 class TracesScreen(DataScreen):
-    """Traces with a span matching the filters, newest first."""
+    """Traces with a span matching the filters, newest (or slowest) first."""
+
+    BINDINGS = [
+        Binding("f", "filters", "filter"),
+        Binding("e", "errors", "errors only"),
+        Binding("o", "order", "sort"),
+        Binding("c", "clear", "clear filters", show=False),
+    ]
+    LIMIT = 200
 
     def __init__(self, service: str | None = None) -> None:
         super().__init__()
-        self.service = service
+        self.filters = TraceFilters(service=service or "")
+        self.by_duration = False
 
     def setup(self, table: DataTable[Any]) -> None:
         for label in ("start", "trace", "root", "duration", "spans", "status", "services"):
             table.add_column(label, key=label)
 
     def fetch(self) -> dict[str, Any]:
-        params: dict[str, Any] = {"since": self.tui.window, "limit": 200}
-        if self.service:
-            params["service"] = self.service
+        params = {"since": self.tui.window, "limit": self.LIMIT, **self.filters.params()}
         return self.tui.source.traces(params)
 
     def show(self, doc: dict[str, Any]) -> None:
         traces = doc["traces"]
-        where = f" of {self.service}" if self.service else ""
+        if self.by_duration:  # (of the newest LIMIT: the API lists traces newest first)
+            traces = sorted(traces, key=lambda t: -(t["duration_ns"] or 0))
+        order = f"slowest of the newest {self.LIMIT}" if self.by_duration else "newest first"
         self.query_one("#title", Static).update(
             Text.assemble(
-                ("Traces", "bold"), f"{where}  last {self.tui.window}, {len(traces)} shown"
+                ("Traces", "bold"),
+                f"  {self.filters.describe()}  last {self.tui.window}, {len(traces)} shown, {order}",
             )
         )
         rows = {}
@@ -311,12 +352,90 @@ class TracesScreen(DataScreen):
             )
         self.put_rows(rows)
 
+    def action_filters(self) -> None:
+        def apply(filters: TraceFilters | None) -> None:
+            if filters is not None:
+                self.filters = filters
+                self.load()
+
+        self.app.push_screen(FilterScreen(self.filters), apply)
+
+    def action_errors(self) -> None:
+        self.filters = replace(self.filters, errors_only=not self.filters.errors_only)
+        self.load()
+
+    def action_order(self) -> None:
+        self.by_duration = not self.by_duration
+        self.load()
+
+    def action_clear(self) -> None:
+        self.filters = TraceFilters()
+        self.load()
+
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         """Enter (or a click on the highlighted row): the trace's waterfall."""
         from ophion_cli.tui.trace import TraceScreen
 
         if event.row_key.value:
             self.app.push_screen(TraceScreen(event.row_key.value))
+
+
+class FilterScreen(ModalScreen["TraceFilters | None"]):
+    """The traces screen's filters; Enter applies them, Escape leaves them as they were."""
+
+    BINDINGS = [Binding("escape", "cancel", "cancel")]
+    DEFAULT_CSS = """
+    FilterScreen { align: center middle; }
+    FilterScreen > Vertical { width: 64; height: auto; border: round $accent; padding: 0 1;
+                              background: $surface; }
+    FilterScreen Input { margin-bottom: 0; }
+    FilterScreen #problem { color: $error; height: auto; }
+    """
+
+    def __init__(self, filters: TraceFilters) -> None:
+        super().__init__()
+        self.filters = filters
+
+    def compose(self) -> ComposeResult:
+        f = self.filters
+        with Vertical():
+            yield Label("Filter traces (Enter applies, Escape cancels)")
+            yield Input(f.service, placeholder="service", id="service")
+            yield Input(f.name, placeholder="operation (span name)", id="name")
+            yield Input(f.min_duration, placeholder="min duration: 250ms, 1.5s", id="min_duration")
+            yield Input(f.attribute, placeholder="attribute: KEY=VALUE", id="attribute")
+            with Horizontal(id="errors-row"):
+                yield Switch(f.errors_only, id="errors_only")
+                yield Label(" errors only")
+            yield Static(id="problem")
+
+    def on_input_submitted(self) -> None:
+        from ophiond.timespec import TimeSpecError, parse_duration_ns
+
+        value = {i.id: i.value.strip() for i in self.query(Input) if i.id}
+        problem = ""
+        if value["min_duration"]:
+            try:
+                parse_duration_ns(value["min_duration"])
+            except TimeSpecError as e:
+                problem = f"min duration: {e.message}"
+        if value["attribute"] and "=" not in value["attribute"]:
+            problem = "attribute: write KEY=VALUE"
+        if problem:
+            self.query_one("#problem", Static).update(problem)
+            return
+        self.dismiss(
+            TraceFilters(
+                service=value["service"],
+                name=value["name"],
+                min_duration=value["min_duration"],
+                attribute=value["attribute"],
+                errors_only=self.query_one(Switch).value,
+            )
+        )
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
 
 
 class HelpScreen(ModalScreen[None]):
@@ -342,6 +461,10 @@ KEYS: list[tuple[str, str, str]] = [
     ("tables", "↑ ↓ PgUp PgDn Home End", "move; the mouse scrolls and clicks too"),
     ("services", "enter", "the service's traces"),
     ("traces", "enter", "the trace's waterfall"),
+    ("traces", "f", "filters: service, operation, min duration, attribute, errors only"),
+    ("traces", "e", "errors only, or all again"),
+    ("traces", "o", "newest first, or slowest first"),
+    ("traces", "c", "clear the filters"),
     ("trace", "↑ ↓", "move between spans; the selected span's details show beside"),
     ("trace", "enter / space", "collapse or expand a span's children"),
     ("trace", "shift+←", "to the parent span"),
