@@ -183,3 +183,56 @@ def test_a_trace_as_a_waterfall_and_from_a_log_record_to_its_span(daemon: Runnin
             await until(pilot, lambda: isinstance(app.screen, ServicesScreen))
 
     asyncio.run(scenario())
+
+
+def test_a_histogram_charted_as_p50_p95_p99(daemon: RunningDaemon) -> None:
+    from textual.widgets import SelectionList
+
+    from ophion_cli.tui.metrics import MetricScreen, MetricsScreen
+    from tests.otel_senders import send_shop_metrics
+
+    send_shop_metrics(daemon)
+
+    async def scenario() -> None:
+        app = _app(daemon)
+        async with app.run_test(size=(120, 36), notifications=False) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ServicesScreen))
+            await pilot.press("4")
+            await until(
+                pilot,
+                lambda: (
+                    isinstance(app.screen, MetricsScreen)
+                    and app.screen.query_one(DataTable).row_count == 4
+                ),
+            )
+            table = app.screen.query_one(DataTable)
+            assert sorted(str(k.value) for k in table.rows) == [
+                "shop.latency",
+                "shop.orders",
+                "shop.queue.depth",
+                "shop.refunds",
+            ]
+            table.move_cursor(row=table.get_row_index("shop.latency"))
+            await pilot.press("enter")
+            await until(
+                pilot, lambda: isinstance(app.screen, MetricScreen) and app.screen.doc is not None
+            )
+            screen = app.screen
+            assert isinstance(screen, MetricScreen)
+            await until(pilot, lambda: "p99" in str(screen.query_one("#legend", Static).render()))
+            legend = str(screen.query_one("#legend", Static).render())
+            # Two series (/pay and /cart), each drawn as three lines.
+            assert legend.count("p50") == legend.count("p95") == legend.count("p99") == 2
+            chart = str(screen.query_one("#chart", Static).render())
+            assert any("\u2801" <= ch <= "\u28ff" for ch in chart)  # braille dots drawn
+            assert "ms" in chart  # the axis in the metric's unit
+            # Unchoosing a series leaves its lines out.
+            chooser = screen.query_one(SelectionList)
+            chooser.deselect(1)
+            await until(
+                pilot, lambda: str(screen.query_one("#legend", Static).render()).count("p50") == 1
+            )
+            await pilot.press("1")
+            await until(pilot, lambda: isinstance(app.screen, ServicesScreen))
+
+    asyncio.run(scenario())

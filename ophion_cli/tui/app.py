@@ -75,6 +75,9 @@ class OphionTui(App[None]):
         Binding("w", "window(1)", "window"),
         Binding("W", "window(-1)", "window", show=False),
         Binding("r", "refresh", "refresh"),
+        Binding("1", "section('services')", "services", show=False),
+        Binding("2", "section('traces')", "traces", show=False),
+        Binding("4", "section('metrics')", "metrics", show=False),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),
     ]
 
@@ -152,6 +155,17 @@ class OphionTui(App[None]):
         else:
             self.exit()
 
+    def action_section(self, name: str) -> None:
+        """To the first screen of a section, from wherever the user is."""
+        from ophion_cli.tui.metrics import MetricsScreen
+
+        while len(self.screen_stack) > 2:
+            self.pop_screen()
+        if name == "traces":
+            self.push_screen(TracesScreen())
+        elif name == "metrics":
+            self.push_screen(MetricsScreen())
+
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
@@ -216,27 +230,30 @@ class DataScreen(Screen[None]):
         self.app.call_from_thread(self.show, doc)
 
     def put_rows(self, rows: dict[str, tuple[Any, ...]]) -> None:
-        """Make the table hold exactly ``rows`` (by key, in that order) with the cursor on the
-        row it was on, wherever that row is now: rows are updated in place while the order
-        holds, else the table is rebuilt and the cursor put back on its row."""
-        table = self.query_one(DataTable)
-        current = None
-        if table.row_count:
-            current = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        if [key.value for key in table.rows] == list(rows):
-            for key, cells in rows.items():
-                for column, cell in zip(list(table.columns), cells, strict=True):
-                    table.update_cell(key, column, cell)
-            return
-        scroll_y, old_row = table.scroll_y, table.cursor_row
-        table.clear()
+        put_rows(self.query_one(DataTable), rows)
+
+
+def put_rows(table: DataTable[Any], rows: dict[str, tuple[Any, ...]]) -> None:
+    """Make ``table`` hold exactly ``rows`` (by key, in that order) with the cursor on the row
+    it was on, wherever that row is now: rows are updated in place while the order holds,
+    else the table is rebuilt and the cursor put back on its row."""
+    current = None
+    if table.row_count:
+        current = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+    if [key.value for key in table.rows] == list(rows):
         for key, cells in rows.items():
-            table.add_row(*cells, key=key)
-        if current in rows:
-            # The row keeps its place on the screen: rows that came above it scroll the view.
-            row = table.get_row_index(current)
-            table.move_cursor(row=row, scroll=False)
-            table.scroll_to(y=max(0, scroll_y + row - old_row), animate=False)
+            for column, cell in zip(list(table.columns), cells, strict=True):
+                table.update_cell(key, column, cell)
+        return
+    scroll_y, old_row = table.scroll_y, table.cursor_row
+    table.clear()
+    for key, cells in rows.items():
+        table.add_row(*cells, key=key)
+    if current in rows:
+        # The row keeps its place on the screen: rows that came above it scroll the view.
+        row = table.get_row_index(current)
+        table.move_cursor(row=row, scroll=False)
+        table.scroll_to(y=max(0, scroll_y + row - old_row), animate=False)
 
 
 class ServicesScreen(DataScreen):
@@ -457,6 +474,7 @@ KEYS: list[tuple[str, str, str]] = [
     ("everywhere", "?", "this help"),
     ("everywhere", "w / W", "next / previous time window (" + ", ".join(WINDOWS) + ")"),
     ("everywhere", "r", "ask the daemon again now"),
+    ("everywhere", "1 / 2 / 4", "services / all traces / metrics"),
     ("everywhere", "ctrl+c", "quit"),
     ("tables", "↑ ↓ PgUp PgDn Home End", "move; the mouse scrolls and clicks too"),
     ("services", "enter", "the service's traces"),
@@ -470,6 +488,8 @@ KEYS: list[tuple[str, str, str]] = [
     ("trace", "shift+←", "to the parent span"),
     ("trace", "shift+↑ / shift+↓", "to the previous / next sibling span"),
     ("trace", "tab", "to the trace's log records; enter on one moves to its span"),
+    ("metrics", "enter", "chart the metric"),
+    ("metric", "s, then space", "choose the series charted (histograms: p50, p95, p99)"),
 ]
 
 

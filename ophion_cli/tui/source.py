@@ -23,6 +23,10 @@ class Source(Protocol):
 
     def logs(self, params: dict[str, Any]) -> dict[str, Any]: ...
 
+    def metrics(self, since: str) -> dict[str, Any]: ...
+
+    def metric(self, name: str, params: dict[str, Any]) -> dict[str, Any]: ...
+
     def describe(self) -> str:
         """The daemon's address, for the status bar."""
         ...
@@ -63,6 +67,14 @@ class ApiSource:
 
     def logs(self, params: dict[str, Any]) -> dict[str, Any]:
         return self._get("/logs", params)
+
+    def metrics(self, since: str) -> dict[str, Any]:
+        return self._get("/metrics", {"since": since})
+
+    def metric(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        from urllib.parse import quote
+
+        return self._get(f"/metrics/{quote(name, safe='')}", params)
 
     def describe(self) -> str:
         return self._api or "local ophiond"
