@@ -2,9 +2,9 @@
 
 Every scenario builds telemetry of a known shape with explicit clocks (tests/otel_senders.py),
 exports it with the SDK's OTLP exporters (gRPC and HTTP), and reads it back through
-``ophion ... --json``, field by field. The commands run in-process with Typer's CliRunner
-(stdout is the JSON document), and in a subprocess (``python -m ophion_cli``) where exit codes,
-stderr and signals are what is checked.
+``ophion ... --json`` or the API client, field by field. The commands run in-process with
+Typer's CliRunner (stdout is the JSON document), and in a subprocess (``python -m ophion_cli``)
+where exit codes, stderr and signals are what is checked.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from conftest import RunningDaemon, ophion
 from opentelemetry._logs import SeverityNumber
 from otel_senders import (
     CHECKOUT_MS,
+    FAILED,
+    FAILED_JOBS,
     FRONTEND_MS,
     JOB_MS,
     MS,
@@ -36,18 +38,24 @@ from otel_senders import (
     SPAN_ONE,
     TRACE_ONE,
     TRACE_TWO,
+    ChosenTraceIds,
     Record,
     S,
     Shop,
+    grpc_spans,
+    make_span,
     send_known_trace,
     send_records,
     send_shop,
     send_shop_metrics,
     span_hex,
+    span_sender,
 )
 from typer.testing import CliRunner
 
 from ophion_cli.main import app
+from ophiond.api.client import ApiStream, connect
+from ophiond.errors import ApiError, DaemonNotRunning, OphionError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -203,6 +211,84 @@ def test_services_table_for_people(daemon: RunningDaemon) -> None:
     assert "measured by their root spans" in text
 
 
+SERVICE_FIELDS = {
+    "service",
+    "requests",
+    "request_rate",
+    "errors",
+    "error_rate",
+    "p50_ns",
+    "p95_ns",
+    "p99_ns",
+    "spans",
+    "measured_by",
+    "last_seen",
+}
+
+
+def unix_ns_of(iso: str) -> int:
+    """Nanoseconds since the epoch of an API time (microsecond resolution)."""
+    moment = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1) * 1000
+
+
+def shop_requests(shop: Shop) -> dict[str, list[tuple[int, bool]]]:
+    """Each service's requests as sent: (start, failed)."""
+    return {
+        "frontend": [(t, False) for t in shop.request_starts],
+        # The checkout SERVER span starts 5 ms into the request.
+        "checkout": [(t + 5 * MS, i in FAILED) for i, t in enumerate(shop.request_starts)],
+        # No SERVER spans: the batch service is measured by its root spans, the jobs.
+        "batch": [(t, j in FAILED_JOBS) for j, t in enumerate(shop.job_starts)],
+    }
+
+
+def test_services_rate_points_per_step_from_the_same_requests(daemon: RunningDaemon) -> None:
+    shop = send_shop(daemon)  # 120 s to 100 s ago
+    plain = daemon.api.get("/services", {"since": "5m"})
+    # Without a step the answer is as it always was.
+    assert set(plain) == {"since", "services"}
+    assert all(set(row) == SERVICE_FIELDS for row in plain["services"])
+
+    doc = daemon.api.get("/services", {"since": "5m", "step": "10s"})
+    assert set(doc) == {"since", "step_ns", "services"}
+    assert doc["step_ns"] == 10 * S
+    since_ns = unix_ns_of(doc["since"])
+    steps = 30  # a 5 minute window in steps of 10 s
+    for row, before in zip(doc["services"], plain["services"], strict=True):
+        assert set(row) == SERVICE_FIELDS | {"rate_points"}
+        # The other fields are those of the plain answer (the rate's window moved on a little).
+        assert {k: v for k, v in row.items() if k not in ("request_rate", "rate_points")} == {
+            k: v for k, v in before.items() if k != "request_rate"
+        }
+        counts = [0] * steps
+        failures = [0] * steps
+        for start, failed in shop_requests(shop)[row["service"]]:
+            counts[(start - since_ns) // (10 * S)] += 1
+            failures[(start - since_ns) // (10 * S)] += failed
+        assert [unix_ns_of(p["time"]) for p in row["rate_points"]] == [
+            since_ns + i * 10 * S for i in range(steps)
+        ]
+        assert [p["rate"] for p in row["rate_points"]] == [c / 10 for c in counts]
+        assert [p["error_rate"] for p in row["rate_points"]] == [
+            f / c if c else 0.0 for f, c in zip(failures, counts, strict=True)
+        ]
+        assert sum(counts) == row["requests"]
+    checkout = next(row for row in doc["services"] if row["service"] == "checkout")
+    assert max(p["error_rate"] for p in checkout["rate_points"]) > 0
+
+    # A step that does not divide the window: the last step is 6 s long, and its rate is
+    # over those 6 s. The rates times the lengths of their steps are the requests.
+    odd = daemon.api.get("/services", {"since": "5m", "step": "7s"})
+    for row in odd["services"]:
+        points = row["rate_points"]
+        assert len(points) == 43
+        seconds = [7.0] * 42 + [6.0]
+        assert sum(p["rate"] * s for p, s in zip(points, seconds, strict=True)) == pytest.approx(
+            row["requests"]
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # traces
 
@@ -276,6 +362,85 @@ def test_traces_duration_bounds_are_inclusive(daemon: RunningDaemon) -> None:
     # Job 3 lasts exactly 4.1 s: both bounds at 4.1s keep it.
     assert rows("--min-duration", "4.1s") == [shop.job_row(3)]
     assert rows("--min-duration", "4s", "--max-duration", "4.1s") == [shop.job_row(3)]
+
+
+def api_trace_rows(daemon: RunningDaemon, **params: Any) -> list[dict[str, Any]]:
+    """``GET /traces`` with ``params``: the rows."""
+    doc = daemon.api.get("/traces", params)
+    assert set(doc) == {"since", "traces"}
+    return list(doc["traces"])
+
+
+def test_traces_sorted_by_duration_slowest_first(daemon: RunningDaemon) -> None:
+    shop = send_shop(daemon)
+    requests = [shop.request_row(i) for i in range(len(CHECKOUT_MS))]
+    jobs = [shop.job_row(j) for j in range(len(JOB_MS))]
+
+    def rows(**params: Any) -> list[dict[str, Any]]:
+        return without_start(api_trace_rows(daemon, sort="duration", **params), shop)
+
+    def slowest(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return sorted(candidates, key=lambda row: -row["duration_ns"])
+
+    assert rows() == slowest(jobs + requests)
+    assert rows(limit=3) == slowest(jobs)[:3]
+    # Ranked by the whole trace's duration, not by the matching checkout span's.
+    assert rows(service="checkout") == slowest(requests)
+    assert rows(service="checkout", limit=2) == [shop.request_row(7), shop.request_row(4)]
+    assert rows(status="error") == [shop.job_row(1), shop.request_row(7), shop.request_row(3)]
+    assert rows(min_duration="50ms", max_duration="1.5s") == [
+        shop.job_row(1),
+        shop.job_row(0),
+        *(shop.request_row(i) for i in (7, 4, 9, 1)),
+    ]
+    assert rows(attr="customer.tier=silver", limit=2) == [shop.request_row(i) for i in (7, 9)]
+    assert rows(name="no such span") == []
+    # sort=start is the default order: newest first.
+    assert api_trace_rows(daemon, sort="start") == api_trace_rows(daemon)
+
+
+RELAY_SEQUENTIAL = 0x5E0000000000000000000000000000AA
+RELAY_LONG = 0x5E0000000000000000000000000000BB
+
+
+def test_traces_by_duration_find_traces_longer_than_any_of_their_spans(
+    daemon: RunningDaemon,
+) -> None:
+    """The traces that candidates taken from the longest spans (four per row asked for)
+    would miss: each is slower than the five traces of 40 ms, but its spans are shorter."""
+    singles = [RELAY_SEQUENTIAL + 0x100 + i for i in range(5)]
+    sender = span_sender(
+        daemon,
+        "relay",
+        grpc_spans(daemon),
+        ids=ChosenTraceIds(RELAY_SEQUENTIAL, RELAY_SEQUENTIAL, RELAY_LONG, *singles),
+    )
+    t = time.time_ns() - 60 * S
+    # Two 30 ms spans one after the other, no root covering them: a 70 ms trace.
+    make_span(sender.tracer, "hop", t, t + 30 * MS)
+    make_span(sender.tracer, "hop", t + 40 * MS, t + 70 * MS)
+    # A 500 ms trace whose only "hop" span lasts 1 ms.
+    slow = make_span(sender.tracer, "wait", t, t + 500 * MS)
+    make_span(sender.tracer, "hop", t + 10 * MS, t + 11 * MS, parent=slow)
+    # Five traces of one 40 ms "hop" each: the longest hops of all.
+    for i in range(len(singles)):
+        make_span(sender.tracer, "hop", t + (i + 1) * S, t + (i + 1) * S + 40 * MS)
+    sender.close()
+
+    def slowest(**params: Any) -> list[tuple[str, int, int]]:
+        rows = api_trace_rows(daemon, sort="duration", **params)
+        return [(row["trace_id"], row["duration_ns"], row["spans"]) for row in rows]
+
+    assert slowest(name="hop", limit=1) == [(format(RELAY_LONG, "032x"), 500 * MS, 2)]
+    assert slowest(service="relay", max_duration="100ms", limit=1) == [
+        (format(RELAY_SEQUENTIAL, "032x"), 70 * MS, 2)
+    ]
+    # The rest: the 40 ms traces, newest first among equals.
+    assert slowest(service="relay") == [
+        (format(RELAY_LONG, "032x"), 500 * MS, 2),
+        (format(RELAY_SEQUENTIAL, "032x"), 70 * MS, 2),
+        *((format(trace_id, "032x"), 40 * MS, 1) for trace_id in reversed(singles)),
+    ]
 
 
 def test_traces_table_for_people(daemon: RunningDaemon) -> None:
@@ -664,6 +829,92 @@ def test_logs_follow_ends_when_the_daemon_stops(daemon: RunningDaemon) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# The API client's open streams (what the TUI's log tail reads)
+
+
+class StreamReader:
+    """Iterates an :class:`ApiStream` in a thread of its own, as a TUI worker does."""
+
+    def __init__(self, stream: ApiStream) -> None:
+        self.documents: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.errors: list[OphionError] = []
+        self.ended = threading.Event()
+        self._stream = stream
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for document in self._stream:
+                self.documents.put(document)
+        except OphionError as e:
+            self.errors.append(e)
+        finally:
+            self.ended.set()
+
+    def next_body(self, timeout: float) -> str:
+        return str(self.documents.get(timeout=timeout)["body"])
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_open_stream_closed_from_another_thread_unblocks_its_reader(
+    daemon_factory: Any, transport: str
+) -> None:
+    daemon = daemon_factory("--api-listen", "127.0.0.1:0")
+    # Over TCP, the client sends this user's own daemon its admin token.
+    client = daemon.api if transport == "unix" else connect(f"http://{daemon.listen['api_tcp']}")
+    send_records(daemon, [Record(0, "api", SeverityNumber.INFO, "INFO", "backlog")], time.time_ns())
+
+    stream = client.open_stream("/logs/stream", {"since": "5m"})
+    reader = StreamReader(stream)
+    assert reader.next_body(10) == "backlog"
+    live = [Record(0, "worker", SeverityNumber.WARN, "WARN", "live")]
+    send_records(daemon, live, time.time_ns(), transport="http")
+    assert reader.next_body(10) == "live"
+
+    time.sleep(0.3)  # the reader now waits for the next line (a keep-alive is 5 s away)
+    assert not reader.ended.is_set()
+    started = time.monotonic()
+    stream.close()
+    assert reader.ended.wait(5), "close() did not unblock the reader"
+    assert time.monotonic() - started < 1.0
+    assert reader.errors == []  # closing is not a failure
+    assert list(stream) == []  # and a closed stream stays ended
+    stream.close()  # a second close changes nothing
+
+
+def test_open_stream_says_when_the_daemon_hangs(daemon: RunningDaemon) -> None:
+    stream = daemon.api.open_stream("/logs/stream", read_timeout=1.0)
+    reader = StreamReader(stream)
+    os.kill(daemon.process.pid, signal.SIGSTOP)  # hung: not even keep-alives
+    try:
+        assert reader.ended.wait(10), "the read timeout did not end the stream"
+    finally:
+        os.kill(daemon.process.pid, signal.SIGCONT)
+    (error,) = reader.errors
+    assert isinstance(error, DaemonNotRunning)
+    assert error.message.startswith("ophiond sent nothing for 1 s on "), error.message
+    assert "keep-alive" in error.message and error.hint
+
+
+def test_open_stream_rejects_bad_parameters_before_it_opens(daemon: RunningDaemon) -> None:
+    with pytest.raises(ApiError, match="not a severity"):
+        daemon.api.open_stream("/logs/stream", {"severity": "loud"})
+
+
+# Slow: it waits for a keep-alive, which comes after 5 s of quiet.
+@pytest.mark.slow
+def test_open_stream_keep_alives_hold_off_the_read_timeout(daemon: RunningDaemon) -> None:
+    stream = daemon.api.open_stream("/logs/stream", read_timeout=6.5)
+    reader = StreamReader(stream)
+    # Nothing is sent: without the keep-alive line (at 5 s, never shown) the read would have
+    # timed out at 6.5 s; after it, not before 11.5 s.
+    assert not reader.ended.wait(8.0), reader.errors
+    assert reader.documents.empty()
+    stream.close()
+    assert reader.ended.wait(5) and reader.errors == []
+
+
+# ---------------------------------------------------------------------------------------------
 # metrics
 
 
@@ -883,8 +1134,8 @@ def test_without_daemon_one_line_says_so_and_how_to_start_it(args: tuple[str, ..
 # Bad parameters that reach the daemon
 
 
-def test_a_bad_parameter_on_the_log_stream_is_a_clean_400(daemon: RunningDaemon) -> None:
-    """Parameters are checked before the stream's headers go out."""
+def raw_get(daemon: RunningDaemon, target: str) -> tuple[int, dict[str, Any]]:
+    """``GET target`` on the API socket without the client: the status and the JSON body."""
     import http.client
     import socket as socket_module
 
@@ -894,11 +1145,37 @@ def test_a_bad_parameter_on_the_log_stream_is_a_clean_400(daemon: RunningDaemon)
             self.sock.connect(str(daemon.home / "state" / "api.sock"))
 
     conn = UnixConnection("localhost", timeout=10)
-    conn.request("GET", "/api/v1/logs/stream?severity=bogus")
-    response = conn.getresponse()
-    assert response.status == 400
-    assert "not a severity" in json.loads(response.read())["error"]
-    conn.close()
+    try:
+        conn.request("GET", target)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_a_bad_parameter_on_the_log_stream_is_a_clean_400(daemon: RunningDaemon) -> None:
+    """Parameters are checked before the stream's headers go out."""
+    status, body = raw_get(daemon, "/api/v1/logs/stream?severity=bogus")
+    assert status == 400
+    assert "not a severity" in body["error"]
+
+
+def test_bad_step_or_sort_is_a_clear_400(daemon: RunningDaemon) -> None:
+    cases = [
+        ("/services?step=0s", "step must be longer than 0", "15s"),
+        ("/services?step=often", "step: 'often' is not a duration", "250ms"),
+        ("/services?step=-5s", "step: '-5s' is not a duration", "250ms"),
+        (
+            "/services?since=1h&step=1s",
+            "a step of 1s cuts the 3600s window into 3600 steps; at most 1000 are served",
+            "at least 3.6s",
+        ),
+        ("/traces?sort=slowest", "sort must be start or duration, not 'slowest'", "slowest"),
+    ]
+    for query, error, hint in cases:
+        status, body = raw_get(daemon, "/api/v1" + query)
+        assert (status, body["error"]) == (400, error), query
+        assert hint in body["hint"], query
 
 
 def test_an_attribute_key_with_json_path_syntax_is_refused(daemon: RunningDaemon) -> None:

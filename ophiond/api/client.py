@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import socket
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,32 +192,45 @@ class ApiClient:
         return self._call("GET", path + _query(params), None)
 
     def stream(
-        self, path: str, params: Mapping[str, Any] | None = None
+        self, path: str, params: Mapping[str, Any] | None = None, read_timeout: float = 15.0
     ) -> Iterator[dict[str, Any]]:
-        """GET an NDJSON stream; yields each document until the daemon ends it."""
-        conn = self._connection(timeout=None)
+        """GET an NDJSON stream; yields each document until the daemon ends it (see
+        :meth:`open_stream`, which this wraps)."""
+        with self.open_stream(path, params, read_timeout) as documents:
+            yield from documents
+
+    def open_stream(
+        self, path: str, params: Mapping[str, Any] | None = None, read_timeout: float = 15.0
+    ) -> ApiStream:
+        """GET an NDJSON stream and return it open: iterating it yields each document, and its
+        :meth:`ApiStream.close` may be called from another thread to end a blocked read.
+
+        The answer's headers are awaited for up to the client's ``timeout`` (the daemon runs a
+        backlog query first); after them, ``read_timeout`` seconds without a byte raise
+        :class:`DaemonNotRunning`: the daemon sends a keep-alive every 5 s, so that silence
+        means it is hung.
+        """
+        conn = self._connection(self.timeout)
         try:
+            conn.request("GET", self._url(path + _query(params)), headers=self._headers())
+            # Kept now: once the answer says it closes the connection, http.client hands the
+            # socket over to the response and forgets it.
+            sock = conn.sock
+            response = conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise self._unreachable(e) from None
+        if response.status != 200:
             try:
-                conn.request("GET", self._url(path + _query(params)), headers=self._headers())
-                response = conn.getresponse()
+                data = response.read()
             except (OSError, http.client.HTTPException) as e:
                 raise self._unreachable(e) from None
-            if response.status != 200:
-                raise self._refused(response, response.read())
-            while True:
-                try:
-                    line = response.readline()
-                except (OSError, http.client.HTTPException) as e:
-                    raise self._unreachable(e) from None
-                if not line:
-                    return  # the daemon ended the stream (it is stopping)
-                if line.strip():
-                    document = json.loads(line)
-                    if "error" in document:
-                        raise ApiError(document["error"], hint=document.get("hint"))
-                    yield document
-        finally:
-            conn.close()
+            finally:
+                conn.close()
+            raise self._refused(response, data)
+        assert sock is not None  # request() connected it
+        sock.settimeout(read_timeout)
+        return ApiStream(self, conn, sock, response, read_timeout)
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST a JSON body to ``/api/v1<path>``."""
@@ -329,6 +343,115 @@ class ApiClient:
         if not isinstance(document, dict):
             raise ApiError("the daemon sent an unexpected reply")
         return document
+
+
+class ApiStream:
+    """An open NDJSON answer of the daemon: iterate it for its documents (keep-alive lines are
+    skipped), and :meth:`close` it, from any thread, to end it.
+
+    Iteration ends when the daemon ends the stream (it is stopping) or after :meth:`close`;
+    an ``{"error", "hint"}`` line raises :class:`ApiError`, a broken connection or
+    ``read_timeout`` seconds of silence :class:`DaemonNotRunning`.
+    """
+
+    def __init__(
+        self,
+        client: ApiClient,
+        conn: http.client.HTTPConnection,
+        sock: socket.socket,
+        response: http.client.HTTPResponse,
+        read_timeout: float,
+    ) -> None:
+        self._client = client
+        self._conn = conn
+        self._sock = sock
+        self._response = response
+        self.read_timeout = read_timeout
+        self._lock = threading.Lock()
+        self._closed = False  # close() was called, or the stream ended: no more reads
+        self._reading = False  # a thread is inside readline()
+        self._released = False  # the connection's file descriptors are closed
+
+    def __iter__(self) -> ApiStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        while True:
+            line = self._readline()
+            if not line:
+                self.close()
+                raise StopIteration  # the daemon ended the stream, or close() was called
+            if line.strip():  # an empty line is a keep-alive
+                document: dict[str, Any] = json.loads(line)
+                if "error" in document:
+                    self.close()
+                    raise ApiError(document["error"], hint=document.get("hint"))
+                return document
+
+    def _readline(self) -> bytes:
+        """The next line; ``b""`` at the end of the stream or once closed."""
+        with self._lock:
+            if self._closed:
+                return b""
+            self._reading = True
+        try:
+            return self._response.readline()
+        except TimeoutError:
+            if self._was_closed():
+                return b""
+            self.close()
+            raise DaemonNotRunning(
+                f"ophiond sent nothing for {self.read_timeout:g} s on {self._client.address}, "
+                "though it sends a keep-alive every 5 s: it seems hung",
+                hint="check it with: ophion status; its log says what it is doing",
+            ) from None
+        except (OSError, http.client.HTTPException) as e:
+            if self._was_closed():
+                return b""  # close() shut the socket under the read: not a failure
+            self.close()
+            raise self._client._unreachable(e) from None
+        finally:
+            with self._lock:
+                self._reading = False
+                release = self._closed
+            if release:
+                self._release()
+
+    def _was_closed(self) -> bool:
+        with self._lock:
+            return self._closed
+
+    def close(self) -> None:
+        """End the stream; safe from any thread, and a read blocked in another thread returns
+        at once (iteration then ends without an error)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            reading = self._reading
+        # shutdown() wakes a thread blocked in recv() on this socket, where close() would not
+        # (and would free the descriptor under it); that thread releases the connection.
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the daemon closed the connection already: nothing left to shut
+        if not reading:
+            self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._response.close()
+        self._conn.close()
+        self._sock.close()
+
+    def __enter__(self) -> ApiStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _query(params: Mapping[str, Any] | None) -> str:

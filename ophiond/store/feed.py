@@ -60,6 +60,11 @@ class Subscription:
             if search.matches(record):
                 quiet_since = time.monotonic()
                 yield log_document(record)
+            elif time.monotonic() - quiet_since >= keepalive_s:
+                # A flood of records this follower filters out must not silence it: clients
+                # take 15 s without a line for a hung daemon.
+                quiet_since = time.monotonic()
+                yield None
 
     def close(self) -> None:
         self._feed.unsubscribe(self)

@@ -171,19 +171,54 @@ class Queries:
 
     # -- services ------------------------------------------------------------------------------
 
-    def services(self, since: dt.datetime, now: dt.datetime) -> list[dict[str, Any]]:
+    def services(
+        self, since: dt.datetime, now: dt.datetime, step_ns: int | None = None
+    ) -> list[dict[str, Any]]:
         """Per service: request and error rates and p50/p95/p99 of its requests.
 
         A service's requests are its SERVER and CONSUMER spans; a service that reports no
-        such kinds is measured by its root spans instead.
+        such kinds is measured by its root spans instead. With ``step_ns``, each service also
+        gets ``rate_points``: its request and error rates in steps of ``step_ns`` from
+        ``since``, counted in the same statement, so they add up to ``requests``.
         """
         window_s = max((now - since).total_seconds(), 1e-9)
+        # Without a step the statement is the benchmarked one: the holes below stay empty.
+        start_column = rate_ctes = rate_column = rate_join = ""
+        rate_params: list[Any] = []
+        if step_ns is not None:
+            buckets = rate_buckets(since, now, step_ns)
+            start_column = ", epoch_ns(start_time) AS start_ns"
+            rate_ctes = """,
+            request_starts AS (
+                SELECT service_name, start_ns, error FROM s WHERE served
+                UNION ALL
+                -- The root spans counted in `requests` (read a second time: only for services
+                -- without SERVER or CONSUMER spans, and only when a step is asked for).
+                SELECT service_name, epoch_ns(start_time), status_code = 'ERROR'
+                FROM raw_spans
+                WHERE start_time >= make_timestamp_ns(?::BIGINT) AND parent_span_id IS NULL
+                  AND service_name IN (SELECT service_name FROM per WHERE has_served IS NOT TRUE)
+            ),
+            steps AS (
+                -- A span starting after `now` (a client clock ahead) counts in the last step.
+                SELECT service_name, least((start_ns - ?) // ?, ?) AS step,
+                       count(*) AS requests, count(*) FILTER (WHERE error) AS errors
+                FROM request_starts GROUP BY ALL
+            ),
+            rates AS (
+                SELECT service_name,
+                       list({'step': step, 'requests': requests, 'errors': errors}) AS steps
+                FROM steps GROUP BY service_name
+            )"""
+            rate_column = ", rates.steps"
+            rate_join = " LEFT JOIN rates USING (service_name)"
+            rate_params = [_ts(since), to_ns(since), step_ns, buckets - 1]
         rows = self._rows(
-            """
+            f"""
             WITH s AS (
                 SELECT service_name, duration_ns, status_code = 'ERROR' AS error,
                        epoch_ns(end_time) AS end_ns,
-                       kind IN ('SERVER', 'CONSUMER') AS served
+                       kind IN ('SERVER', 'CONSUMER') AS served{start_column}
                 FROM raw_spans
                 WHERE start_time >= make_timestamp_ns(?::BIGINT)
             ),
@@ -208,40 +243,42 @@ class Queries:
                 WHERE start_time >= make_timestamp_ns(?::BIGINT) AND parent_span_id IS NULL
                   AND service_name IN (SELECT service_name FROM per WHERE has_served IS NOT TRUE)
                 GROUP BY service_name
-            )
+            ){rate_ctes}
             SELECT per.service_name, per.spans, per.last_ns, per.has_served,
                    coalesce(requests.requests, 0) AS requests, coalesce(requests.errors, 0) AS errors,
-                   requests.q
-            FROM per LEFT JOIN requests USING (service_name)
+                   requests.q{rate_column}
+            FROM per LEFT JOIN requests USING (service_name){rate_join}
             ORDER BY per.service_name NULLS LAST
             """,
-            [_ts(since), _ts(since)],
+            [_ts(since), _ts(since), *rate_params],
         )
         out = []
         for row in rows:
             requests = row["requests"]
             q = row["q"] or [None, None, None]
-            out.append(
-                {
-                    "service": row["service_name"],
-                    "requests": requests,
-                    "request_rate": requests / window_s,
-                    "errors": row["errors"],
-                    "error_rate": row["errors"] / requests if requests else 0.0,
-                    "p50_ns": _int(q[0]),
-                    "p95_ns": _int(q[1]),
-                    "p99_ns": _int(q[2]),
-                    "spans": row["spans"],
-                    "measured_by": "server_spans" if row["has_served"] else "root_spans",
-                    "last_seen": iso_ns(row["last_ns"]),
-                }
-            )
+            service = {
+                "service": row["service_name"],
+                "requests": requests,
+                "request_rate": requests / window_s,
+                "errors": row["errors"],
+                "error_rate": row["errors"] / requests if requests else 0.0,
+                "p50_ns": _int(q[0]),
+                "p95_ns": _int(q[1]),
+                "p99_ns": _int(q[2]),
+                "spans": row["spans"],
+                "measured_by": "server_spans" if row["has_served"] else "root_spans",
+                "last_seen": iso_ns(row["last_ns"]),
+            }
+            if step_ns is not None:
+                service["rate_points"] = _rate_points(row["steps"] or [], since, now, step_ns)
+            out.append(service)
         return out
 
     # -- traces --------------------------------------------------------------------------------
 
     def traces(self, search: TraceSearch) -> list[dict[str, Any]]:
-        """Traces with a span matching the span filters, newest first."""
+        """Traces with a span matching the span filters: newest first, or with
+        ``sort="duration"`` slowest first."""
         where = ["start_time >= make_timestamp_ns(?::BIGINT)"]
         params: list[Any] = [_ts(search.since)]
         if search.service:
@@ -263,13 +300,58 @@ class Queries:
             having.append("error")
         elif search.status == "ok":
             having.append("NOT error")
-        rows = self._rows(
-            f"""
-            WITH matched AS (
+        having_params = [
+            v for v in (search.min_duration_ns, search.max_duration_ns) if v is not None
+        ]
+        trace_filter = "WHERE " + " AND ".join(having) if having else ""
+        if search.sort == "duration":
+            # Slowest first, exactly: every trace with a matching span in the window is ranked
+            # by max(end) - min(start) of its spans in the window, two cheap aggregates (on a
+            # synthetic store of 10M spans in 1M traces: 0.14 s against 0.12 s for newest
+            # first, 0.11-0.31 s behind a span filter), and only the slowest `limit`
+            # get the costly aggregates of `t`. Candidates taken from the longest spans would
+            # be cheaper but could miss slower traces: a trace whose spans run one after
+            # another lasts longer than any of them, and a trace can last far longer than its
+            # longest *matching* span. A trace that began before the window is ranked by its
+            # part inside the window, as newest-first ranks traces by their matching spans.
+            span_filter = ""
+            if len(where) > 1:  # a span filter besides the window
+                span_filter = (
+                    f"AND trace_id IN (SELECT trace_id FROM raw_spans WHERE {' AND '.join(where)})"
+                )
+            matched = f"""
+            ranked AS (
+                SELECT trace_id, min(epoch_ns(start_time)) AS start_ns,
+                       max(epoch_ns(end_time)) - min(epoch_ns(start_time)) AS duration_ns,
+                       bool_or(status_code = 'ERROR') AS error
+                FROM raw_spans
+                WHERE start_time >= make_timestamp_ns(?::BIGINT) {span_filter}
+                GROUP BY trace_id
+            ),
+            matched AS (
+                SELECT trace_id FROM ranked {trace_filter}
+                ORDER BY duration_ns DESC, start_ns DESC LIMIT ?
+            )"""
+            matched_params = [
+                _ts(search.since),
+                *(params if span_filter else []),
+                *having_params,
+                search.limit,
+            ]
+            order = "duration_ns DESC, start_ns DESC"
+        else:
+            matched = f"""
+            matched AS (
                 SELECT trace_id FROM raw_spans WHERE {" AND ".join(where)}
                 GROUP BY trace_id
                 {"" if having else "ORDER BY max(start_time) DESC LIMIT ?"}
-            ),
+            )"""
+            # Without trace-level filters only the newest `limit` traces are aggregated.
+            matched_params = params + ([] if having else [search.limit])
+            order = "start_ns DESC"
+        rows = self._rows(
+            f"""
+            WITH {matched},
             t AS (
                 SELECT trace_id,
                        min(epoch_ns(start_time)) AS start_ns,
@@ -283,15 +365,11 @@ class Queries:
                 GROUP BY trace_id
             )
             SELECT * FROM t
-            {"WHERE " + " AND ".join(having) if having else ""}
-            ORDER BY start_ns DESC
+            {trace_filter}
+            ORDER BY {order}
             LIMIT ?
             """,
-            params
-            # Without trace-level filters only the newest `limit` traces are aggregated.
-            + ([] if having else [search.limit])
-            + [v for v in (search.min_duration_ns, search.max_duration_ns) if v is not None]
-            + [search.limit],
+            matched_params + having_params + [search.limit],
         )
         return [
             {
@@ -612,6 +690,56 @@ class Queries:
         }
 
 
+# At most this many rate points per service: a sparkline or chart has no use for more.
+MAX_RATE_POINTS = 1000
+
+
+def rate_buckets(since: dt.datetime, now: dt.datetime, step_ns: int) -> int:
+    """How many steps of ``step_ns`` cover ``[since, now]``; refuses a step that is not
+    positive or that cuts the window into more than :data:`MAX_RATE_POINTS`."""
+    if step_ns <= 0:
+        raise OphionError("step must be longer than 0", hint="use a duration such as 15s or 1m")
+    window_ns = max(to_ns(now) - to_ns(since), 0)
+    buckets = max(1, -(-window_ns // step_ns))
+    if buckets > MAX_RATE_POINTS:
+        shortest_ms = -(-window_ns // (MAX_RATE_POINTS * 1_000_000))
+        raise OphionError(
+            f"a step of {_seconds(step_ns)} cuts the {_seconds(window_ns)} window into "
+            f"{buckets} steps; at most {MAX_RATE_POINTS} are served",
+            hint=f"use a step of at least {_seconds(shortest_ms * 1_000_000)}, or a shorter since",
+        )
+    return buckets
+
+
+def _seconds(ns: int) -> str:
+    return f"{ns / 1e9:.10g}s"  # 3600s, 3.6s, 0.25s: never an exponent
+
+
+def _rate_points(
+    steps: list[dict[str, int]], since: dt.datetime, now: dt.datetime, step_ns: int
+) -> list[dict[str, Any]]:
+    """Every step of the window, zero-filled: its start, requests per second and error share.
+
+    A step's rate is over the part of it inside the window: only the last one can be shorter
+    than ``step_ns``, when the window is not a whole number of steps.
+    """
+    start, end = to_ns(since), to_ns(now)
+    counted = {s["step"]: (s["requests"], s["errors"]) for s in steps}
+    points = []
+    for i in range(rate_buckets(since, now, step_ns)):
+        begins = start + i * step_ns
+        seconds = max(min(begins + step_ns, end) - begins, 1) / 1e9
+        requests, errors = counted.get(i, (0, 0))
+        points.append(
+            {
+                "time": iso_ns(begins),
+                "rate": requests / seconds,
+                "error_rate": errors / requests if requests else 0.0,
+            }
+        )
+    return points
+
+
 def _int(value: float | None) -> int | None:
     return None if value is None else int(round(value))
 
@@ -628,6 +756,7 @@ class TraceSearch:
     status: str | None = None  # "ok" | "error"
     attributes: list[tuple[str, str]] = field(default_factory=list)
     limit: int = 20
+    sort: str = "start"  # "start" (newest first) | "duration" (slowest first)
 
 
 @dataclass
