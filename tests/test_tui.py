@@ -236,3 +236,38 @@ def test_a_histogram_charted_as_p50_p95_p99(daemon: RunningDaemon) -> None:
             await until(pilot, lambda: isinstance(app.screen, ServicesScreen))
 
     asyncio.run(scenario())
+
+
+def test_the_service_map_drawn_with_labelled_edges(daemon: RunningDaemon) -> None:
+    from ophion_cli.tui.service_map import MapScreen
+
+    send_shop(daemon)
+
+    async def scenario() -> None:
+        app = _app(daemon)
+        async with app.run_test(size=(120, 30), notifications=False) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ServicesScreen))
+            await pilot.press("5")
+            await until(
+                pilot,
+                lambda: (
+                    isinstance(app.screen, MapScreen)
+                    and app.screen.query_one(DataTable).row_count == 1
+                ),
+            )
+            drawing = str(app.screen.query_one("#drawing", Static).render())
+            # frontend calls checkout ten times in the 15 minutes, two of them failing.
+            assert "frontend ─── 0.01/s 20.0% p95" in drawing and "─▶ checkout" in drawing
+            assert "batch" in drawing
+            await pilot.press("enter")
+            await until(
+                pilot,
+                lambda: (
+                    isinstance(app.screen, TracesScreen)
+                    and app.screen.query_one(DataTable).row_count == 10
+                ),
+            )
+            screen = app.screen
+            assert isinstance(screen, TracesScreen) and screen.filters.service == "checkout"
+
+    asyncio.run(scenario())

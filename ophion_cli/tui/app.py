@@ -78,6 +78,7 @@ class OphionTui(App[None]):
         Binding("1", "section('services')", "services", show=False),
         Binding("2", "section('traces')", "traces", show=False),
         Binding("4", "section('metrics')", "metrics", show=False),
+        Binding("5", "section('map')", "map", show=False),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),
     ]
 
@@ -165,6 +166,10 @@ class OphionTui(App[None]):
             self.push_screen(TracesScreen())
         elif name == "metrics":
             self.push_screen(MetricsScreen())
+        elif name == "map":
+            from ophion_cli.tui.service_map import MapScreen
+
+            self.push_screen(MapScreen())
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -474,7 +479,7 @@ KEYS: list[tuple[str, str, str]] = [
     ("everywhere", "?", "this help"),
     ("everywhere", "w / W", "next / previous time window (" + ", ".join(WINDOWS) + ")"),
     ("everywhere", "r", "ask the daemon again now"),
-    ("everywhere", "1 / 2 / 4", "services / all traces / metrics"),
+    ("everywhere", "1 / 2 / 4 / 5", "services / all traces / metrics / service map"),
     ("everywhere", "ctrl+c", "quit"),
     ("tables", "↑ ↓ PgUp PgDn Home End", "move; the mouse scrolls and clicks too"),
     ("services", "enter", "the service's traces"),
@@ -490,6 +495,8 @@ KEYS: list[tuple[str, str, str]] = [
     ("trace", "tab", "to the trace's log records; enter on one moves to its span"),
     ("metrics", "enter", "chart the metric"),
     ("metric", "s, then space", "choose the series charted (histograms: p50, p95, p99)"),
+    ("map", "enter", "on an edge: the traces of the called service"),
+    ("map", "tab", "to the drawing, to scroll it with the arrows"),
 ]
 
 

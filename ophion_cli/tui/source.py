@@ -27,6 +27,8 @@ class Source(Protocol):
 
     def metric(self, name: str, params: dict[str, Any]) -> dict[str, Any]: ...
 
+    def service_map(self, since: str) -> dict[str, Any]: ...
+
     def describe(self) -> str:
         """The daemon's address, for the status bar."""
         ...
@@ -75,6 +77,9 @@ class ApiSource:
         from urllib.parse import quote
 
         return self._get(f"/metrics/{quote(name, safe='')}", params)
+
+    def service_map(self, since: str) -> dict[str, Any]:
+        return self._get("/map", {"since": since})
 
     def describe(self) -> str:
         return self._api or "local ophiond"
