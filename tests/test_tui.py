@@ -53,8 +53,12 @@ def test_from_a_service_to_its_traces(daemon: RunningDaemon) -> None:
             )
             table = app.screen.query_one(DataTable)
             assert sorted(_cells(table, "service")) == ["batch", "checkout", "frontend"]
-            row = {c: str(table.get_cell("checkout", c)) for c in ("errors", "p50")}
+            row = {c: str(table.get_cell("checkout", c)) for c in ("errors", "trend")}
             assert row["errors"] == "20.0%"
+            # 24 steps over the 15 minutes; the ten requests of two minutes ago make one peak.
+            trend = row["trend"]
+            assert len(trend) == 24 and "█" in trend[-6:]
+            assert sum(ch != "▁" for ch in trend) <= 2
             # Enter on checkout: its traces, the failed ones marked.
             table.move_cursor(row=table.get_row_index("checkout"))
             await pilot.press("enter")

@@ -22,9 +22,11 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static, Switch
 
 from ophion_cli.tui.source import Source
-from ophion_cli.views import human_ns, service_colors
+from ophion_cli.views import human_ns, service_colors, sparkline
 from ophiond.errors import DaemonNotRunning, OphionError
 
+# Steps of the services' rate sparklines across the window.
+_TREND_STEPS = 24
 # The windows ``w`` steps through.
 WINDOWS = ("5m", "15m", "1h", "6h", "24h")
 _SIGNALS = ("traces", "logs", "metrics")
@@ -265,11 +267,17 @@ class ServicesScreen(DataScreen):
     """Each service's request rate, error rate and latency; Enter opens its traces."""
 
     def setup(self, table: DataTable[Any]) -> None:
-        for label in ("service", "req/s", "errors", "p50", "p95", "p99", "spans", "last seen"):
+        for label in ("service", "req/s", "trend", "errors", "p50", "p95", "p99", "spans", "seen"):
             table.add_column(label, key=label)
 
     def fetch(self) -> dict[str, Any]:
-        return self.tui.source.services(self.tui.window)
+        from ophiond.timespec import TimeSpecError, parse_duration_ns
+
+        try:  # (about _TREND_STEPS steps across the window)
+            step = f"{max(1, -(-parse_duration_ns(self.tui.window) // 10**9 // _TREND_STEPS))}s"
+        except TimeSpecError:
+            step = None  # an ISO start: no trend
+        return self.tui.source.services(self.tui.window, step)
 
     def show(self, doc: dict[str, Any]) -> None:
         services = doc["services"]
@@ -286,6 +294,10 @@ class ServicesScreen(DataScreen):
             rows[s["service"] or ""] = (
                 Text(s["service"] or "(no service)", style=colors.get(s["service"] or "", "")),
                 Text(f"{s['request_rate']:.2f}", justify="right"),
+                Text(
+                    sparkline([point["rate"] for point in s.get("rate_points", [])]),
+                    style="red" if rate > 0.05 else "cyan",
+                ),
                 Text(f"{rate * 100:.1f}%", style=style, justify="right"),
                 Text(human_ns(s["p50_ns"]), justify="right"),
                 Text(human_ns(s["p95_ns"]), justify="right"),
@@ -347,14 +359,17 @@ class TracesScreen(DataScreen):
             table.add_column(label, key=label)
 
     def fetch(self) -> dict[str, Any]:
-        params = {"since": self.tui.window, "limit": self.LIMIT, **self.filters.params()}
+        params = {
+            "since": self.tui.window,
+            "limit": self.LIMIT,
+            "sort": "duration" if self.by_duration else "start",
+            **self.filters.params(),
+        }
         return self.tui.source.traces(params)
 
     def show(self, doc: dict[str, Any]) -> None:
         traces = doc["traces"]
-        if self.by_duration:  # (of the newest LIMIT: the API lists traces newest first)
-            traces = sorted(traces, key=lambda t: -(t["duration_ns"] or 0))
-        order = f"slowest of the newest {self.LIMIT}" if self.by_duration else "newest first"
+        order = "slowest first" if self.by_duration else "newest first"
         self.query_one("#title", Static).update(
             Text.assemble(
                 ("Traces", "bold"),

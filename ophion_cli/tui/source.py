@@ -15,7 +15,7 @@ class Source(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
-    def services(self, since: str) -> dict[str, Any]: ...
+    def services(self, since: str, step: str | None = None) -> dict[str, Any]: ...
 
     def traces(self, params: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -58,8 +58,8 @@ class ApiSource:
     def status(self) -> dict[str, Any]:
         return self._get("/status")
 
-    def services(self, since: str) -> dict[str, Any]:
-        return self._get("/services", {"since": since})
+    def services(self, since: str, step: str | None = None) -> dict[str, Any]:
+        return self._get("/services", {"since": since, "step": step})
 
     def traces(self, params: dict[str, Any]) -> dict[str, Any]:
         return self._get("/traces", params)
