@@ -10,7 +10,7 @@ complete -c ophion -n __fish_use_subcommand -a status -d 'Is ophiond up; what it
 complete -c ophion -n __fish_use_subcommand -a token -d 'Create, list and revoke bearer tokens for the daemon'"'"'s TCP API'
 complete -c ophion -n __fish_use_subcommand -a trace -d 'One trace as a waterfall: the span tree, timing bars, errors, events, the critical path'
 complete -c ophion -n __fish_use_subcommand -a traces -d 'Recent traces, newest first, filtered by service, span name, duration, status, attributes'
-complete -c ophion -n __fish_use_subcommand -a tui -d 'A terminal UI over the daemon: services, their traces and waterfalls, live (keys: ? in the app)'
+complete -c ophion -n __fish_use_subcommand -a tui -d 'A terminal UI over the daemon: services, traces, logs, metrics, the map (keys: ? in the app)'
 complete -c ophion -n __fish_use_subcommand -l version -d 'Print the version'
 complete -c ophion -n '__fish_seen_subcommand_from daemon; and not __fish_seen_subcommand_from install run start status stop' -a install -d 'Install ophiond as a systemd service (system-wide needs root; --user for your user)'
 complete -c ophion -n '__fish_seen_subcommand_from daemon; and not __fish_seen_subcommand_from install run start status stop' -a run -d 'Run ophiond in the foreground (what systemd runs). Extra flags go to ophiond'

@@ -277,7 +277,7 @@ def tui(
     api: ApiOption = None,
     token: TokenOption = None,
 ) -> None:
-    """A terminal UI over the daemon: services, their traces and waterfalls, live (keys: ? in the app)."""
+    """A terminal UI over the daemon: services, traces, logs, metrics, the map (keys: ? in the app)."""
     from ophion_cli import tui as terminal_ui
 
     terminal_ui.run(api, token, _check_since(since))

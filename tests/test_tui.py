@@ -275,3 +275,80 @@ def test_the_service_map_drawn_with_labelled_edges(daemon: RunningDaemon) -> Non
             assert isinstance(screen, TracesScreen) and screen.filters.service == "checkout"
 
     asyncio.run(scenario())
+
+
+def test_the_live_log_tail_pauses_resumes_and_opens_a_trace(daemon: RunningDaemon) -> None:
+    import time
+
+    from opentelemetry._logs import SeverityNumber
+
+    from ophion_cli.tui.logs import LogFilterScreen, LogsScreen
+    from ophion_cli.tui.trace import TraceScreen
+    from tests.otel_senders import RECORDS, TRACE_ONE, Record, S, send_records
+
+    send_records(daemon, RECORDS, time.time_ns() - 60 * S)
+
+    async def scenario() -> None:
+        app = _app(daemon)
+        async with app.run_test(size=(120, 30), notifications=False) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ServicesScreen))
+            await pilot.press("3")
+            await until(
+                pilot,
+                lambda: (
+                    isinstance(app.screen, LogsScreen)
+                    and app.screen.query_one(DataTable).row_count == len(RECORDS)
+                ),
+            )
+            screen = app.screen
+            assert isinstance(screen, LogsScreen)
+            table = screen.query_one(DataTable)
+            assert _cells(table, "body")[0] == "cache probe"  # oldest first
+            # A record stored now shows up at the end, the cursor following it.
+            send_records(
+                daemon, [Record(0, "api", SeverityNumber.INFO, "INFO", "live one")], time.time_ns()
+            )
+            await until(pilot, lambda: table.row_count == len(RECORDS) + 1, timeout=15)
+            assert (
+                _cells(table, "body")[-1] == "live one" and table.cursor_row == table.row_count - 1
+            )
+            # Paused: the next one waits; resumed: it is shown.
+            await pilot.press("space")
+            send_records(
+                daemon, [Record(0, "api", SeverityNumber.WARN, "WARN", "held back")], time.time_ns()
+            )
+            await until(pilot, lambda: len(screen.waiting) == 1, timeout=15)
+            assert table.row_count == len(RECORDS) + 1
+            assert "PAUSED, 1 new" in str(screen.query_one("#title", Static).render())
+            await pilot.press("space")
+            await until(pilot, lambda: _cells(table, "body")[-1] == "held back")
+            # Search: n moves to the record holding the text.
+            await pilot.press("slash")
+            await pilot.press(*"order 17")
+            await pilot.press("enter")
+            await until(
+                pilot,
+                lambda: (
+                    _cells(table, "body")[table.cursor_row]
+                    in ("order 17 accepted", "payment FAILED for order 17")
+                ),
+            )
+            # Enter on a record of TRACE_ONE opens that trace.
+            table.move_cursor(row=_cells(table, "body").index("order 17 accepted"))
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, TraceScreen))
+            assert app.screen.trace_id == format(TRACE_ONE, "032x")
+            # Back, then only errors and worse: the tail starts again with those.
+            await pilot.press("q")
+            await until(pilot, lambda: app.screen is screen)
+            await pilot.press("f")
+            await until(pilot, lambda: isinstance(app.screen, LogFilterScreen))
+            app.screen.query_one("#severity", Input).value = "error"
+            app.screen.query_one("#severity", Input).focus()
+            await pilot.press("enter")
+            await until(pilot, lambda: sorted(_cells(table, "severity")) == ["ERROR", "FATAL"])
+        # (quitting with the tail open does not wait for the stream)
+
+    started = time.monotonic()
+    asyncio.run(scenario())
+    assert time.monotonic() - started < 30

@@ -79,6 +79,7 @@ class OphionTui(App[None]):
         Binding("r", "refresh", "refresh"),
         Binding("1", "section('services')", "services", show=False),
         Binding("2", "section('traces')", "traces", show=False),
+        Binding("3", "section('logs')", "logs", show=False),
         Binding("4", "section('metrics')", "metrics", show=False),
         Binding("5", "section('map')", "map", show=False),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),
@@ -166,6 +167,10 @@ class OphionTui(App[None]):
             self.pop_screen()
         if name == "traces":
             self.push_screen(TracesScreen())
+        elif name == "logs":
+            from ophion_cli.tui.logs import LogsScreen
+
+            self.push_screen(LogsScreen())
         elif name == "metrics":
             self.push_screen(MetricsScreen())
         elif name == "map":
@@ -265,6 +270,16 @@ def put_rows(table: DataTable[Any], rows: dict[str, tuple[Any, ...]]) -> None:
 
 class ServicesScreen(DataScreen):
     """Each service's request rate, error rate and latency; Enter opens its traces."""
+
+    BINDINGS = [Binding("l", "logs", "logs")]
+
+    def action_logs(self) -> None:
+        from ophion_cli.tui.logs import LogFilters, LogsScreen
+
+        table = self.query_one(DataTable)
+        if table.row_count:
+            service = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+            self.app.push_screen(LogsScreen(LogFilters(service=service or "")))
 
     def setup(self, table: DataTable[Any]) -> None:
         for label in ("service", "req/s", "trend", "errors", "p50", "p95", "p99", "spans", "seen"):
@@ -494,10 +509,11 @@ KEYS: list[tuple[str, str, str]] = [
     ("everywhere", "?", "this help"),
     ("everywhere", "w / W", "next / previous time window (" + ", ".join(WINDOWS) + ")"),
     ("everywhere", "r", "ask the daemon again now"),
-    ("everywhere", "1 / 2 / 4 / 5", "services / all traces / metrics / service map"),
+    ("everywhere", "1 / 2 / 3 / 4 / 5", "services / all traces / logs / metrics / service map"),
     ("everywhere", "ctrl+c", "quit"),
     ("tables", "↑ ↓ PgUp PgDn Home End", "move; the mouse scrolls and clicks too"),
     ("services", "enter", "the service's traces"),
+    ("services", "l", "the service's logs, live"),
     ("traces", "enter", "the trace's waterfall"),
     ("traces", "f", "filters: service, operation, min duration, attribute, errors only"),
     ("traces", "e", "errors only, or all again"),
@@ -508,6 +524,11 @@ KEYS: list[tuple[str, str, str]] = [
     ("trace", "shift+←", "to the parent span"),
     ("trace", "shift+↑ / shift+↓", "to the previous / next sibling span"),
     ("trace", "tab", "to the trace's log records; enter on one moves to its span"),
+    ("logs", "space", "pause; again to resume (records keep arriving meanwhile)"),
+    ("logs", "f", "filters: service, lowest severity, text in the body"),
+    ("logs", "/", "highlight a text; n / N to the next / previous record holding it"),
+    ("logs", "G", "back to the newest record, following"),
+    ("logs", "enter", "the record's trace"),
     ("metrics", "enter", "chart the metric"),
     ("metric", "s, then space", "choose the series charted (histograms: p50, p95, p99)"),
     ("map", "enter", "on an edge: the traces of the called service"),

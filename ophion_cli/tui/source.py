@@ -29,6 +29,10 @@ class Source(Protocol):
 
     def service_map(self, since: str) -> dict[str, Any]: ...
 
+    def open_log_stream(self, params: dict[str, Any]) -> Any:
+        """The live log stream: iterate it for records; ``close()`` (any thread) ends it."""
+        ...
+
     def describe(self) -> str:
         """The daemon's address, for the status bar."""
         ...
@@ -80,6 +84,17 @@ class ApiSource:
 
     def service_map(self, since: str) -> dict[str, Any]:
         return self._get("/map", {"since": since})
+
+    def open_log_stream(self, params: dict[str, Any]) -> Any:
+        from ophiond.api.client import connect
+
+        if self._client is None:
+            self._client = connect(self._api, self._token)
+        try:
+            return self._client.open_stream("/logs/stream", params)
+        except Exception:
+            self._client = None
+            raise
 
     def describe(self) -> str:
         return self._api or "local ophiond"
