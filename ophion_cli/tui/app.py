@@ -255,10 +255,11 @@ def put_rows(table: DataTable[Any], rows: dict[str, tuple[Any, ...]]) -> None:
     if [key.value for key in table.rows] == list(rows):
         for key, cells in rows.items():
             for column, cell in zip(list(table.columns), cells, strict=True):
-                table.update_cell(key, column, cell)
+                table.update_cell(key, column, cell, update_width=True)
         return
     scroll_y, old_row = table.scroll_y, table.cursor_row
-    table.clear()
+    if table.row_count:
+        table.clear()
     for key, cells in rows.items():
         table.add_row(*cells, key=key)
     if current in rows:

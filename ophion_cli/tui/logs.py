@@ -208,8 +208,9 @@ class LogsScreen(Screen[None]):
             for _ in range(excess):
                 self.records.popleft()
                 table.remove_row(next(iter(table.rows)))
-        if at_end:  # following: stay on the newest record
-            table.move_cursor(row=table.row_count - 1)
+        if at_end:  # following: stay on the newest record (scrolled once the rows are laid out)
+            table.move_cursor(row=table.row_count - 1, scroll=False)
+            self.call_after_refresh(table.scroll_end, animate=False)
 
     def _cells(self, record: dict[str, Any]) -> tuple[Any, ...]:
         body = Text((record.get("body") or "").replace("\n", " ⏎ "))

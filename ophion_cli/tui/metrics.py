@@ -133,6 +133,15 @@ class MetricsScreen(Screen[None]):
             self.app.push_screen(MetricScreen(event.row_key.value))
 
 
+class _Chart(Static):
+    """The chart's place: drawn again whenever its size changes (the chart fills it)."""
+
+    def on_resize(self) -> None:
+        screen = self.screen
+        if isinstance(screen, MetricScreen):
+            screen.draw()
+
+
 class MetricScreen(Screen[None]):
     """One metric over the window: pick series on the left, the chart on the right."""
 
@@ -165,7 +174,7 @@ class MetricScreen(Screen[None]):
         with Horizontal(id="body"):
             yield SelectionList[int](id="series")
             with Vertical(id="chart-pane"):
-                yield Static(id="chart")
+                yield _Chart(id="chart")
                 yield Static(id="legend")
         yield Footer()
         yield StatusBar()
@@ -223,9 +232,6 @@ class MetricScreen(Screen[None]):
         self.draw()
 
     def on_selection_list_selected_changed(self) -> None:
-        self.draw()
-
-    def on_resize(self) -> None:
         self.draw()
 
     def draw(self) -> None:
