@@ -352,3 +352,20 @@ def test_the_live_log_tail_pauses_resumes_and_opens_a_trace(daemon: RunningDaemo
     started = time.monotonic()
     asyncio.run(scenario())
     assert time.monotonic() - started < 30
+
+
+def test_a_token_the_daemon_refuses_is_told_apart_from_a_daemon_that_is_down(
+    daemon_factory: Callable[..., RunningDaemon],
+) -> None:
+    daemon = daemon_factory("--api-listen", "127.0.0.1:0")
+    url = f"http://{daemon.listen['api_tcp']}"
+
+    async def scenario() -> None:
+        app = OphionTui(ApiSource(url, "not-a-token"), refresh_s=0.3, status_s=0.2)
+        async with app.run_test(size=(100, 30), notifications=False) as pilot:
+            bar = lambda: str(app.screen.query_one(StatusBar).render())  # noqa: E731
+            await until(pilot, lambda: "ophiond refuses" in bar())
+            assert "daemon down" not in bar()
+            await pilot.press("q")
+
+    asyncio.run(scenario())

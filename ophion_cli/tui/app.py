@@ -55,6 +55,9 @@ class StatusBar(Static):
             )
             if rates:
                 text.append(f" │ {rates}")
+        elif app.daemon_refused:
+            text.append("● ", style="yellow")
+            text.append(f"ophiond refuses: {app.daemon_error}", style="bold yellow")
         else:
             text.append("● ", style="red")
             text.append(f"daemon down: {app.daemon_error} (retrying)", style="bold red")
@@ -100,6 +103,7 @@ class OphionTui(App[None]):
         self.status_s = status_s
         self.clock = clock
         self.daemon_error: str | None = None
+        self.daemon_refused = False  # it answers, but not to us (a token it does not take)
         self.daemon_version = ""
         self.ingest_rates: dict[str, float] = {}
         self._last_stored: tuple[float, dict[str, int]] | None = None
@@ -135,7 +139,10 @@ class OphionTui(App[None]):
             self.action_refresh()
 
     def _daemon_down(self, error: OphionError) -> None:
-        self.daemon_error = error.message if isinstance(error, DaemonNotRunning) else str(error)
+        self.daemon_refused = not isinstance(error, DaemonNotRunning)
+        self.daemon_error = error.message + (
+            f" ({error.hint})" if self.daemon_refused and error.hint else ""
+        )
         self.ingest_rates = {}
         self._last_stored = None
         self._show_status()
