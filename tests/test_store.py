@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -306,4 +307,31 @@ def test_a_crashed_writer_fails_waiting_requests_and_refuses_new_ones(
         writer.submit(decode_traces(_trace_request(1)))
     writer._thread.join(5)
     assert not writer.is_healthy()  # so the daemon withholds the systemd watchdog ping
+    partitions.close()
+
+
+def test_a_query_that_meets_a_partition_retention_removed_runs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention takes a partition out of the views while a statement was planned on them:
+    the statement runs once more instead of failing; a table that never existed still fails."""
+    from ophiond.store import query
+
+    partitions = _open(tmp_path)
+    real_fetch = query._fetch
+    calls = []
+
+    def fetch_during_retention(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            partitions.generation += 1  # (what apply_retention's view rebuild does)
+            raise query._CatalogError('SQL error: Catalog Error: schema "p_1" does not exist')
+        return real_fetch(*args, **kwargs)
+
+    monkeypatch.setattr(query, "_fetch", fetch_during_retention)
+    assert query.run_query(partitions, "SELECT count(*) FROM spans", 10, 5.0).rows == [[0]]
+    assert len(calls) == 2
+    monkeypatch.setattr(query, "_fetch", real_fetch)
+    with pytest.raises(query.QueryError, match="no_such_table"):
+        query.run_query(partitions, "SELECT * FROM no_such_table", 10, 5.0)
     partitions.close()

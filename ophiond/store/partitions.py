@@ -126,6 +126,11 @@ class PartitionSet:
         self.read_only = read_only
         self.partitions: list[Partition] = []
         self.lock = threading.Lock()
+        # Partitions retention is deleting: still attached (a query may be reading one), no
+        # longer in the views. And a count of view changes, which readers use to tell a
+        # statement that met a partition going away (worth running again) from a bad one.
+        self._leaving: set[str] = set()
+        self.generation = 0
         # Called before every read through the daemon: the writer makes every acknowledged
         # record visible (flushes its journal into DuckDB) so that readers see their writes.
         self.before_read: Callable[[], None] | None = None
@@ -176,8 +181,10 @@ class PartitionSet:
         return partition
 
     def _rebuild_views(self) -> None:
-        for statement in schema.view_statements([p.alias for p in self.partitions]):
+        aliases = [p.alias for p in self.partitions if p.alias not in self._leaving]
+        for statement in schema.view_statements(aliases):
             self.con.execute(statement)
+        self.generation += 1
 
     # -- the writer's side ---------------------------------------------------------------------
 
@@ -240,6 +247,9 @@ class PartitionSet:
 
         removed = []
         with self.lock:
+            # Out of the views first, so that no new statement reads them; then detached.
+            self._leaving.update(p.alias for p in doomed)
+            self._rebuild_views()
             for partition in doomed:
                 try:
                     self.con.execute(f"DETACH {partition.alias}")
@@ -247,13 +257,13 @@ class PartitionSet:
                     log.warning("cannot detach %s yet, retrying later: %s", partition.path.name, e)
                     continue
                 self.partitions.remove(partition)
+                self._leaving.discard(partition.alias)
                 for p in (partition.path, partition.path.with_name(partition.path.name + ".wal")):
                     try:
                         p.unlink()
                     except FileNotFoundError:
                         pass
                 removed.append(partition.path)
-            self._rebuild_views()
         for path in removed:
             log.info("retention deleted partition %s", path.name)
         return removed

@@ -27,6 +27,10 @@ class QueryError(OphionError):
     """The user's SQL was refused or failed: a usage problem, not a daemon fault."""
 
 
+class _CatalogError(QueryError):
+    """A table or schema the statement names does not exist (or no longer does)."""
+
+
 @dataclass
 class QueryResult:
     columns: list[str]
@@ -101,10 +105,24 @@ def fetch_limited(
 ) -> tuple[list[Any], list[tuple[Any, ...]]]:
     """Run a statement on a cursor of its own, interrupted after ``timeout_s``; return its
     description and up to ``max_rows`` rows. DuckDB's errors become :class:`QueryError`."""
-    import duckdb
-
     if partitions.before_read is not None:
         partitions.before_read()
+    generation_before = partitions.generation
+    try:
+        return _fetch(partitions, sql, params, timeout_s, max_rows)
+    except _CatalogError:
+        if partitions.generation == generation_before:
+            raise
+    # Retention took a partition out of the views while the statement was planned on them:
+    # once more, on the views as they are now.
+    return _fetch(partitions, sql, params, timeout_s, max_rows)
+
+
+def _fetch(
+    partitions: PartitionSet, sql: str, params: list[Any], timeout_s: float, max_rows: int | None
+) -> tuple[list[Any], list[tuple[Any, ...]]]:
+    import duckdb
+
     with partitions.lock:
         cursor = partitions.con.cursor()
     timed_out = threading.Event()
@@ -124,7 +142,10 @@ def fetch_limited(
                 f"query interrupted after {timeout_s:g}s (sql_timeout)",
                 hint="narrow the time window (--since) or the filters, or raise sql_timeout",
             ) from None
-        raise _sql_error(e) from None
+        error = _sql_error(e)
+        if isinstance(e, duckdb.CatalogException):
+            raise _CatalogError(error.message, hint=error.hint) from None
+        raise error from None
     finally:
         _WATCHDOG.cancel(timer)
         cursor.close()
