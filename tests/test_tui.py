@@ -17,6 +17,7 @@ from ophion_cli.tui.app import (
     TracesScreen,
 )
 from ophion_cli.tui.source import ApiSource
+from ophion_cli.tui.trace import TraceScreen
 from tests.conftest import RunningDaemon
 from tests.test_query_e2e import send_shop
 
@@ -82,6 +83,16 @@ def test_from_a_service_to_its_traces(daemon: RunningDaemon) -> None:
             await pilot.press("enter")
             await until(pilot, lambda: traces.row_count == 1)
             assert [k.value for k in traces.rows] == [shop.request_ids[7]]
+            # Enter on it: its waterfall, the checkout span that failed marked.
+            traces.focus()
+            await pilot.press("enter")
+            await until(
+                pilot, lambda: isinstance(app.screen, TraceScreen) and bool(app.screen.nodes)
+            )
+            assert app.screen.trace_id == shop.request_ids[7]
+            assert "✗" in "".join(str(n.label) for n in app.screen.nodes.values())
+            await pilot.press("q")
+            await until(pilot, lambda: app.screen is traces.screen)
             # Cleared, then slowest first: the cursor stays on its trace as rows move.
             await pilot.press("c")
             await until(pilot, lambda: traces.row_count == 14)

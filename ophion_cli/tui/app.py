@@ -366,6 +366,7 @@ class TracesScreen(DataScreen):
 
     BINDINGS = [
         Binding("f", "filters", "filter"),
+        Binding("slash", "filters", "search", show=False),
         Binding("e", "errors", "errors only"),
         Binding("o", "order", "sort"),
         Binding("c", "clear", "clear filters", show=False),
@@ -523,7 +524,7 @@ KEYS: list[tuple[str, str, str]] = [
     ("services", "enter", "the service's traces"),
     ("services", "l", "the service's logs, live"),
     ("traces", "enter", "the trace's waterfall"),
-    ("traces", "f", "filters: service, operation, min duration, attribute, errors only"),
+    ("traces", "f or /", "filters: service, operation, min duration, attribute, errors only"),
     ("traces", "e", "errors only, or all again"),
     ("traces", "o", "newest first, or slowest first"),
     ("traces", "c", "clear the filters"),
