@@ -18,7 +18,7 @@ _out = Console(highlight=False, soft_wrap=False)
 
 # Services get colours in the order of their names, so a service keeps its colour everywhere.
 _PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan", "orange3")
-SEVERITY_STYLES = (
+_SEVERITY_STYLES = (
     (21, "bold white on red", "FATAL"),
     (17, "bold red", "ERROR"),
     (13, "yellow", "WARN"),
@@ -58,7 +58,7 @@ def _since(doc: dict[str, Any]) -> str:
     return str(doc["since"])[:19].replace("T", " ") + " UTC"
 
 
-def _clock(iso: str | None) -> str:
+def clock_time(iso: str | None) -> str:
     """``2026-11-23T10:00:01.234567Z`` -> ``10:00:01.234``."""
     if not iso:
         return "-"
@@ -97,7 +97,7 @@ def services(doc: dict[str, Any]) -> None:
             human_ns(row["p95_ns"]),
             human_ns(row["p99_ns"]),
             f"{row['spans']:,}",
-            _clock(row["last_seen"]),
+            clock_time(row["last_seen"]),
         )
     _out.print(table)
     if any(r["measured_by"] == "root_spans" for r in rows):
@@ -134,7 +134,7 @@ def traces(doc: dict[str, Any]) -> None:
             root.append(" ✗ error", style="bold red")
         table.add_row(
             row["trace_id"][:16],  # a unique start is enough for `ophion trace`
-            _clock(row["start"]),
+            clock_time(row["start"]),
             human_ns(row["duration_ns"]),
             str(row["spans"]),
             root,
@@ -284,11 +284,17 @@ def span_details(span: dict[str, Any], colors: dict[str, str]) -> None:
 # -- logs --------------------------------------------------------------------------------------
 
 
-def _severity(number: int | None, text: str | None) -> Text:
-    for floor, style, name in SEVERITY_STYLES:
+def severity(number: int | None, text: str | None) -> tuple[str, str]:
+    """A log record's severity as shown (its text, else the level's name) and its style."""
+    for floor, style, name in _SEVERITY_STYLES:
         if (number or 0) >= floor:
-            return Text(f"{(text or name)[:5]:<5}", style=style)
-    return Text(f"{(text or '-')[:5]:<5}", style="dim")
+            return text or name, style
+    return text or "-", "dim"
+
+
+def _severity(number: int | None, text: str | None) -> Text:
+    label, style = severity(number, text)
+    return Text(f"{label[:5]:<5}", style=style)
 
 
 def note_error(text: str) -> None:
@@ -298,7 +304,7 @@ def note_error(text: str) -> None:
 
 def log_line(record: dict[str, Any], colors: dict[str, str]) -> None:
     line = Text.assemble(
-        (_clock(record["time"]), "dim"),
+        (clock_time(record["time"]), "dim"),
         " ",
         _severity(record["severity_number"], record["severity"]),
         " ",
@@ -354,7 +360,7 @@ def sparkline(values: list[float | None]) -> str:
     )
 
 
-def _fmt(value: float | None, unit: str | None) -> str:
+def format_value(value: float | None, unit: str | None) -> str:
     if value is None:
         return "-"
     text = f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
@@ -384,18 +390,21 @@ def metric_series(doc: dict[str, Any]) -> None:
             for key in ("p50", "p95", "p99"):
                 values = [p.get(key) for p in points]
                 _out.print(
-                    f"  {key}  {sparkline(values)}  last {_fmt(values[-1], unit)}  max {_fmt(max((v for v in values if v is not None), default=None), unit)}"
+                    f"  {key}  {sparkline(values)}  last {format_value(values[-1], unit)}  max {format_value(max((v for v in values if v is not None), default=None), unit)}"
                 )
         else:
             values = [p["value"] for p in points]
             suffix = "/s" if series["kind"] == "rate" else ""
             _out.print(
                 f"  {'rate' if suffix else 'value'}  {sparkline(values)}  "
-                f"last {_fmt(values[-1], unit)}{suffix}  "
-                f"min {_fmt(min(values), unit)}{suffix}  max {_fmt(max(values), unit)}{suffix}"
+                f"last {format_value(values[-1], unit)}{suffix}  "
+                f"min {format_value(min(values), unit)}{suffix}  max {format_value(max(values), unit)}{suffix}"
             )
         _out.print(
-            Text(f"        {_clock(points[0]['time'])} … {_clock(points[-1]['time'])}", style="dim")
+            Text(
+                f"        {clock_time(points[0]['time'])} … {clock_time(points[-1]['time'])}",
+                style="dim",
+            )
         )
 
 

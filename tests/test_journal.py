@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_store import T0, _open, _trace_request
 
 from ophiond.errors import StoreError
 from ophiond.otlp.decode import decode_traces
@@ -16,7 +17,6 @@ from ophiond.store.journal import Journal, encode_record, encode_tables, read_se
 from ophiond.store.partitions import PartitionSet
 from ophiond.store.writer import Writer
 from ophiond.telemetry import Telemetry
-from tests.test_store import T0, _open, _trace_request
 
 
 def _writer(partitions: PartitionSet, **kwargs: object) -> Writer:

@@ -9,13 +9,13 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
+from test_journal import _writer
+from test_store import T0, _open
 
 from ophiond.otlp.decode import decode_traces
 from ophiond.store import schema, tracefilter
 from ophiond.store.partitions import PartitionSet, connect
 from ophiond.store.queries import Queries
-from tests.test_journal import _writer
-from tests.test_store import T0, _open
 
 
 def _request(trace: int, spans: int, service: str = "checkout", first: int = 1) -> object:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
+from conftest import RunningDaemon
+from otel_senders import send_shop
 from textual.pilot import Pilot
+from textual.screen import Screen
 from textual.widgets import DataTable, Input, Static, Tree
 
 from ophion_cli.tui.app import (
@@ -18,8 +22,6 @@ from ophion_cli.tui.app import (
 )
 from ophion_cli.tui.source import ApiSource
 from ophion_cli.tui.trace import TraceScreen
-from tests.conftest import RunningDaemon
-from tests.test_query_e2e import send_shop
 
 
 async def until(pilot: Pilot[None], done: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -29,6 +31,17 @@ async def until(pilot: Pilot[None], done: Callable[[], bool], timeout: float = 1
             return
         await pilot.pause(0.05)
     raise AssertionError("the app did not get there in time")
+
+
+async def table_of(pilot: Pilot[None], screen: type[Screen[None]], rows: int) -> DataTable[Any]:
+    """Wait until the app shows a ``screen`` whose table holds ``rows`` rows; that table."""
+
+    def shown() -> bool:
+        current = pilot.app.screen
+        return isinstance(current, screen) and current.query_one(DataTable).row_count == rows
+
+    await until(pilot, shown)
+    return pilot.app.screen.query_one(DataTable)
 
 
 def _cells(table: DataTable[object], column: str) -> list[str]:
@@ -45,14 +58,7 @@ def test_from_a_service_to_its_traces(daemon: RunningDaemon) -> None:
     async def scenario() -> None:
         app = _app(daemon)
         async with app.run_test(size=(100, 30), notifications=False) as pilot:
-            await until(
-                pilot,
-                lambda: (
-                    isinstance(app.screen, ServicesScreen)
-                    and app.screen.query_one(DataTable).row_count == 3
-                ),
-            )
-            table = app.screen.query_one(DataTable)
+            table = await table_of(pilot, ServicesScreen, 3)
             assert sorted(_cells(table, "service")) == ["batch", "checkout", "frontend"]
             row = {c: str(table.get_cell("checkout", c)) for c in ("errors", "trend")}
             assert row["errors"] == "20.0%"
@@ -63,14 +69,7 @@ def test_from_a_service_to_its_traces(daemon: RunningDaemon) -> None:
             # Enter on checkout: its traces, the failed ones marked.
             table.move_cursor(row=table.get_row_index("checkout"))
             await pilot.press("enter")
-            await until(
-                pilot,
-                lambda: (
-                    isinstance(app.screen, TracesScreen)
-                    and app.screen.query_one(DataTable).row_count == 10
-                ),
-            )
-            traces = app.screen.query_one(DataTable)
+            traces = await table_of(pilot, TracesScreen, 10)
             assert {str(k.value) for k in traces.rows} == set(shop.request_ids)
             assert _cells(traces, "status").count("error") == 2
             # Errors only, then also at least 50 ms through the filter form: one trace left.
@@ -148,9 +147,9 @@ def test_every_key_in_the_help_screen_is_in_tui_md() -> None:
 
 def test_a_trace_as_a_waterfall_and_from_a_log_record_to_its_span(daemon: RunningDaemon) -> None:
     from opentelemetry._logs import SeverityNumber
+    from otel_senders import KNOWN_TRACE, Record, send_known_trace, send_records, span_hex
 
     from ophion_cli.tui.trace import TraceScreen
-    from tests.otel_senders import KNOWN_TRACE, Record, send_known_trace, send_records, span_hex
 
     known = send_known_trace(daemon)
     charge = int(span_hex(known.charge), 16)
@@ -201,10 +200,10 @@ def test_a_trace_as_a_waterfall_and_from_a_log_record_to_its_span(daemon: Runnin
 
 
 def test_a_histogram_charted_as_p50_p95_p99(daemon: RunningDaemon) -> None:
+    from otel_senders import send_shop_metrics
     from textual.widgets import SelectionList
 
     from ophion_cli.tui.metrics import MetricScreen, MetricsScreen
-    from tests.otel_senders import send_shop_metrics
 
     send_shop_metrics(daemon)
 
@@ -213,14 +212,7 @@ def test_a_histogram_charted_as_p50_p95_p99(daemon: RunningDaemon) -> None:
         async with app.run_test(size=(120, 36), notifications=False) as pilot:
             await until(pilot, lambda: isinstance(app.screen, ServicesScreen))
             await pilot.press("4")
-            await until(
-                pilot,
-                lambda: (
-                    isinstance(app.screen, MetricsScreen)
-                    and app.screen.query_one(DataTable).row_count == 4
-                ),
-            )
-            table = app.screen.query_one(DataTable)
+            table = await table_of(pilot, MetricsScreen, 4)
             assert sorted(str(k.value) for k in table.rows) == [
                 "shop.latency",
                 "shop.orders",
@@ -263,25 +255,13 @@ def test_the_service_map_drawn_with_labelled_edges(daemon: RunningDaemon) -> Non
         async with app.run_test(size=(120, 30), notifications=False) as pilot:
             await until(pilot, lambda: isinstance(app.screen, ServicesScreen))
             await pilot.press("5")
-            await until(
-                pilot,
-                lambda: (
-                    isinstance(app.screen, MapScreen)
-                    and app.screen.query_one(DataTable).row_count == 1
-                ),
-            )
+            await table_of(pilot, MapScreen, 1)
             drawing = str(app.screen.query_one("#drawing", Static).render())
             # frontend calls checkout ten times in the 15 minutes, two of them failing.
             assert "frontend ─── 0.01/s 20.0% p95" in drawing and "─▶ checkout" in drawing
             assert "batch" in drawing
             await pilot.press("enter")
-            await until(
-                pilot,
-                lambda: (
-                    isinstance(app.screen, TracesScreen)
-                    and app.screen.query_one(DataTable).row_count == 10
-                ),
-            )
+            await table_of(pilot, TracesScreen, 10)
             screen = app.screen
             assert isinstance(screen, TracesScreen) and screen.filters.service == "checkout"
 
@@ -292,10 +272,10 @@ def test_the_live_log_tail_pauses_resumes_and_opens_a_trace(daemon: RunningDaemo
     import time
 
     from opentelemetry._logs import SeverityNumber
+    from otel_senders import RECORDS, TRACE_ONE, Record, S, send_records
 
     from ophion_cli.tui.logs import LogFilterScreen, LogsScreen
     from ophion_cli.tui.trace import TraceScreen
-    from tests.otel_senders import RECORDS, TRACE_ONE, Record, S, send_records
 
     send_records(daemon, RECORDS, time.time_ns() - 60 * S)
 
@@ -304,16 +284,9 @@ def test_the_live_log_tail_pauses_resumes_and_opens_a_trace(daemon: RunningDaemo
         async with app.run_test(size=(120, 30), notifications=False) as pilot:
             await until(pilot, lambda: isinstance(app.screen, ServicesScreen))
             await pilot.press("3")
-            await until(
-                pilot,
-                lambda: (
-                    isinstance(app.screen, LogsScreen)
-                    and app.screen.query_one(DataTable).row_count == len(RECORDS)
-                ),
-            )
+            table = await table_of(pilot, LogsScreen, len(RECORDS))
             screen = app.screen
             assert isinstance(screen, LogsScreen)
-            table = screen.query_one(DataTable)
             assert _cells(table, "body")[0] == "cache probe"  # oldest first
             # A record stored now shows up at the end, the cursor following it.
             send_records(
@@ -378,5 +351,44 @@ def test_a_token_the_daemon_refuses_is_told_apart_from_a_daemon_that_is_down(
             await until(pilot, lambda: "ophiond refuses" in bar())
             assert "daemon down" not in bar()
             await pilot.press("q")
+
+    asyncio.run(scenario())
+
+
+def test_a_screen_asks_once_when_shown_and_a_trace_keeps_its_tree_across_help() -> None:
+    from tui_fixture import TRACE_ID, FixtureSource
+
+    asked: list[str] = []
+
+    class Counting(FixtureSource):
+        def services(self, since: str, step: str | None = None) -> dict[str, Any]:
+            asked.append("services")
+            return super().services(since, step)
+
+        def trace(self, trace_id: str) -> dict[str, Any]:
+            asked.append("trace")
+            return super().trace(trace_id)
+
+    async def scenario() -> None:
+        app = OphionTui(Counting(), refresh_s=3600, status_s=3600)
+        async with app.run_test(size=(120, 30), notifications=False) as pilot:
+            await table_of(pilot, ServicesScreen, 3)
+            await pilot.pause(0.3)
+            assert asked == ["services"]
+            app.push_screen(TraceScreen(TRACE_ID))
+            await until(
+                pilot, lambda: isinstance(app.screen, TraceScreen) and bool(app.screen.nodes)
+            )
+            screen = app.screen
+            assert isinstance(screen, TraceScreen)
+            root = screen.query_one(Tree).root.children[0]
+            root.collapse()
+            await pilot.press("question_mark")
+            await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is screen)
+            await pilot.pause(0.3)
+            assert asked == ["services", "trace"]  # (not asked again: the tree stays collapsed)
+            assert screen.query_one(Tree).root.children[0].is_collapsed
 
     asyncio.run(scenario())

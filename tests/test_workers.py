@@ -9,11 +9,11 @@ import subprocess
 from typing import Any
 
 import pytest
+from test_store import _trace_request
 
 from ophiond.otlp import workers
 from ophiond.otlp.decode import InvalidPayload, Signal
 from ophiond.otlp.workers import DecodeFailed, DecodePool
-from tests.test_store import _trace_request
 
 
 def _body(spans: int) -> bytes:

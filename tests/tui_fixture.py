@@ -311,6 +311,3 @@ class FixtureSource:
     def open_log_stream(self, params: dict[str, Any]) -> _Stream:
         self._check()
         return _Stream(LOGS)
-
-    def describe(self) -> str:
-        return "fixture"

@@ -9,7 +9,7 @@ screens keep what they showed and the app keeps asking until it is back.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,53 +17,20 @@ from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen, Screen
-from textual.widgets import DataTable, Footer, Input, Label, Static, Switch
+from textual.containers import Horizontal
+from textual.screen import ModalScreen
+from textual.widget import Widget
+from textual.widgets import DataTable, Input, Label, Static, Switch
 
+from ophion_cli.tui.screen import SIGNALS, DataScreen, FormScreen, StatusBar, TuiScreen
 from ophion_cli.tui.source import Source
-from ophion_cli.views import human_ns, service_colors, sparkline
+from ophion_cli.views import clock_time, human_ns, service_colors, sparkline
 from ophiond.errors import DaemonNotRunning, OphionError
 
 # Steps of the services' rate sparklines across the window.
 _TREND_STEPS = 24
 # The windows ``w`` steps through.
 WINDOWS = ("5m", "15m", "1h", "6h", "24h")
-_SIGNALS = ("traces", "logs", "metrics")
-_UNITS = {"traces": "spans", "logs": "logs", "metrics": "points"}
-
-
-def _clock_text(iso: str | None) -> str:
-    """``2026-11-23T10:00:01.234567Z`` -> ``10:00:01``."""
-    return iso.split("T", 1)[-1][:8] if iso else "-"
-
-
-class StatusBar(Static):
-    """Daemon connection, ingest rates and the time window, on one line."""
-
-    DEFAULT_CSS = "StatusBar { dock: bottom; height: 1; background: $panel; padding: 0 1; }"
-
-    def show(self, app: OphionTui) -> None:
-        text = Text()
-        if app.daemon_error is None:
-            text.append("● ", style="green")
-            text.append(f"ophiond {app.daemon_version}", style="bold")
-            rates = "  ".join(
-                f"{app.ingest_rates[s]:,.0f} {_UNITS[s]}/s"
-                for s in _SIGNALS
-                if s in app.ingest_rates
-            )
-            if rates:
-                text.append(f" │ {rates}")
-        elif app.daemon_refused:
-            text.append("● ", style="yellow")
-            text.append(f"ophiond refuses: {app.daemon_error}", style="bold yellow")
-        else:
-            text.append("● ", style="red")
-            text.append(f"daemon down: {app.daemon_error} (retrying)", style="bold red")
-        text.append(f" │ window {app.window}")
-        text.append(" │ ? help", style="dim")
-        self.update(text)
 
 
 class OphionTui(App[None]):
@@ -94,14 +61,12 @@ class OphionTui(App[None]):
         since: str = "15m",
         refresh_s: float = 5.0,
         status_s: float = 2.0,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self.source = source
         self.window = since
         self.refresh_s = refresh_s
         self.status_s = status_s
-        self.clock = clock
         self.daemon_error: str | None = None
         self.daemon_refused = False  # it answers, but not to us (a token it does not take)
         self.daemon_version = ""
@@ -128,11 +93,11 @@ class OphionTui(App[None]):
         was_down = self.daemon_error is not None
         self.daemon_error = None
         self.daemon_version = str(status.get("version", ""))
-        now = self.clock()
-        stored = {s: int(status["signals"][s]["stored"]) for s in _SIGNALS}
+        now = time.monotonic()
+        stored = {s: int(status["signals"][s]["stored"]) for s in SIGNALS}
         if self._last_stored is not None and now > self._last_stored[0]:
             then, before = self._last_stored
-            self.ingest_rates = {s: max(0, stored[s] - before[s]) / (now - then) for s in _SIGNALS}
+            self.ingest_rates = {s: max(0, stored[s] - before[s]) / (now - then) for s in SIGNALS}
         self._last_stored = (now, stored)
         self._show_status()
         if was_down:
@@ -196,84 +161,8 @@ class OphionTui(App[None]):
 
     def action_refresh(self) -> None:
         screen = self.screen
-        if isinstance(screen, DataScreen):
+        if isinstance(screen, TuiScreen):
             screen.load()
-
-
-class DataScreen(Screen[None]):
-    """A screen that shows one table the app refreshes every ``refresh_s``."""
-
-    def compose(self) -> ComposeResult:
-        yield Static(id="title")
-        yield DataTable(cursor_type="row", zebra_stripes=True)
-        yield Footer()
-        yield StatusBar()
-
-    @property
-    def tui(self) -> OphionTui:
-        app = self.app
-        assert isinstance(app, OphionTui)
-        return app
-
-    def on_mount(self) -> None:
-        self.setup(self.query_one(DataTable))
-        self.query_one(StatusBar).show(self.tui)
-        self.load()
-        self._timer = self.set_interval(self.tui.refresh_s, self.load)
-
-    def on_screen_suspend(self) -> None:
-        self._timer.pause()
-
-    def on_screen_resume(self) -> None:
-        self.query_one(StatusBar).show(self.tui)
-        self._timer.resume()
-        self.load()
-
-    def setup(self, table: DataTable[Any]) -> None:
-        raise NotImplementedError
-
-    def fetch(self) -> dict[str, Any]:
-        """Ask the daemon (on a worker thread)."""
-        raise NotImplementedError
-
-    def show(self, doc: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
-    def load(self) -> None:
-        try:
-            doc = self.fetch()
-        except OphionError as e:
-            self.app.call_from_thread(self.tui.query_failed, e)
-            return
-        self.app.call_from_thread(self.show, doc)
-
-    def put_rows(self, rows: dict[str, tuple[Any, ...]]) -> None:
-        put_rows(self.query_one(DataTable), rows)
-
-
-def put_rows(table: DataTable[Any], rows: dict[str, tuple[Any, ...]]) -> None:
-    """Make ``table`` hold exactly ``rows`` (by key, in that order) with the cursor on the row
-    it was on, wherever that row is now: rows are updated in place while the order holds,
-    else the table is rebuilt and the cursor put back on its row."""
-    current = None
-    if table.row_count:
-        current = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-    if [key.value for key in table.rows] == list(rows):
-        for key, cells in rows.items():
-            for column, cell in zip(list(table.columns), cells, strict=True):
-                table.update_cell(key, column, cell, update_width=True)
-        return
-    scroll_y, old_row = table.scroll_y, table.cursor_row
-    if table.row_count:
-        table.clear()
-    for key, cells in rows.items():
-        table.add_row(*cells, key=key)
-    if current in rows:
-        # The row keeps its place on the screen: rows that came above it scroll the view.
-        row = table.get_row_index(current)
-        table.move_cursor(row=row, scroll=False)
-        table.scroll_to(y=max(0, scroll_y + row - old_row), animate=False)
 
 
 class ServicesScreen(DataScreen):
@@ -294,22 +183,15 @@ class ServicesScreen(DataScreen):
             table.add_column(label, key=label)
 
     def fetch(self) -> dict[str, Any]:
-        from ophiond.timespec import TimeSpecError, parse_duration_ns
-
-        try:  # (about _TREND_STEPS steps across the window)
-            step = f"{max(1, -(-parse_duration_ns(self.tui.window) // 10**9 // _TREND_STEPS))}s"
-        except TimeSpecError:
-            step = None  # an ISO start: no trend
+        window_ns = self.window_ns()
+        # About _TREND_STEPS steps across the window (an ISO start: no trend).
+        step = f"{max(1, -(-window_ns // 10**9 // _TREND_STEPS))}s" if window_ns else None
         return self.tui.source.services(self.tui.window, step)
 
     def show(self, doc: dict[str, Any]) -> None:
         services = doc["services"]
         colors = service_colors([s["service"] or "" for s in services])
-        self.query_one("#title", Static).update(
-            Text.assemble(
-                ("Services", "bold"), f"  last {self.tui.window}, {len(services)} services"
-            )
-        )
+        self.set_title(("Services", "bold"), f"  last {self.tui.window}, {len(services)} services")
         rows = {}
         for s in services:
             rate = s["error_rate"]
@@ -326,7 +208,7 @@ class ServicesScreen(DataScreen):
                 Text(human_ns(s["p95_ns"]), justify="right"),
                 Text(human_ns(s["p99_ns"]), justify="right"),
                 Text(f"{s['spans']:,}", justify="right"),
-                _clock_text(s["last_seen"]),
+                clock_time(s["last_seen"])[:8],
             )
         self.put_rows(rows)
 
@@ -394,16 +276,14 @@ class TracesScreen(DataScreen):
     def show(self, doc: dict[str, Any]) -> None:
         traces = doc["traces"]
         order = "slowest first" if self.by_duration else "newest first"
-        self.query_one("#title", Static).update(
-            Text.assemble(
-                ("Traces", "bold"),
-                f"  {self.filters.describe()}  last {self.tui.window}, {len(traces)} shown, {order}",
-            )
+        self.set_title(
+            ("Traces", "bold"),
+            f"  {self.filters.describe()}  last {self.tui.window}, {len(traces)} shown, {order}",
         )
         rows = {}
         for t in traces:
             rows[t["trace_id"]] = (
-                _clock_text(t["start"]),
+                clock_time(t["start"])[:8],
                 t["trace_id"][:16],
                 f"{t['root_service'] or '?'}: {t['root_name'] or '?'}",
                 Text(human_ns(t["duration_ns"]), justify="right"),
@@ -441,62 +321,42 @@ class TracesScreen(DataScreen):
             self.app.push_screen(TraceScreen(event.row_key.value))
 
 
-class FilterScreen(ModalScreen["TraceFilters | None"]):
+class FilterScreen(FormScreen[TraceFilters]):
     """The traces screen's filters; Enter applies them, Escape leaves them as they were."""
 
-    BINDINGS = [Binding("escape", "cancel", "cancel")]
-    DEFAULT_CSS = """
-    FilterScreen { align: center middle; }
-    FilterScreen > Vertical { width: 64; height: auto; border: round $accent; padding: 0 1;
-                              background: $surface; }
-    FilterScreen Input { margin-bottom: 0; }
-    FilterScreen #problem { color: $error; height: auto; }
-    """
+    HEADING = "Filter traces"
 
     def __init__(self, filters: TraceFilters) -> None:
         super().__init__()
         self.filters = filters
 
-    def compose(self) -> ComposeResult:
+    def fields(self) -> Iterable[Widget]:
         f = self.filters
-        with Vertical():
-            yield Label("Filter traces (Enter applies, Escape cancels)")
-            yield Input(f.service, placeholder="service", id="service")
-            yield Input(f.name, placeholder="operation (span name)", id="name")
-            yield Input(f.min_duration, placeholder="min duration: 250ms, 1.5s", id="min_duration")
-            yield Input(f.attribute, placeholder="attribute: KEY=VALUE", id="attribute")
-            with Horizontal(id="errors-row"):
-                yield Switch(f.errors_only, id="errors_only")
-                yield Label(" errors only")
-            yield Static(id="problem")
+        yield Input(f.service, placeholder="service", id="service")
+        yield Input(f.name, placeholder="operation (span name)", id="name")
+        yield Input(f.min_duration, placeholder="min duration: 250ms, 1.5s", id="min_duration")
+        yield Input(f.attribute, placeholder="attribute: KEY=VALUE", id="attribute")
+        yield Horizontal(Switch(f.errors_only, id="errors_only"), Label(" errors only"))
 
-    def on_input_submitted(self) -> None:
+    def submit(self, values: dict[str, str]) -> TraceFilters | None:
         from ophiond.timespec import TimeSpecError, parse_duration_ns
 
-        value = {i.id: i.value.strip() for i in self.query(Input) if i.id}
-        problem = ""
-        if value["min_duration"]:
+        if values["min_duration"]:
             try:
-                parse_duration_ns(value["min_duration"])
+                parse_duration_ns(values["min_duration"])
             except TimeSpecError as e:
-                problem = f"min duration: {e.message}"
-        if value["attribute"] and "=" not in value["attribute"]:
-            problem = "attribute: write KEY=VALUE"
-        if problem:
-            self.query_one("#problem", Static).update(problem)
-            return
-        self.dismiss(
-            TraceFilters(
-                service=value["service"],
-                name=value["name"],
-                min_duration=value["min_duration"],
-                attribute=value["attribute"],
-                errors_only=self.query_one(Switch).value,
-            )
+                self.problem(f"min duration: {e.message}")
+                return None
+        if values["attribute"] and "=" not in values["attribute"]:
+            self.problem("attribute: write KEY=VALUE")
+            return None
+        return TraceFilters(
+            service=values["service"],
+            name=values["name"],
+            min_duration=values["min_duration"],
+            attribute=values["attribute"],
+            errors_only=self.query_one(Switch).value,
         )
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
 
 
 class HelpScreen(ModalScreen[None]):

@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
-from textual.screen import ModalScreen, Screen
-from textual.widgets import DataTable, Footer, Input, Label, Static
+from textual.widget import Widget
+from textual.widgets import DataTable, Input
 from textual.worker import get_current_worker
 
-from ophion_cli.views import SEVERITY_STYLES, service_colors
+from ophion_cli.tui.screen import Dialog, FormScreen, TuiScreen
+from ophion_cli.views import clock_time, service_colors, severity
 from ophiond.errors import DaemonNotRunning, OphionError
-
-if TYPE_CHECKING:
-    from ophion_cli.tui.app import OphionTui
 
 # Rows the table keeps (the oldest go first), and how often arriving records are shown.
 KEEP = 2000
@@ -34,12 +32,21 @@ _BATCH_S = 0.1
 _LEVELS = ("trace", "debug", "info", "warn", "error", "fatal")
 
 
-def severity_text(record: dict[str, Any]) -> Text:
-    number = record.get("severity_number") or 0
-    for floor, style, name in SEVERITY_STYLES:
-        if number >= floor:
-            return Text(record.get("severity") or name, style=style)
-    return Text(record.get("severity") or "-", style="dim")
+def record_cells(
+    record: dict[str, Any], palette: dict[str, str], search: str = ""
+) -> tuple[Any, ...]:
+    """A log record as a table row: time, severity in its colour, service, body (``search``
+    highlighted); the trace screen lists its records the same way."""
+    body = Text((record.get("body") or "").replace("\n", " ⏎ "))
+    if search:
+        body.highlight_words([search], style="reverse", case_sensitive=False)
+    service = record.get("service") or ""
+    return (
+        clock_time(record.get("time")),
+        Text(*severity(record.get("severity_number"), record.get("severity"))),
+        Text(service, style=palette.get(service, "")),
+        body,
+    )
 
 
 def _key(record: dict[str, Any]) -> tuple[Any, ...]:
@@ -68,7 +75,7 @@ class LogFilters:
         return ", ".join(parts) if parts else "all"
 
 
-class LogsScreen(Screen[None]):
+class LogsScreen(TuiScreen):
     """``ophion logs -f`` in the terminal UI."""
 
     BINDINGS = [
@@ -79,6 +86,7 @@ class LogsScreen(Screen[None]):
         Binding("N", "next_match(-1)", "previous match", show=False),
         Binding("G", "follow", "follow", show=False),
     ]
+    REFRESH = None  # (live: the stream brings each record)
     CSS = "LogsScreen DataTable { height: 1fr; }"
 
     def __init__(self, filters: LogFilters | None = None) -> None:
@@ -96,29 +104,13 @@ class LogsScreen(Screen[None]):
         self.palette: dict[str, str] = {}
         self._next_row = 0
 
-    @property
-    def tui(self) -> OphionTui:
-        from ophion_cli.tui.app import OphionTui
-
-        app = self.app
-        assert isinstance(app, OphionTui)
-        return app
-
-    def compose(self) -> ComposeResult:
-        from ophion_cli.tui.app import StatusBar
-
-        yield Static(id="title")
+    def body(self) -> Iterable[Widget]:
         yield DataTable(cursor_type="row")
-        yield Footer()
-        yield StatusBar()
 
-    def on_mount(self) -> None:
-        from ophion_cli.tui.app import StatusBar
-
+    def prepare(self) -> None:
         table = self.query_one(DataTable)
         for label in ("time", "severity", "service", "body"):
             table.add_column(label, key=label)
-        self.query_one(StatusBar).show(self.tui)
         self._title()
         self.follow()
         self.set_interval(_BATCH_S, self._take)
@@ -148,7 +140,7 @@ class LogsScreen(Screen[None]):
             text.append(f"  PAUSED, {len(self.waiting)} new", style="bold yellow")
         if self.search:
             text.append(f"  search: {self.search}", style="bold")
-        self.query_one("#title", Static).update(text)
+        self.set_title(text)
 
     # -- the stream ----------------------------------------------------------------------------
 
@@ -213,16 +205,7 @@ class LogsScreen(Screen[None]):
             self.call_after_refresh(table.scroll_end, animate=False)
 
     def _cells(self, record: dict[str, Any]) -> tuple[Any, ...]:
-        body = Text((record.get("body") or "").replace("\n", " ⏎ "))
-        if self.search:
-            body.highlight_words([self.search], style="reverse", case_sensitive=False)
-        service = record.get("service") or ""
-        return (
-            (record.get("time") or "")[11:23],
-            severity_text(record),
-            Text(service, style=self.palette.get(service, "")),
-            body,
-        )
+        return record_cells(record, self.palette, self.search)
 
     # -- actions -------------------------------------------------------------------------------
 
@@ -295,48 +278,31 @@ class LogsScreen(Screen[None]):
             self.notify("this record belongs to no trace")
 
 
-class LogFilterScreen(ModalScreen["LogFilters | None"]):
+class LogFilterScreen(FormScreen[LogFilters]):
     """Which records the tail shows; Enter applies (the tail starts again), Escape cancels."""
 
-    BINDINGS = [Binding("escape", "cancel", "cancel")]
-    DEFAULT_CSS = """
-    LogFilterScreen { align: center middle; }
-    LogFilterScreen > Vertical { width: 64; height: auto; border: round $accent; padding: 0 1;
-                                 background: $surface; }
-    LogFilterScreen #problem { color: $error; height: auto; }
-    """
+    HEADING = "Filter the log tail"
 
     def __init__(self, filters: LogFilters) -> None:
         super().__init__()
         self.filters = filters
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Label("Filter the log tail (Enter applies, Escape cancels)")
-            yield Input(self.filters.service, placeholder="service", id="service")
-            yield Input(
-                self.filters.severity,
-                placeholder="at least: " + ", ".join(_LEVELS),
-                id="severity",
-            )
-            yield Input(self.filters.grep, placeholder="body contains (any case)", id="grep")
-            yield Static(id="problem")
+    def fields(self) -> Iterable[Widget]:
+        yield Input(self.filters.service, placeholder="service", id="service")
+        levels = ", ".join(_LEVELS)
+        yield Input(self.filters.severity, placeholder=f"at least: {levels}", id="severity")
+        yield Input(self.filters.grep, placeholder="body contains (any case)", id="grep")
 
-    def on_input_submitted(self) -> None:
-        value = {i.id: i.value.strip() for i in self.query(Input) if i.id}
-        if value["severity"] and value["severity"].lower() not in _LEVELS:
-            self.query_one("#problem", Static).update("severity: one of " + ", ".join(_LEVELS))
-            return
-        self.dismiss(LogFilters(value["service"], value["severity"].lower(), value["grep"]))
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
+    def submit(self, values: dict[str, str]) -> LogFilters | None:
+        if values["severity"] and values["severity"].lower() not in _LEVELS:
+            self.problem("severity: one of " + ", ".join(_LEVELS))
+            return None
+        return LogFilters(values["service"], values["severity"].lower(), values["grep"])
 
 
-class SearchScreen(ModalScreen["str | None"]):
+class SearchScreen(Dialog[str]):
     """The text to highlight in the tail; n and N then go from match to match."""
 
-    BINDINGS = [Binding("escape", "cancel", "cancel")]
     DEFAULT_CSS = """
     SearchScreen { align: center bottom; }
     SearchScreen > Input { width: 64; margin-bottom: 2; }
@@ -351,6 +317,3 @@ class SearchScreen(ModalScreen["str | None"]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip())
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)

@@ -4,31 +4,22 @@ values as lines; histograms and summaries as p50, p95 and p99)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 from rich.text import Text
-from textual import work
-from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, SelectionList, Static
+from textual.widget import Widget
+from textual.widgets import DataTable, SelectionList, Static
 
 from ophion_cli.tui.chart import Line, render
-from ophion_cli.views import service_colors
-from ophiond.errors import OphionError
-
-if TYPE_CHECKING:
-    from ophion_cli.tui.app import OphionTui
+from ophion_cli.tui.screen import DataScreen, TuiScreen
+from ophion_cli.views import clock_time, format_value, service_colors
 
 _QUANTILE_STYLES = (("p50", "green"), ("p95", "yellow"), ("p99", "red"))
 # Points across the chart: about two per cell of a wide terminal.
 _STEPS = 120
-
-
-def _number(value: float, unit: str | None) -> str:
-    text = f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
-    return f"{text} {unit}" if unit and unit != "1" else text
 
 
 def _seconds(iso: str) -> float:
@@ -61,60 +52,22 @@ def chart_lines(doc: dict[str, Any], chosen: list[int]) -> list[Line]:
     return lines
 
 
-class MetricsScreen(Screen[None]):
+class MetricsScreen(DataScreen):
     """The metrics seen in the window; Enter charts one."""
 
-    @property
-    def tui(self) -> OphionTui:
-        from ophion_cli.tui.app import OphionTui
+    REFRESH = 2.0
 
-        app = self.app
-        assert isinstance(app, OphionTui)
-        return app
-
-    def compose(self) -> ComposeResult:
-        from ophion_cli.tui.app import StatusBar
-
-        yield Static(Text("Metrics", style="bold"), id="title")
-        yield DataTable(cursor_type="row", zebra_stripes=True)
-        yield Footer()
-        yield StatusBar()
-
-    def on_mount(self) -> None:
-        from ophion_cli.tui.app import StatusBar
-
-        table = self.query_one(DataTable)
+    def setup(self, table: DataTable[Any]) -> None:
         for label in ("metric", "type", "unit", "series", "services", "last seen"):
             table.add_column(label, key=label)
-        self.query_one(StatusBar).show(self.tui)
-        self.load()
-        self._timer = self.set_interval(self.tui.refresh_s * 2, self.load)
 
-    def on_screen_suspend(self) -> None:
-        self._timer.pause()
-
-    def on_screen_resume(self) -> None:
-        self._timer.resume()
-        self.load()
-
-    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
-    def load(self) -> None:
-        try:
-            doc = self.tui.source.metrics(self.tui.window)
-        except OphionError as e:
-            self.app.call_from_thread(self.tui.query_failed, e)
-            return
-        self.app.call_from_thread(self.show, doc)
+    def fetch(self) -> dict[str, Any]:
+        return self.tui.source.metrics(self.tui.window)
 
     def show(self, doc: dict[str, Any]) -> None:
-        from ophion_cli.tui.app import put_rows
-
         metrics = doc["metrics"]
-        self.query_one("#title", Static).update(
-            Text.assemble(("Metrics", "bold"), f"  last {self.tui.window}, {len(metrics)} metrics")
-        )
-        put_rows(
-            self.query_one(DataTable),
+        self.set_title(("Metrics", "bold"), f"  last {self.tui.window}, {len(metrics)} metrics")
+        self.put_rows(
             {
                 m["name"]: (
                     m["name"],
@@ -122,10 +75,10 @@ class MetricsScreen(Screen[None]):
                     m["unit"] or "",
                     Text(str(m["series"]), justify="right"),
                     ", ".join(m["services"]),
-                    (m.get("last_seen") or "")[11:19],
+                    clock_time(m.get("last_seen"))[:8],
                 )
                 for m in metrics
-            },
+            }
         )
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
@@ -142,10 +95,11 @@ class _Chart(Static):
             screen.draw()
 
 
-class MetricScreen(Screen[None]):
+class MetricScreen(TuiScreen):
     """One metric over the window: pick series on the left, the chart on the right."""
 
     BINDINGS = [Binding("s", "series", "series")]
+    REFRESH = 2.0
     CSS = """
     MetricScreen #body { height: 1fr; }
     MetricScreen SelectionList { width: 36; height: 1fr; }
@@ -159,68 +113,25 @@ class MetricScreen(Screen[None]):
         self.metric = name
         self.doc: dict[str, Any] | None = None
 
-    @property
-    def tui(self) -> OphionTui:
-        from ophion_cli.tui.app import OphionTui
+    def body(self) -> Iterable[Widget]:
+        yield Horizontal(
+            SelectionList[int](id="series"),
+            Vertical(_Chart(id="chart"), Static(id="legend"), id="chart-pane"),
+            id="body",
+        )
 
-        app = self.app
-        assert isinstance(app, OphionTui)
-        return app
-
-    def compose(self) -> ComposeResult:
-        from ophion_cli.tui.app import StatusBar
-
-        yield Static(Text(self.metric, style="bold"), id="title")
-        with Horizontal(id="body"):
-            yield SelectionList[int](id="series")
-            with Vertical(id="chart-pane"):
-                yield _Chart(id="chart")
-                yield Static(id="legend")
-        yield Footer()
-        yield StatusBar()
-
-    def on_mount(self) -> None:
-        from ophion_cli.tui.app import StatusBar
-
-        self.query_one(StatusBar).show(self.tui)
-        self.load()
-        self._timer = self.set_interval(self.tui.refresh_s * 2, self.load)
-
-    def on_screen_suspend(self) -> None:
-        self._timer.pause()
-
-    def on_screen_resume(self) -> None:
-        self._timer.resume()
-        self.load()
-
-    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
-    def load(self) -> None:
-        from ophiond.timespec import TimeSpecError, parse_duration_ns
-
-        try:
-            window_ns = parse_duration_ns(self.tui.window)
-        except TimeSpecError:
-            window_ns = 3600 * 10**9
-        step_s = max(1, window_ns // 10**9 // _STEPS)
-        try:
-            doc = self.tui.source.metric(
-                self.metric, {"since": self.tui.window, "step": f"{step_s}s"}
-            )
-        except OphionError as e:
-            self.app.call_from_thread(self.tui.query_failed, e)
-            return
-        self.app.call_from_thread(self.show, doc)
+    def fetch(self) -> dict[str, Any]:
+        step_s = max(1, (self.window_ns() or 3600 * 10**9) // 10**9 // _STEPS)
+        return self.tui.source.metric(self.metric, {"since": self.tui.window, "step": f"{step_s}s"})
 
     def show(self, doc: dict[str, Any]) -> None:
         first = self.doc is None
         self.doc = doc
-        self.query_one("#title", Static).update(
-            Text.assemble(
-                (self.metric, "bold"),
-                f"  {doc['type']}",
-                f"  {doc['unit']}" if doc["unit"] else "",
-                f"  last {self.tui.window}, {len(doc['series'])} series",
-            )
+        self.set_title(
+            (self.metric, "bold"),
+            f"  {doc['type']}",
+            f"  {doc['unit']}" if doc["unit"] else "",
+            f"  last {self.tui.window}, {len(doc['series'])} series",
         )
         chooser = self.query_one(SelectionList)
         chosen = set(chooser.selected)
@@ -254,7 +165,7 @@ class MetricScreen(Screen[None]):
                 lines,
                 width,
                 height,
-                lambda v: _number(v, unit) + suffix,
+                lambda v: format_value(v, unit) + suffix,
                 (
                     dt.datetime.fromtimestamp(first, dt.UTC).strftime("%H:%M:%S"),
                     dt.datetime.fromtimestamp(last, dt.UTC).strftime("%H:%M:%S"),
@@ -267,7 +178,7 @@ class MetricScreen(Screen[None]):
             last_value = next((y for _, y in reversed(line.points) if y is not None), None)
             legend.append(line.label)
             if last_value is not None:
-                legend.append(f"  {_number(last_value, unit)}{suffix}", style="bold")
+                legend.append(f"  {format_value(last_value, unit)}{suffix}", style="bold")
             legend.append("\n")
         self.query_one("#legend", Static).update(legend)
 

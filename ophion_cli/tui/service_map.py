@@ -4,20 +4,16 @@ Enter opens the traces of the called service."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 from rich.text import Text
-from textual import work
-from textual.app import ComposeResult
 from textual.containers import ScrollableContainer
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widget import Widget
+from textual.widgets import DataTable, Static
 
+from ophion_cli.tui.screen import DataScreen
 from ophion_cli.views import human_ns, service_colors
-from ophiond.errors import OphionError
-
-if TYPE_CHECKING:
-    from ophion_cli.tui.app import OphionTui
 
 
 def edge_label(edge: dict[str, Any], window_s: float) -> Text:
@@ -87,7 +83,7 @@ def draw(doc: dict[str, Any], window_s: float) -> Text:
     return out
 
 
-class MapScreen(Screen[None]):
+class MapScreen(DataScreen):
     """``ophion map`` in the terminal UI."""
 
     CSS = """
@@ -96,69 +92,24 @@ class MapScreen(Screen[None]):
     MapScreen DataTable { height: 1fr; }
     """
 
-    @property
-    def tui(self) -> OphionTui:
-        from ophion_cli.tui.app import OphionTui
+    def body(self) -> Iterable[Widget]:
+        yield ScrollableContainer(Static(id="drawing"), id="graph")
+        yield from super().body()
 
-        app = self.app
-        assert isinstance(app, OphionTui)
-        return app
-
-    def compose(self) -> ComposeResult:
-        from ophion_cli.tui.app import StatusBar
-
-        yield Static(Text("Service map", style="bold"), id="title")
-        with ScrollableContainer(id="graph"):
-            yield Static(id="drawing")
-        yield DataTable(cursor_type="row", zebra_stripes=True)
-        yield Footer()
-        yield StatusBar()
-
-    def on_mount(self) -> None:
-        from ophion_cli.tui.app import StatusBar
-
-        table = self.query_one(DataTable)
+    def setup(self, table: DataTable[Any]) -> None:
         for label in ("caller", "called", "calls/s", "errors", "p95"):
             table.add_column(label, key=label)
         table.focus()  # (tab to the drawing to scroll it)
-        self.query_one(StatusBar).show(self.tui)
-        self.load()
-        self._timer = self.set_interval(self.tui.refresh_s, self.load)
 
-    def on_screen_suspend(self) -> None:
-        self._timer.pause()
-
-    def on_screen_resume(self) -> None:
-        self._timer.resume()
-        self.load()
-
-    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
-    def load(self) -> None:
-        try:
-            doc = self.tui.source.service_map(self.tui.window)
-        except OphionError as e:
-            self.app.call_from_thread(self.tui.query_failed, e)
-            return
-        self.app.call_from_thread(self.show, doc)
-
-    def window_s(self) -> float:
-        from ophiond.timespec import TimeSpecError, parse_duration_ns
-
-        try:
-            return parse_duration_ns(self.tui.window) / 1e9
-        except TimeSpecError:
-            return 0.0
+    def fetch(self) -> dict[str, Any]:
+        return self.tui.source.service_map(self.tui.window)
 
     def show(self, doc: dict[str, Any]) -> None:
-        from ophion_cli.tui.app import put_rows
-
-        window_s = self.window_s()
-        self.query_one("#title", Static).update(
-            Text.assemble(
-                ("Service map", "bold"),
-                f"  last {self.tui.window}, {len(doc['services'])} services, "
-                f"{len(doc['edges'])} calls between them",
-            )
+        window_s = (self.window_ns() or 0) / 1e9
+        self.set_title(
+            ("Service map", "bold"),
+            f"  last {self.tui.window}, {len(doc['services'])} services, "
+            f"{len(doc['edges'])} calls between them",
         )
         self.query_one("#drawing", Static).update(draw(doc, window_s))
         rows = {}
@@ -175,7 +126,7 @@ class MapScreen(Screen[None]):
                 ),
                 Text(human_ns(edge["p95_ns"]), justify="right"),
             )
-        put_rows(self.query_one(DataTable), rows)
+        self.put_rows(rows)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         """Enter on an edge: the traces of the called service."""

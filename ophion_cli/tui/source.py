@@ -33,10 +33,6 @@ class Source(Protocol):
         """The live log stream: iterate it for records; ``close()`` (any thread) ends it."""
         ...
 
-    def describe(self) -> str:
-        """The daemon's address, for the status bar."""
-        ...
-
 
 class ApiSource:
     """The daemon named by ``--api``/``OPHION_API`` (the local one by default)."""
@@ -46,17 +42,23 @@ class ApiSource:
         self._token = token
         self._client: Any = None
 
-    def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _call(self, method: str, path: str, params: dict[str, Any] | None) -> Any:
+        """``ApiClient.<method>(path, params)`` on a client made on first use (finding the
+        local daemon reads its state files) and made again after the daemon went away: it may
+        come back elsewhere (a new socket, a new port)."""
         from ophiond.api.client import connect
+        from ophiond.errors import DaemonNotRunning
 
         if self._client is None:
-            # (made on first use: finding the local daemon reads its state files)
             self._client = connect(self._api, self._token)
         try:
-            result: dict[str, Any] = self._client.get(path, params)
-        except Exception:
-            self._client = None  # the daemon may come back elsewhere (a new socket, new port)
+            return getattr(self._client, method)(path, params)
+        except DaemonNotRunning:
+            self._client = None
             raise
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("get", path, params)
         return result
 
     def status(self) -> dict[str, Any]:
@@ -86,15 +88,4 @@ class ApiSource:
         return self._get("/map", {"since": since})
 
     def open_log_stream(self, params: dict[str, Any]) -> Any:
-        from ophiond.api.client import connect
-
-        if self._client is None:
-            self._client = connect(self._api, self._token)
-        try:
-            return self._client.open_stream("/logs/stream", params)
-        except Exception:
-            self._client = None
-            raise
-
-    def describe(self) -> str:
-        return self._api or "local ophiond"
+        return self._call("open_stream", "/logs/stream", params)

@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 from rich.text import Text
-from textual import work
-from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static, Tree
+from textual.widget import Widget
+from textual.widgets import DataTable, Static, Tree
 from textual.widgets.tree import TreeNode
 
-from ophion_cli.views import SEVERITY_STYLES, human_ns, service_colors
-from ophiond.errors import OphionError
-
-if TYPE_CHECKING:
-    from ophion_cli.tui.app import OphionTui
+from ophion_cli.tui.logs import record_cells
+from ophion_cli.tui.screen import TuiScreen
+from ophion_cli.views import human_ns, service_colors
 
 # Columns of a span's line in the tree before its bar: name (indented) and duration.
 _NAME_WIDTH = 34
@@ -110,15 +107,7 @@ def span_details(span: dict[str, Any], trace_start: int, colors: dict[str, str])
     return text
 
 
-def _severity(record: dict[str, Any]) -> Text:
-    number = record.get("severity_number") or 0
-    for floor, style, name in SEVERITY_STYLES:
-        if number >= floor:
-            return Text(record.get("severity") or name, style=style)
-    return Text(record.get("severity") or "-", style="dim")
-
-
-class TraceScreen(Screen[None]):
+class TraceScreen(TuiScreen):
     """``ophion trace`` in the terminal UI."""
 
     CSS = """
@@ -131,6 +120,7 @@ class TraceScreen(Screen[None]):
     TraceScreen.-narrow Tree { width: 1fr; height: 2fr; }
     TraceScreen.-narrow #side { width: 1fr; height: 1fr; }
     """
+    REFRESH = None  # (a trace does not change: asked for once)
 
     def __init__(self, trace_id: str) -> None:
         super().__init__()
@@ -140,68 +130,47 @@ class TraceScreen(Screen[None]):
         self.nodes: dict[str, TreeNode[dict[str, Any]]] = {}
         self.palette: dict[str, str] = {}
 
-    @property
-    def tui(self) -> OphionTui:
-        from ophion_cli.tui.app import OphionTui
+    def body(self) -> Iterable[Widget]:
+        yield Horizontal(
+            Tree[dict[str, Any]]("trace", id="spans"),
+            Vertical(
+                VerticalScroll(Static(id="span"), id="details"),
+                DataTable(id="trace-logs", cursor_type="row"),
+                id="side",
+            ),
+            id="panes",
+        )
 
-        app = self.app
-        assert isinstance(app, OphionTui)
-        return app
-
-    def compose(self) -> ComposeResult:
-        from ophion_cli.tui.app import StatusBar
-
-        yield Static(Text(f"Trace {self.trace_id}", style="bold"), id="title")
-        with Horizontal(id="panes"):
-            yield Tree[dict[str, Any]]("trace", id="spans")
-            with Vertical(id="side"):
-                with VerticalScroll(id="details"):
-                    yield Static(id="span")
-                yield DataTable(id="trace-logs", cursor_type="row")
-        yield Footer()
-        yield StatusBar()
-
-    def on_mount(self) -> None:
-        from ophion_cli.tui.app import StatusBar
-
-        self.set_class(self.app.size.width < 120, "-narrow")
+    def prepare(self) -> None:
+        self.set_title((f"Trace {self.trace_id}", "bold"))
+        self.on_resize()
         tree = self.query_one(Tree)
         tree.show_root = False
         tree.guide_depth = 4
         logs = self.query_one(DataTable)
         for label in ("time", "severity", "service", "body"):
             logs.add_column(label, key=label)
-        self.query_one(StatusBar).show(self.tui)
-        self.load()
 
     def on_resize(self) -> None:
         self.set_class(self.app.size.width < 120, "-narrow")
 
-    @work(thread=True, exclusive=True, group="trace", exit_on_error=False)
-    def load(self) -> None:
-        try:
-            doc = self.tui.source.trace(self.trace_id)
-            since = dt.datetime.fromtimestamp(doc["start_ns"] / 1e9 - 60, dt.UTC)
-            logs = self.tui.source.logs(
-                {"trace": doc["trace_id"], "since": since.isoformat(), "limit": 1000}
-            )
-        except OphionError as e:
-            self.app.call_from_thread(self.tui.query_failed, e)
-            return
-        self.app.call_from_thread(self.show, doc, logs["logs"])
+    def fetch(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        doc = self.tui.source.trace(self.trace_id)
+        since = dt.datetime.fromtimestamp(doc["start_ns"] / 1e9 - 60, dt.UTC)
+        logs = self.tui.source.logs(
+            {"trace": doc["trace_id"], "since": since.isoformat(), "limit": 1000}
+        )
+        return doc, logs["logs"]
 
-    def show(self, doc: dict[str, Any], logs: list[dict[str, Any]]) -> None:
-        self.doc, self.logs = doc, logs
+    def show(self, answer: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+        doc, logs = self.doc, self.logs = answer
         spans = doc["spans"]
         self.palette = service_colors([s["service_name"] or "" for s in spans])
-        self.query_one("#title", Static).update(
-            Text.assemble(
-                ("Trace ", "bold"),
-                (doc["trace_id"], "bold"),
-                f"  {human_ns(doc['duration_ns'])}, {len(spans)} spans, "
-                f"{', '.join(doc['services'])}",
-                ("  error" if doc["error"] else "", "bold red"),
-            )
+        self.set_title(
+            ("Trace ", "bold"),
+            (doc["trace_id"], "bold"),
+            f"  {human_ns(doc['duration_ns'])}, {len(spans)} spans, {', '.join(doc['services'])}",
+            ("  error" if doc["error"] else "", "bold red"),
         )
         tree = self.query_one(Tree)
         tree.clear()
@@ -230,16 +199,7 @@ class TraceScreen(Screen[None]):
         table = self.query_one(DataTable)
         table.clear()
         for i, record in enumerate(logs):
-            table.add_row(
-                (record.get("time") or "")[11:23],
-                _severity(record),
-                Text(
-                    record.get("service") or "",
-                    style=self.palette.get(record.get("service") or "", ""),
-                ),
-                (record.get("body") or "").replace("\n", " ⏎ "),
-                key=str(i),
-            )
+            table.add_row(*record_cells(record, self.palette), key=str(i))
         tree.focus()
 
     def _details(self, span: dict[str, Any]) -> None:
@@ -266,7 +226,3 @@ class TraceScreen(Screen[None]):
         tree = self.query_one(Tree)
         tree.focus()
         self.call_after_refresh(tree.move_cursor, node)
-
-    def focused_span(self) -> dict[str, Any] | None:
-        node = self.query_one(Tree).cursor_node
-        return node.data if node is not None else None

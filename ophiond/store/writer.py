@@ -498,6 +498,7 @@ class Writer:
                     by_table.setdefault(name, []).append(table)
         cur = self._cursor
         alias = self.partitions.current.alias
+        trace_ids: set[str] = set()
         try:
             cur.execute("BEGIN")
             for name, parts in by_table.items():
@@ -506,7 +507,10 @@ class Writer:
                     combined = combined.sort_by(_SORT_KEYS[name])
                 # One statement per table: DuckDB ends a row group where an INSERT ends (in
                 # slices of 16k rows, each flush left small row groups: 10 bytes more per span).
-                tag = ", ?::UBIGINT AS flush" if name in FLUSH_TAGGED else ""
+                tag = ""
+                if name in FLUSH_TAGGED:
+                    tag = ", ?::UBIGINT AS flush"
+                    trace_ids.update(pc.unique(combined["trace_id"]).to_pylist())
                 cur.register("_ophion_batch", combined)
                 try:
                     cur.execute(
@@ -515,12 +519,6 @@ class Writer:
                     )
                 finally:
                     cur.unregister("_ophion_batch")
-            trace_ids = {
-                trace_id
-                for name in FLUSH_TAGGED
-                for table in by_table.get(name, ())
-                for trace_id in pc.unique(table["trace_id"]).to_pylist()
-            }
             if trace_ids:
                 cur.execute(
                     f"INSERT INTO {alias}.main.trace_filters VALUES (?, ?::BLOB::BIT)",
