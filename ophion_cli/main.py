@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ophion_cli import query, render
+from ophion_cli import instrument_cmd, query, render
 from ophion_cli.options import ApiOption, JsonOption, TokenOption
 from ophion_cli.options import client as _client
 from ophion_cli.output import error_line, print_json
@@ -81,6 +81,7 @@ def status(
 
 
 query.register(app)
+instrument_cmd.register(app)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,4 +253,6 @@ def run() -> None:
         app()  # click's standalone mode handles usage errors (exit 2) and Ctrl-C itself
     except OphionError as e:
         error_line(e)
+        for line in getattr(e, "logs", ()):  # a rolled-back instrumentation: the app's last words
+            sys.stderr.write(f"  | {line}\n")
         sys.exit(1)

@@ -1,0 +1,482 @@
+"""``ophion instrument`` and ``ophion uninstrument`` from start to end: look at the container,
+plan the injection (everything a dry run prints), then swap, verify, and keep or roll back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ophion_cli.instrument import detect as detection
+from ophion_cli.instrument.agents import Agent, Bundle, Target, agent_for
+from ophion_cli.instrument.engine import (
+    InstrumentError,
+    find_container,
+    processes,
+    read_file,
+    require_running,
+)
+from ophion_cli.instrument.inject import (
+    LABEL,
+    EnvChange,
+    EnvPlanner,
+    Record,
+    Settings,
+    apply_env,
+    common_env,
+    env_dict,
+    original_env,
+)
+from ophion_cli.instrument.recreate import (
+    PREVIOUS_SUFFIX,
+    ContainerSpec,
+    Swap,
+    current_image_id,
+    spec_from_inspect,
+)
+from ophion_cli.instrument.verify import Arrival, wait_for_telemetry
+
+# A sidecar (Go) points back at its application with this label.
+SIDECAR_LABEL = "io.ophion.sidecar-for"
+COMPOSE_SERVICE = "com.docker.compose.service"
+# How long a recreated container must keep running to count as started, when nothing is verified.
+SETTLE_S = 3.0
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the user asked for on the command line."""
+
+    container: str
+    language: str | None = None
+    service_name: str | None = None
+    endpoint: str | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    source: Path | None = None
+    force: bool = False
+
+
+@dataclass
+class Plan:
+    """Everything the injection will do; a dry run prints it and stops here."""
+
+    container: Any
+    detection: detection.Detection
+    language: str
+    agent: Agent
+    bundle: Bundle
+    bundle_ready: bool
+    settings: Settings
+    endpoint_reason: str
+    service_reason: str
+    changes: list[EnvChange]
+    spec: ContainerSpec | None  # None for a sidecar (Go): the application is not recreated
+    sidecar: dict[str, Any] | None
+    previous: Record | None
+
+    @property
+    def name(self) -> str:
+        return str(self.container.name)
+
+    @property
+    def service_name(self) -> str:
+        """The service name the telemetry will carry (the user's OTEL_SERVICE_NAME wins)."""
+        for change in self.changes:
+            if change.name == "OTEL_SERVICE_NAME" and change.after:
+                return change.after
+        return self.settings.service_name
+
+    def steps(self) -> list[str]:
+        if self.sidecar is not None:
+            return [
+                f"create the sidecar {self.name}-otel-go (privileged, sharing {self.name}'s "
+                "process namespace) and start it",
+                "wait for telemetry; on timeout remove the sidecar",
+            ]
+        assert self.spec is not None
+        steps = [
+            f"rename {self.name} to {self.name}{PREVIOUS_SUFFIX}, set its restart policy to no",
+            f"create the new {self.name} from image {self.spec.config['Image']} with the same "
+            "configuration, mounts, networks, labels, restart policy and healthcheck, plus the "
+            f"environment above and the read-only volume {self.bundle.volume} at "
+            f"{self.bundle.target}",
+            f"stop the old {self.name}, start the new one",
+            f"wait for telemetry carrying ophion.instrumentation.id={self.settings.instrumentation_id}",
+            f"then remove the old container; on failure remove the new one and give {self.name} "
+            "back its name, restart policy and running state",
+        ]
+        return steps
+
+
+def plan(
+    client: Any,
+    request: Request,
+    listen_http: str | None,
+    cache_dir: Path,
+    dry_run: bool,
+    progress: Callable[[str], None],
+) -> Plan:
+    """Look at the container and prepare the injection; nothing in the container changes."""
+    container = find_container(client, request.container)
+    require_running(container)
+    attrs = container.attrs
+    previous = Record.from_labels(attrs["Config"].get("Labels"))
+    sidecar = find_sidecar(client, container.id)
+    if (previous or sidecar) and not request.force:
+        what = previous.language if previous else "go"
+        since = f" since {previous.instrumented_at}" if previous else ""
+        raise InstrumentError(
+            f"{container.name} is already instrumented by ophion ({what}{since})",
+            hint=f"pass --force to redo it, or take it out: ophion uninstrument {container.name}",
+        )
+    if sidecar is not None:
+        raise InstrumentError(
+            f"{container.name} has an ophion sidecar ({sidecar.name}); --force cannot redo a "
+            "sidecar in place",
+            hint=f"take it out first: ophion uninstrument {container.name}",
+        )
+    if request.language is not None and request.language not in detection.LANGUAGES:
+        raise InstrumentError(
+            f"unsupported language {request.language!r}",
+            hint="one of: " + ", ".join(detection.LANGUAGES),
+        )
+    env = original_env(attrs["Config"].get("Env") or [], previous)
+    seen = detection.detect(
+        {**attrs, "Config": {**attrs["Config"], "Env": env}},
+        processes(container),
+        lambda path, limit: read_file(container, path, limit),
+    )
+    language = request.language or seen.language
+    if language is None:
+        raise InstrumentError(
+            f"could not tell which language {container.name} runs; seen: "
+            + ("; ".join(seen.evidence) or "nothing"),
+            hint=f"name it: ophion instrument {container.name} python (one of "
+            + ", ".join(detection.LANGUAGES)
+            + ")",
+        )
+    agent = agent_for(language)
+    endpoint, endpoint_reason = choose_endpoint(client, attrs, request.endpoint, listen_http)
+    service, service_reason = choose_service_name(attrs, request.service_name)
+    settings = Settings(service, endpoint, uuid.uuid4().hex[:16], dict(request.attributes))
+    target = Target(
+        client=client,
+        container=container,
+        detection=seen,
+        env=env_dict(env),
+        arch=str(client.api.inspect_image(attrs["Image"]).get("Architecture") or "amd64"),
+        cache_dir=cache_dir,
+        source=request.source,
+        progress=progress,
+    )
+    bundle = agent.prepare(target, dry_run)
+    planner = EnvPlanner(env_dict(env))
+    common_env(planner, settings)
+    agent.environment(planner, bundle, settings)
+    record = Record(
+        instrumentation_id=settings.instrumentation_id,
+        language=language,
+        bundle=bundle.key,
+        volume=bundle.volume if bundle.path else None,
+        target=bundle.target if bundle.path else None,
+        env_before={c.name: c.before for c in planner.changes if c.changed},
+        service_name=service,
+        instrumented_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+    spec: ContainerSpec | None = None
+    sidecar_body: dict[str, Any] | None = None
+    if getattr(agent, "sidecar", False):
+        sidecar_env = [f"{c.name}={c.after}" for c in planner.changes if c.after is not None]
+        sidecar_body = agent.sidecar_config(  # type: ignore[attr-defined]
+            target, bundle, sidecar_env, f"{container.name}-otel-go"
+        )
+        sidecar_body.setdefault("Labels", {})
+        sidecar_body["Labels"].update({SIDECAR_LABEL: container.id, LABEL: record.to_label()})
+    else:
+        spec = spec_from_inspect(attrs, current_image_id(client, attrs["Config"]["Image"]))
+        spec.config["Env"] = apply_env(env, planner.changes)
+        spec.config["Labels"] = {**spec.labels, LABEL: record.to_label()}
+        mounts = [m for m in spec.mounts if not previous or m.get("Target") != previous.target]
+        from ophion_cli.instrument.volume import mount
+
+        spec.config["HostConfig"]["Mounts"] = [*mounts, mount(bundle)]
+    return Plan(
+        container=container,
+        detection=seen,
+        language=language,
+        agent=agent,
+        bundle=bundle,
+        bundle_ready=bundle.image is not None or (bundle.path is not None and bundle.path.is_dir()),
+        settings=settings,
+        endpoint_reason=endpoint_reason,
+        service_reason=service_reason,
+        changes=planner.changes,
+        spec=spec,
+        sidecar=sidecar_body,
+        previous=previous,
+    )
+
+
+def find_sidecar(client: Any, container_id: str) -> Any | None:
+    """The Go sidecar ophion made for this container, if there is one."""
+    found = client.containers.list(all=True, filters={"label": f"{SIDECAR_LABEL}={container_id}"})
+    return found[0] if found else None
+
+
+def choose_service_name(attrs: Mapping[str, Any], given: str | None) -> tuple[str, str]:
+    """--service-name, else the compose service, else the container's name; and why."""
+    if given:
+        return given, "given with --service-name"
+    compose = (attrs["Config"].get("Labels") or {}).get(COMPOSE_SERVICE)
+    if compose:
+        return compose, f"the compose service ({COMPOSE_SERVICE})"
+    return attrs["Name"].lstrip("/"), "the container's name"
+
+
+def choose_endpoint(
+    client: Any, attrs: Mapping[str, Any], given: str | None, listen_http: str | None
+) -> tuple[str, str]:
+    """Where the container sends OTLP/HTTP: ophiond's address as the container reaches it."""
+    if given:
+        return given.rstrip("/"), "given with --endpoint"
+    if listen_http is None:
+        raise InstrumentError(
+            "ophiond does not listen for OTLP/HTTP (http_listen is off)",
+            hint="start it with --http-listen, or pass --endpoint URL",
+        )
+    host, _, port = listen_http.rpartition(":")
+    host = host.strip("[]")
+    mode = str(attrs["HostConfig"].get("NetworkMode") or "default")
+    if mode.startswith("container:"):
+        other = client.api.inspect_container(mode.partition(":")[2])
+        return choose_endpoint(client, other, None, listen_http)
+    if mode == "none":
+        raise InstrumentError(
+            f"{attrs['Name'].lstrip('/')} has no network (--network none): it cannot send "
+            "telemetry anywhere"
+        )
+    loopback = host in ("127.0.0.1", "::1", "localhost")
+    if mode == "host":
+        address = "[::1]" if host == "::1" else "127.0.0.1"
+        return (
+            f"http://{address}:{port}",
+            f"the container uses host networking, so ophiond's {listen_http} is reachable as is",
+        )
+    networks = attrs.get("NetworkSettings", {}).get("Networks") or {}
+    gateways = [(n, s.get("Gateway")) for n, s in networks.items() if s.get("Gateway")]
+    if not gateways:
+        raise InstrumentError(
+            f"cannot tell the host's address on {attrs['Name'].lstrip('/')}'s network ({mode})",
+            hint="pass --endpoint http://HOST:PORT, an address where the container reaches ophiond",
+        )
+    network, gateway = gateways[0]
+    if loopback:
+        raise InstrumentError(
+            f"ophiond listens for OTLP/HTTP on {listen_http} only, which the container on network "
+            f"{network!r} cannot reach (the host is {gateway} there)",
+            hint=f"run ophiond with --http-listen {gateway}:{port} (or 0.0.0.0:{port}), or pass "
+            "--endpoint",
+        )
+    if host not in ("0.0.0.0", "::", gateway):
+        raise InstrumentError(
+            f"ophiond listens for OTLP/HTTP on {listen_http}, not on {gateway}, the host's "
+            f"address on network {network!r}",
+            hint=f"run ophiond with --http-listen {gateway}:{port} or 0.0.0.0:{port}, or pass "
+            "--endpoint",
+        )
+    return (
+        f"http://{gateway}:{port}",
+        f"the container is on network {network!r}, where the host is {gateway}",
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an instrumentation ended."""
+
+    arrival: Arrival | None
+    verified: bool
+    bundle_copied: bool
+
+
+class RolledBack(InstrumentError):
+    """The new container did not prove itself; the original is back. Carries its last logs."""
+
+    def __init__(self, message: str, hint: str | None, logs: Sequence[str]) -> None:
+        super().__init__(message, hint)
+        self.logs = list(logs)
+
+
+def apply(
+    client: Any,
+    the_plan: Plan,
+    api: Any | None,
+    timeout: float,
+    progress: Callable[[str], None],
+) -> Outcome:
+    """Swap (or start the sidecar), verify unless ``api`` is None, then keep or roll back."""
+    from ophion_cli.instrument.volume import ensure_volume
+
+    copied = False
+    if the_plan.bundle.path is not None:
+        progress(f"filling the volume {the_plan.bundle.volume}")
+        copied = ensure_volume(client, the_plan.bundle, the_plan.container.attrs["Image"])
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)).strftime("%Y-%m-%d %H:%M:%S")
+    if the_plan.sidecar is not None:
+        return _apply_sidecar(client, the_plan, api, timeout, since, progress, copied)
+    assert the_plan.spec is not None
+    swap = Swap(client, the_plan.container.attrs, the_plan.spec)
+    swap.run(progress)
+    try:
+        if api is None:
+            _settle(swap)
+            swap.commit()
+            return Outcome(None, False, copied)
+        progress(f"waiting up to {timeout:.0f}s for telemetry from {the_plan.name}")
+        arrival = wait_for_telemetry(
+            api,
+            the_plan.settings.instrumentation_id,
+            since,
+            timeout,
+            lambda: bool(swap.new_state().get("Running")),
+        )
+        if arrival is None:
+            state = swap.new_state()
+            logs = swap.new_logs()
+            if state.get("Running"):
+                reason = f"no telemetry from {the_plan.name} arrived within {timeout:.0f}s"
+                hint = (
+                    "telemetry comes when the app works (requests, logs) or when its metrics are "
+                    "exported (every 60s by default): send it traffic, or raise --timeout"
+                )
+            else:
+                reason = (
+                    f"the instrumented {the_plan.name} stopped (exit code {state.get('ExitCode')})"
+                )
+                hint = "its last log lines are below; --dry-run shows the injected environment"
+            swap.rollback()
+            raise RolledBack(f"{reason}; the original container is back", hint, logs)
+    except BaseException:
+        if swap.new_id is not None:
+            swap.rollback()
+        raise
+    swap.commit()
+    return Outcome(arrival, True, copied)
+
+
+def _settle(swap: Swap) -> None:
+    """Without verification, at least check the new container keeps running for a moment."""
+    deadline = time.monotonic() + SETTLE_S
+    while time.monotonic() < deadline:
+        state = swap.new_state()
+        if not state.get("Running"):
+            logs = swap.new_logs()
+            swap.rollback()
+            raise RolledBack(
+                f"the new {swap.old_name} stopped (exit code {state.get('ExitCode')}); the "
+                "original container is back",
+                "its last log lines are below",
+                logs,
+            )
+        time.sleep(0.5)
+
+
+def _apply_sidecar(
+    client: Any,
+    the_plan: Plan,
+    api: Any | None,
+    timeout: float,
+    since: str,
+    progress: Callable[[str], None],
+    copied: bool,
+) -> Outcome:
+    from ophion_cli.instrument.engine import docker_errors, last_log_lines
+
+    assert the_plan.sidecar is not None
+    name = f"{the_plan.name}-otel-go"
+    progress(f"create and start the sidecar {name}")
+    with docker_errors(f"creating the sidecar {name}"):
+        sidecar_id = client.api.create_container_from_config(the_plan.sidecar, name=name)["Id"]
+    try:
+        with docker_errors(f"starting the sidecar {name}"):
+            client.api.start(sidecar_id)
+        if api is None:
+            return Outcome(None, False, copied)
+        progress(f"waiting up to {timeout:.0f}s for telemetry from {the_plan.name}")
+        arrival = wait_for_telemetry(
+            api,
+            the_plan.settings.instrumentation_id,
+            since,
+            timeout,
+            lambda: bool(client.api.inspect_container(sidecar_id)["State"].get("Running")),
+        )
+        if arrival is None:
+            logs = last_log_lines(client, sidecar_id)
+            client.api.remove_container(sidecar_id, force=True)
+            raise RolledBack(
+                f"no telemetry from {the_plan.name} arrived within {timeout:.0f}s; the sidecar "
+                "is removed",
+                "the sidecar's last log lines are below",
+                logs,
+            )
+    except BaseException:
+        client.api.remove_container(sidecar_id, force=True)
+        raise
+    return Outcome(arrival, True, copied)
+
+
+@dataclass
+class Removal:
+    """What ``ophion uninstrument`` will undo."""
+
+    container: Any
+    record: Record
+    spec: ContainerSpec | None
+    sidecar: Any | None
+
+
+def plan_removal(client: Any, name: str) -> Removal:
+    """Find what ophion injected into the container; refuse when it injected nothing."""
+    container = find_container(client, name)
+    sidecar = find_sidecar(client, container.id)
+    if sidecar is not None:
+        record = Record.from_labels(sidecar.attrs["Config"].get("Labels"))
+        assert record is not None
+        return Removal(container, record, None, sidecar)
+    attrs = container.attrs
+    record = Record.from_labels(attrs["Config"].get("Labels"))
+    if record is None:
+        raise InstrumentError(
+            f"{container.name} is not instrumented by ophion (it has no {LABEL} label)",
+        )
+    spec = spec_from_inspect(attrs, current_image_id(client, attrs["Config"]["Image"]))
+    spec.config["Env"] = original_env(attrs["Config"].get("Env") or [], record)
+    spec.config["Labels"] = {k: v for k, v in spec.labels.items() if k != LABEL}
+    spec.config["HostConfig"]["Mounts"] = [
+        m for m in spec.mounts if m.get("Target") != record.target
+    ] or None
+    return Removal(container, record, spec, None)
+
+
+def remove(client: Any, removal: Removal, progress: Callable[[str], None]) -> None:
+    """Recreate the container as it was before the injection (or remove the Go sidecar)."""
+    if removal.sidecar is not None:
+        progress(f"remove the sidecar {removal.sidecar.name}")
+        removal.sidecar.remove(force=True)
+        return
+    assert removal.spec is not None
+    swap = Swap(client, removal.container.attrs, removal.spec)
+    swap.run(progress)
+    running = removal.container.attrs["State"].get("Running")
+    try:
+        if running:
+            _settle(swap)
+    except BaseException:
+        if swap.new_id is not None:
+            swap.rollback()
+        raise
+    swap.commit()
