@@ -1,0 +1,1 @@
+"""ophion instrument: add OpenTelemetry to a running Docker container."""
