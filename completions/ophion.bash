@@ -11,13 +11,14 @@ _ophion() {
         fi
     done
     case "$cmdpath" in
-        '') words='daemon logs map metrics services sql status token trace traces tui --version --help' ;;
+        '') words='daemon instrument logs map metrics services sql status token trace traces tui uninstrument --version --help' ;;
         daemon) words='install run start status stop --help' ;;
         'daemon install') words='--now --user --help' ;;
         'daemon run') words=--help ;;
         'daemon start') words='--timeout --help' ;;
         'daemon status') words='--api --json --token --help' ;;
         'daemon stop') words='--timeout --help' ;;
+        instrument) words='--api --attr --dry-run --endpoint --force --from --no-verify --service-name --timeout --token --help' ;;
         logs) words='--api --follow --grep --json --limit --service --severity --since --token --trace -f -g -s --help' ;;
         map) words='--api --json --since --token --help' ;;
         metrics) words='--api --json --service --since --step --token -s --help' ;;
@@ -31,6 +32,7 @@ _ophion() {
         trace) words='--api --json --span --token --help' ;;
         traces) words='--api --attr --json --limit --max-duration --min-duration --name --service --since --status --token -n -s --help' ;;
         tui) words='--api --since --token --help' ;;
+        uninstrument) words=--help ;;
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
 }

@@ -83,8 +83,7 @@ def instrument(
     api: ApiOption = None,
     token: TokenOption = None,
 ) -> None:
-    """Add OpenTelemetry to a running Docker container, verify that its telemetry arrives,
-    and roll back when it does not (docs/instrumentation.md)."""
+    """Add OpenTelemetry to a running Docker container; keep it only when its telemetry arrives."""
     from rich.console import Console
 
     from ophion_cli.instrument.engine import connect

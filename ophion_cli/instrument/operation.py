@@ -123,6 +123,7 @@ def plan(
     """Look at the container and prepare the injection; nothing in the container changes."""
     container = find_container(client, request.container)
     require_running(container)
+    refuse_leftover(client, container.name)
     attrs = container.attrs
     previous = Record.from_labels(attrs["Config"].get("Labels"))
     sidecar = find_sidecar(client, container.id)
@@ -218,6 +219,23 @@ def plan(
         spec=spec,
         sidecar=sidecar_body,
         previous=previous,
+    )
+
+
+def refuse_leftover(client: Any, name: str) -> None:
+    """A ``<name>-ophion-previous`` container means an earlier run was cut short: a person must
+    decide which of the two is the one to keep before anything else is swapped."""
+    import docker.errors
+
+    previous = name + PREVIOUS_SUFFIX
+    try:
+        client.api.inspect_container(previous)
+    except docker.errors.NotFound:
+        return
+    raise InstrumentError(
+        f"{previous} exists: an earlier instrument or uninstrument of {name} was interrupted",
+        hint=f"if {name} works, remove the old one (docker rm {previous}); otherwise put it back: "
+        f"docker rm -f {name} && docker rename {previous} {name} && docker start {name}",
     )
 
 
@@ -442,6 +460,7 @@ class Removal:
 def plan_removal(client: Any, name: str) -> Removal:
     """Find what ophion injected into the container; refuse when it injected nothing."""
     container = find_container(client, name)
+    refuse_leftover(client, container.name)
     sidecar = find_sidecar(client, container.id)
     if sidecar is not None:
         record = Record.from_labels(sidecar.attrs["Config"].get("Labels"))
