@@ -1,9 +1,9 @@
-"""A real Docker engine for the tests, and images of two small apps to run on it (design.md §10).
+"""A real Docker engine for the tests, images of two small apps, and helpers to run them (§10).
 
 The session starts its own ``dockerd`` (vfs storage, no bridge, no iptables) in a short directory
 under /tmp, so nothing touches the machine's own Docker. No registry can be reached, so the app
-images are root filesystems made from this host's Debian ``python3.11`` and ``node`` and handed to
-``docker import``. Containers use host networking and listen on 127.0.0.1.
+images are made by tests/docker_images.py from this host's python3 and node. Containers use host
+networking and listen on 127.0.0.1.
 
 A test module gets the fixtures with ``pytest_plugins = ["docker_engine"]`` and the helpers with
 ``from docker_engine import run_app, wait_http, ...`` (tests/ is on sys.path, as for conftest).
@@ -21,20 +21,16 @@ Environment, read when this module is imported (tests/conftest.py removes OPHION
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
-import tarfile
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -44,6 +40,7 @@ import docker.errors
 import pytest
 import requests
 from docker.models.containers import Container
+from docker_images import MissingTool, build_node_app_image, build_python_app_image
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +50,6 @@ REQUIRE_DOCKER = os.environ.get("OPHION_TEST_REQUIRE_DOCKER") == "1"
 # Every container run_app starts carries this label. The instrumenter copies labels when it
 # recreates a container, so its replacements carry it too and the cleanup finds them all.
 TEST_LABEL = "ophion.test"
-PYTHON_APP_TAG = "ophion-test/python-app:1"
-NODE_APP_TAG = "ophion-test/node-app:1"
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -237,349 +232,18 @@ def clean_docker_engine(docker_engine: DockerEngine) -> Iterator[DockerEngine]:
     _remove_test_containers(docker_engine.client, only_labelled=True)
 
 
-# --- root filesystems --------------------------------------------------------------------------
-
-
-class RootfsTar:
-    """An uncompressed tar of a root filesystem, for ``docker import``, written entry by entry.
-
-    Host files keep their paths, and every symlink met on the way (``/lib -> usr/lib`` on Debian's
-    merged /usr, ``libz.so.1 -> libz.so.1.2.13``) is copied as a symlink with its target, so the
-    dynamic loader inside finds things where it would on the host.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._tar = tarfile.open(path, "w", format=tarfile.PAX_FORMAT)
-        self._names: set[str] = set()
-
-    def __enter__(self) -> RootfsTar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._tar.close()
-
-    def _add(self, info: tarfile.TarInfo, data: bytes | None = None, source: str = "") -> None:
-        if info.name in self._names:
-            return
-        parent = os.path.dirname(info.name)
-        if parent:
-            self.directory(parent)
-        self._names.add(info.name)
-        info.uid = info.gid = 0
-        info.uname = info.gname = "root"
-        if data is not None:
-            info.size = len(data)
-            self._tar.addfile(info, io.BytesIO(data))
-        elif info.isreg():
-            with open(source, "rb") as f:
-                self._tar.addfile(info, f)
-        else:
-            self._tar.addfile(info)
-
-    def directory(self, name: str, mode: int = 0o755) -> None:
-        """An empty directory (parents too) at ``name`` (absolute or relative to /)."""
-        name = name.strip("/")
-        if name and name not in self._names:
-            info = tarfile.TarInfo(name)
-            info.type = tarfile.DIRTYPE
-            info.mode = mode
-            info.mtime = int(time.time())
-            self._add(info)
-
-    def file(self, name: str, content: str | bytes, mode: int = 0o644) -> None:
-        """A file made from ``content`` at ``name``."""
-        info = tarfile.TarInfo(name.strip("/"))
-        info.mode = mode
-        info.mtime = int(time.time())
-        self._add(info, content.encode() if isinstance(content, str) else content)
-
-    def host_path(self, path: str) -> None:
-        """The host's ``path`` at the same place, following (and copying) every symlink on it."""
-        parts = os.path.normpath(path).strip("/").split("/")
-        current = "/"
-        for i, part in enumerate(parts):
-            current = os.path.join(current, part)
-            if os.path.islink(current):
-                self._add(self._tar.gettarinfo(current, current.lstrip("/")), source=current)
-                target = os.path.join(os.path.dirname(current), os.readlink(current))
-                self.host_path(os.path.join(target, *parts[i + 1 :]))
-                return
-        if os.path.isdir(current):
-            self.directory(current)
-        else:
-            self._add(self._tar.gettarinfo(current, current.lstrip("/")), source=current)
-
-    def host_tree(self, top: str, exclude: Callable[[str], bool], at: str | None = None) -> None:
-        """The host directory ``top`` (at ``at``, default the same path), minus excluded names."""
-        at = (at or top).strip("/")
-        in_place = at == top.strip("/")
-        for dirpath, dirnames, filenames in os.walk(top):
-            inside = os.path.relpath(dirpath, top)
-            arcdir = at if inside == "." else f"{at}/{inside}"
-            self.directory(arcdir)
-            dirnames[:] = [d for d in dirnames if not exclude(d)]
-            for name in [*dirnames, *filenames]:
-                source = os.path.join(dirpath, name)
-                if exclude(name) or not (os.path.islink(source) or os.path.isfile(source)):
-                    continue
-                if in_place and os.path.islink(source):
-                    # Brings the target along when it lies elsewhere (Debian's sitecustomize.py
-                    # links to /etc/python3.11/), so no link dangles inside.
-                    self.host_path(source)
-                else:
-                    self._add(self._tar.gettarinfo(source, f"{arcdir}/{name}"), source=source)
-
-    def shared_libraries(self, binaries: Iterable[str]) -> None:
-        """Every library ``ldd`` lists for ``binaries``, and the dynamic loader."""
-        for library in _ldd(binaries):
-            self.host_path(library)
-
-    def base_files(self) -> None:
-        """What even a shell-free image needs: root in /etc/passwd and /etc/group, a /tmp."""
-        self.file("etc/passwd", "root:x:0:0:root:/root:/bin/false\n")
-        self.file("etc/group", "root:x:0:\n")
-        self.file("etc/nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n")
-        self.directory("root", 0o700)
-        self.directory("tmp", 0o1777)
-
-
-def _ldd(binaries: Iterable[str]) -> set[str]:
-    """The absolute paths of the shared libraries (and loader) ``ldd`` reports for ``binaries``."""
-    result = subprocess.run(["ldd", *binaries], capture_output=True, text=True, check=False)
-    libraries = set()
-    for line in result.stdout.splitlines():
-        line = line.strip()
-        if "=> not found" in line:
-            raise RuntimeError(f"ldd: {line}")
-        if "=> /" in line:
-            libraries.add(line.split("=> ", 1)[1].split(" (", 1)[0])
-        elif line.startswith("/") and " (0x" in line:
-            libraries.add(line.split(" (", 1)[0])
-    return libraries
-
-
-def import_rootfs(engine: DockerEngine, tar_path: Path, tag: str, changes: list[str]) -> str:
-    """``docker import`` the tar as ``tag`` with Dockerfile ``changes``; the image id."""
-    repository, version = tag.rsplit(":", 1)
-    engine.client.api.import_image_from_file(
-        str(tar_path), repository=repository, tag=version, changes=changes
-    )
-    image_id: str = engine.client.images.get(tag).id
-    return image_id
-
-
-# --- the Python app ----------------------------------------------------------------------------
-
-PYTHON_APP = '''\
-"""A small shop backend: Flask's own server on 127.0.0.1:$PORT."""
-
-import logging
-import os
-import signal
-import sys
-import time
-
-from flask import Flask
-
-app = Flask(__name__)
-log = logging.getLogger("shop")
-
-
-@app.get("/")
-def index():
-    return "ok"
-
-
-@app.get("/work")
-def work():
-    started = time.perf_counter()
-    total = sum(i * i for i in range(20_000))
-    log.warning("worked out total=%d", total)
-    return {"total": total, "ms": round((time.perf_counter() - started) * 1000, 3)}
-
-
-def stop(signum, frame):
-    # As PID 1 the process gets no default SIGTERM action: exit so `docker stop` is quick and
-    # atexit handlers (an SDK flushing its telemetry) run.
-    sys.exit(0)
-
-
-if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, stop)
-    app.run(host="127.0.0.1", port=int(os.environ["PORT"]), threaded=True)
-'''
-
-# Not part of the stdlib copy: tests, the GUI and IDE, the static libpython for C builds.
-PYTHON_STDLIB_EXCLUDED = {
-    "test",
-    "tests",
-    "idlelib",
-    "tkinter",
-    "turtledemo",
-    "dist-packages",
-    "site-packages",
-}
-
-
-def _python_stdlib_excluded(name: str) -> bool:
-    return (
-        name in PYTHON_STDLIB_EXCLUDED
-        or name.startswith(("config-3", "_tkinter."))
-        or name.endswith(".a")
-    )
-
-
-@dataclass(frozen=True)
-class SystemPython:
-    """Debian's /usr/bin/python3: the interpreter the Python app image is made of."""
-
-    executable: str
-    version: str
-    stdlib: str
-
-    @classmethod
-    def find(cls) -> SystemPython:
-        if not os.path.exists("/usr/bin/python3"):
-            unavailable(
-                "no /usr/bin/python3 to build the Python app image (apt-get install python3)"
-            )
-        script = (
-            "import json, os, sys, sysconfig; print(json.dumps([os.path.realpath(sys.executable),"
-            " '%d.%d' % sys.version_info[:2], sysconfig.get_path('stdlib')]))"
-        )
-        out = subprocess.run(
-            ["/usr/bin/python3", "-I", "-c", script], capture_output=True, text=True, check=True
-        ).stdout
-        executable, version, stdlib = json.loads(out)
-        return cls(executable, version, stdlib)
-
-
-def _pip_install_target(target: Path, version: str, *requirements: str) -> None:
-    """``pip install --target`` wheels built for CPython ``version`` on glibc x86-64/arm64."""
-    machine = os.uname().machine
-    abi = "cp" + version.replace(".", "")
-    subprocess.run(
-        [
-            *(sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"),
-            *("--target", str(target), "--only-binary=:all:"),
-            # The tests' Python may differ from the image's: ask for wheels for the image's.
-            *("--python-version", version, "--implementation", "cp", "--abi", abi),
-            *("--platform", f"manylinux2014_{machine}", "--platform", f"manylinux_2_28_{machine}"),
-            *requirements,
-        ],
-        check=True,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def build_python_app_image(engine: DockerEngine, workdir: Path) -> str:
-    """The Flask app on Debian's python3 (no PYTHON_VERSION: detection must read the processes)."""
-    python = SystemPython.find()
-    vendor = workdir / "vendor"
-    _pip_install_target(vendor, python.version, "flask>=3,<4")
-    dynload = os.path.join(python.stdlib, "lib-dynload")
-    extensions = [
-        os.path.join(dynload, n)
-        for n in sorted(os.listdir(dynload))
-        if n.endswith(".so") and not _python_stdlib_excluded(n)
-    ]
-    tar_path = workdir / "rootfs.tar"
-    with RootfsTar(tar_path) as rootfs:
-        rootfs.base_files()
-        # Both names, as on the host (python3 -> python3.11); the image runs python3.11.
-        rootfs.host_path("/usr/bin/python3")
-        rootfs.host_path(f"/usr/bin/python{python.version}")
-        rootfs.shared_libraries([python.executable, *extensions])
-        rootfs.host_tree(python.stdlib, _python_stdlib_excluded)
-        rootfs.host_tree(str(vendor), lambda name: False, at="/app/vendor")
-        rootfs.file("/app/app.py", PYTHON_APP)
-    return import_rootfs(
-        engine,
-        tar_path,
-        PYTHON_APP_TAG,
-        [
-            "ENV PATH=/usr/local/bin:/usr/bin:/bin",
-            # The instrumenter must extend an existing PYTHONPATH, not replace it.
-            "ENV PYTHONPATH=/app/vendor",
-            "ENV PYTHONUNBUFFERED=1",
-            "WORKDIR /app",
-            f'CMD ["python{python.version}", "/app/app.py"]',
-        ],
-    )
-
-
-# --- the Node app ------------------------------------------------------------------------------
-
-NODE_APP = """\
-// A small shop frontend: node's own http module on 127.0.0.1:$PORT.
-const http = require("http");
-
-const server = http.createServer((req, res) => {
-  if (req.url === "/") {
-    res.writeHead(200, { "content-type": "text/plain" });
-    res.end("ok");
-  } else if (req.url === "/work") {
-    let total = 0;
-    for (let i = 0; i < 20000; i++) total += i * i;
-    console.log(`worked out total=${total}`);
-    res.writeHead(200, { "content-type": "application/json" });
-    res.end(JSON.stringify({ total }));
-  } else {
-    res.writeHead(404, { "content-type": "text/plain" });
-    res.end("not found");
-  }
-});
-
-server.listen(Number(process.env.PORT), "127.0.0.1", () => {
-  console.log(`listening on 127.0.0.1:${process.env.PORT}`);
-});
-
-// As PID 1 node gets no default SIGTERM action: stop serving so `docker stop` is quick; an
-// SDK's own SIGTERM handler may still flush, and the unref'd timer ends a process kept alive.
-process.on("SIGTERM", () => {
-  server.close();
-  server.closeAllConnections();
-  setTimeout(() => process.exit(0), 2000).unref();
-});
-"""
-
-
-def build_node_app_image(engine: DockerEngine, workdir: Path) -> str:
-    """The http-module app on this host's node, with NODE_VERSION set like the official image."""
-    node = shutil.which("node")
-    if node is None:
-        unavailable("node not installed, needed for the Node app image (apt-get install nodejs)")
-    version = subprocess.run(
-        [node, "--version"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    tar_path = workdir / "rootfs.tar"
-    with RootfsTar(tar_path) as rootfs:
-        rootfs.base_files()
-        rootfs.host_path(node)
-        rootfs.shared_libraries([os.path.realpath(node)])
-        rootfs.file("/app/server.js", NODE_APP)
-    return import_rootfs(
-        engine,
-        tar_path,
-        NODE_APP_TAG,
-        [
-            f"ENV NODE_VERSION={version.removeprefix('v')}",
-            "ENV PATH=/usr/local/bin:/usr/bin:/bin",
-            # The instrumenter must extend an existing NODE_OPTIONS, not replace it.
-            "ENV NODE_OPTIONS=--max-old-space-size=256",
-            "WORKDIR /app",
-            'CMD ["node", "/app/server.js"]',
-        ],
-    )
+# --- app images --------------------------------------------------------------------------------
 
 
 def _build_image(
-    engine: DockerEngine, build: Callable[[DockerEngine, Path], str], what: str
+    engine: DockerEngine, build: Callable[[docker.DockerClient, Path], str], what: str
 ) -> str:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ophion-image-") as workdir:
-        image_id = build(engine, Path(workdir))
+        try:
+            image_id = build(engine.client, Path(workdir))
+        except MissingTool as e:
+            unavailable(str(e))
     size = engine.client.images.get(image_id).attrs["Size"]
     logger.info(
         "built the %s image (%d MB) in %.1fs", what, size // 2**20, time.monotonic() - started
