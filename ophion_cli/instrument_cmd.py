@@ -97,7 +97,7 @@ def instrument(
         service_name=service_name,
         endpoint=endpoint,
         attributes=parse_attributes(attr or []),
-        source=source.expanduser().absolute() if source else None,
+        source=_local(source),
         force=force,
     )
     daemon = None
@@ -133,6 +133,14 @@ def uninstrument(
     _print_removal(console, removal)
     remove(docker, removal, _progress(console))
     console.print(f"[green]✓[/] {removal.container.name} runs without ophion's instrumentation")
+
+
+def _local(source: Path | None) -> Path | None:
+    """An existing --from path made absolute; anything else as given (Go's is an image name)."""
+    if source is None:
+        return None
+    expanded = source.expanduser()
+    return expanded.absolute() if expanded.exists() else source
 
 
 def _cache_dir() -> Path:

@@ -14,17 +14,10 @@ from typing import Any
 
 import pytest
 from conftest import RunningDaemon, ophion
-from docker_engine import (
-    DockerEngine,
-    free_port,
-    node_app_image,  # noqa: F401  (fixture)
-    python_app_image,  # noqa: F401  (fixture)
-    run_app,
-    wait_http,
-)
-from docker_engine import clean_docker_engine as clean_docker_engine  # noqa: F401
-from docker_engine import docker_engine as docker_engine  # noqa: F401
+from docker.types import Mount
+from docker_engine import DockerEngine, free_port, run_app, wait_http
 
+pytest_plugins = ["docker_engine"]
 pytestmark = pytest.mark.slow
 
 
@@ -37,7 +30,7 @@ def bundle_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def env(
-    clean_docker_engine: DockerEngine,  # noqa: F811
+    clean_docker_engine: DockerEngine,
     daemon: RunningDaemon,
     bundle_cache: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -77,6 +70,11 @@ class Traffic:
 @pytest.fixture
 def name() -> str:
     return f"app-{uuid.uuid4().hex[:8]}"
+
+
+def flat(text: str) -> str:
+    """Output with Rich's line wrapping undone (the tests' pipe is 80 columns wide)."""
+    return " ".join(text.split())
 
 
 def inspect(engine: DockerEngine, name: str) -> dict[str, Any]:
@@ -121,7 +119,7 @@ def containers(engine: DockerEngine) -> set[str]:
 def test_python_app_is_instrumented_and_uninstrumented(
     env: DockerEngine,
     daemon: RunningDaemon,
-    python_app_image: str,  # noqa: F811
+    python_app_image: str,
     name: str,
 ) -> None:
     port = free_port()
@@ -134,7 +132,8 @@ def test_python_app_is_instrumented_and_uninstrumented(
         environment={"OTEL_METRIC_EXPORT_INTERVAL": "2000", "SHOP_MODE": "test"},
         labels={"team": "payments"},
         restart_policy={"Name": "unless-stopped"},
-        volumes={f"{name}-data": {"bind": "/data", "mode": "rw"}, "/cache": {}},
+        volumes={f"{name}-data": {"bind": "/data", "mode": "rw"}},
+        mounts=[Mount("/cache", None, type="volume")],  # an anonymous volume
     )
     put_file(env, name, "/cache", "kept.txt", "written before instrumenting")
     before = inspect(env, name)
@@ -142,9 +141,9 @@ def test_python_app_is_instrumented_and_uninstrumented(
     with Traffic(f"http://127.0.0.1:{port}/work"):
         done = ophion("instrument", name, "--timeout", "90", timeout=300)
     assert done.returncode == 0, done.stderr + done.stdout
-    assert "language  python" in done.stdout
-    assert "is instrumented: its first telemetry arrived" in done.stdout
-    assert f"ophion traces --service {name}" in done.stdout
+    assert "language python" in flat(done.stdout)
+    assert "is instrumented: its first telemetry arrived" in flat(done.stdout)
+    assert f"ophion traces --service {name}" in flat(done.stdout)
 
     spans = wait_rows(
         daemon,
@@ -191,7 +190,7 @@ def test_python_app_is_instrumented_and_uninstrumented(
 def test_node_app_keeps_the_users_otel_settings_and_does_not_stack(
     env: DockerEngine,
     daemon: RunningDaemon,
-    node_app_image: str,  # noqa: F811
+    node_app_image: str,
     name: str,
 ) -> None:
     port = free_port()
@@ -209,9 +208,11 @@ def test_node_app_keeps_the_users_otel_settings_and_does_not_stack(
             timeout=300,
         )  # fmt: skip
     assert done.returncode == 0, done.stderr + done.stdout
-    assert "language  nodejs" in done.stdout
-    assert "as service storefront" in done.stdout  # the user's OTEL_SERVICE_NAME, not the name
-    assert "OTEL_SERVICE_NAME=storefront  (yours, kept)" in done.stdout
+    assert "language nodejs" in flat(done.stdout)
+    assert "as service storefront" in flat(
+        done.stdout
+    )  # the user's OTEL_SERVICE_NAME, not the name
+    assert "OTEL_SERVICE_NAME=storefront (yours, kept)" in flat(done.stdout)
 
     with Traffic(f"http://127.0.0.1:{port}/work"):
         spans = wait_rows(
@@ -235,7 +236,7 @@ def test_node_app_keeps_the_users_otel_settings_and_does_not_stack(
 
     again = ophion("instrument", name, "--no-verify", timeout=120)
     assert again.returncode == 1
-    assert "already instrumented" in again.stderr and "--force" in again.stderr
+    assert "already instrumented" in flat(again.stderr) and "--force" in flat(again.stderr)
     assert inspect(env, name)["Id"] == attrs["Id"]
 
     forced = ophion("instrument", name, "--force", "--no-verify", timeout=300)
@@ -250,7 +251,7 @@ def test_node_app_keeps_the_users_otel_settings_and_does_not_stack(
 
 def test_a_failed_verification_puts_the_exact_original_back(
     env: DockerEngine,
-    python_app_image: str,  # noqa: F811
+    python_app_image: str,
     name: str,
 ) -> None:
     port = free_port()
@@ -261,9 +262,9 @@ def test_a_failed_verification_puts_the_exact_original_back(
         "instrument", name, "--endpoint", "http://127.0.0.1:9", "--timeout", "8", timeout=300
     )
     assert done.returncode == 1
-    assert f"no telemetry from {name} arrived within 8s" in done.stderr
-    assert "the original container is back" in done.stderr
-    assert "  | " in done.stderr, "the instrumented container's last log lines are shown"
+    assert f"no telemetry from {name} arrived within 8s" in flat(done.stderr)
+    assert "the original container is back" in flat(done.stderr)
+    assert "\n  | " in done.stderr, "the instrumented container's last log lines are shown"
     after = inspect(env, name)
     assert after["Id"] == before["Id"]
     assert after["Name"] == before["Name"]
@@ -276,7 +277,7 @@ def test_a_failed_verification_puts_the_exact_original_back(
 
 def test_dry_run_changes_nothing(
     env: DockerEngine,
-    python_app_image: str,  # noqa: F811
+    python_app_image: str,
     name: str,
 ) -> None:
     port = free_port()
@@ -285,9 +286,9 @@ def test_dry_run_changes_nothing(
     volumes = {v.name for v in env.client.volumes.list()}
     done = ophion("instrument", name, "--dry-run", timeout=120)
     assert done.returncode == 0, done.stderr
-    for expected in ("language  python", "bundle    opentelemetry-distro", "PYTHONPATH=", "plan:"):
-        assert expected in done.stdout
-    assert "nothing was changed" in done.stdout
+    for expected in ("language python", "bundle opentelemetry-distro", "PYTHONPATH=", "plan:"):
+        assert expected in flat(done.stdout)
+    assert "nothing was changed" in flat(done.stdout)
     after = inspect(env, name)
     assert after["Id"] == before["Id"]
     assert after["State"]["StartedAt"] == before["State"]["StartedAt"]
@@ -296,25 +297,27 @@ def test_dry_run_changes_nothing(
     assert containers(env) == {name}
 
 
-def test_clear_refusals(env: DockerEngine, python_app_image: str, name: str) -> None:  # noqa: F811
+def test_clear_refusals(env: DockerEngine, python_app_image: str, name: str) -> None:
     missing = ophion("instrument", "no-such-container", timeout=60)
     assert missing.returncode == 1
-    assert "no container named 'no-such-container'" in missing.stderr
+    assert "no container named 'no-such-container'" in flat(missing.stderr)
 
     port = free_port()
     app = run_app(env, python_app_image, name, port)
     unsupported = ophion("instrument", name, "cobol", timeout=60)
     assert unsupported.returncode == 1
-    assert "unsupported language 'cobol'" in unsupported.stderr
-    assert "python, nodejs, java, dotnet, go, php" in unsupported.stderr
+    assert "unsupported language 'cobol'" in flat(unsupported.stderr)
+    assert "python, nodejs, java, dotnet, go, php" in flat(unsupported.stderr)
 
     never = ophion("uninstrument", name, timeout=60)
-    assert never.returncode == 1 and "is not instrumented by ophion" in never.stderr
+    assert never.returncode == 1 and "is not instrumented by ophion" in flat(never.stderr)
 
     app.stop(timeout=5)
     stopped = ophion("instrument", name, timeout=60)
     assert stopped.returncode == 1
-    assert "is not running" in stopped.stderr and f"docker start {name}" in stopped.stderr
+    assert "is not running" in flat(stopped.stderr) and f"docker start {name}" in flat(
+        stopped.stderr
+    )
     assert "Traceback" not in missing.stderr + unsupported.stderr + stopped.stderr
 
 
@@ -324,9 +327,9 @@ def test_docker_unreachable_says_so(daemon: RunningDaemon, tmp_path: Path) -> No
         "--endpoint", "http://127.0.0.1:4318",
     )  # fmt: skip
     assert result.returncode == 1
-    assert "Docker is not reachable" in result.stderr
-    assert "DOCKER_HOST" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Docker is not reachable" in flat(result.stderr)
+    assert "DOCKER_HOST" in flat(result.stderr)
+    assert "Traceback" not in flat(result.stderr)
 
 
 def ophion_with_env(extra: dict[str, str], *args: str) -> Any:
