@@ -157,8 +157,9 @@ class Swap:
         self.old_name = spec.name
         self.old_restart = dict(old["HostConfig"].get("RestartPolicy") or {"Name": "no"})
         self.new_id: str | None = None
+        # A stopped container (uninstrument allows one) is recreated stopped.
+        self.was_running = bool(old.get("State", {}).get("Running"))
         self._renamed = False
-        self._stopped = False
 
     @property
     def previous_name(self) -> str:
@@ -192,11 +193,12 @@ class Swap:
             on_step(f"stop the old {self.old_name} (kept, restart policy no)")
             with docker_errors(f"stopping the old {self.old_name}"):
                 api.update_container(self.old_id, restart_policy={"Name": "no"})
-                api.stop(self.old_id, timeout=self._stop_timeout())
-            self._stopped = True
-            on_step(f"start the new {self.old_name}")
-            with docker_errors(f"starting the new {self.old_name}"):
-                api.start(self.new_id)
+                if self.was_running:
+                    api.stop(self.old_id, timeout=self._stop_timeout())
+            if self.was_running:
+                on_step(f"start the new {self.old_name}")
+                with docker_errors(f"starting the new {self.old_name}"):
+                    api.start(self.new_id)
         except BaseException:
             self.rollback()
             raise
@@ -252,14 +254,14 @@ class Swap:
                 lambda: api.update_container(self.old_id, restart_policy=self.old_restart),
             )
         )
-        if self._stopped or self._renamed:
+        if self.was_running:
             steps.append(("starting it", lambda: api.start(self.old_id)))
         for doing, step in steps:
             try:
                 step()
             except docker.errors.APIError as e:
                 problems.append(f"{doing}: {e.explanation}")
-        self._renamed = self._stopped = False
+        self._renamed = False
         if problems:
             raise InstrumentError(
                 f"putting the old {self.old_name} back failed: " + "; ".join(problems),
