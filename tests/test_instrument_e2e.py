@@ -3,6 +3,7 @@ from PyPI and npm, and a real ophiond receiving what the instrumented apps send.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import tarfile
@@ -202,6 +203,7 @@ def test_node_app_keeps_the_users_otel_settings_and_does_not_stack(
         environment={"OTEL_SERVICE_NAME": "storefront", "OTEL_METRIC_EXPORT_INTERVAL": "2000"},
         restart_policy={"Name": "on-failure", "MaximumRetryCount": 3},
     )
+    original = inspect(env, name)
     with Traffic(f"http://127.0.0.1:{port}/work"):
         done = ophion(
             "instrument", name, "--attr", "deployment.environment=e2e", "--timeout", "90",
@@ -247,6 +249,17 @@ def test_node_app_keeps_the_users_otel_settings_and_does_not_stack(
     resource = [e for e in redone["Config"]["Env"] if e.startswith("OTEL_RESOURCE_ATTRIBUTES=")]
     assert len(resource) == 1 and resource[0].count("ophion.instrumentation.id=") == 1
     assert wait_http(f"http://127.0.0.1:{port}/") == "ok"
+
+    # A stopped container is taken back to its original configuration and stays stopped.
+    env.client.api.stop(name, timeout=5)
+    undone = ophion("uninstrument", name, timeout=120)
+    assert undone.returncode == 0, undone.stderr + undone.stdout
+    restored = inspect(env, name)
+    assert not restored["State"]["Running"]
+    assert restored["Config"]["Env"] == original["Config"]["Env"]
+    assert restored["Config"]["Labels"] == original["Config"]["Labels"]
+    assert restored["HostConfig"]["RestartPolicy"] == original["HostConfig"]["RestartPolicy"]
+    assert containers(env) == {name}
 
 
 def test_a_failed_verification_puts_the_exact_original_back(
@@ -343,3 +356,76 @@ def ophion_with_env(extra: dict[str, str], *args: str) -> Any:
         timeout=60,
         env={**os.environ, **extra},
     )
+
+
+@pytest.fixture(scope="session")
+def go_agent_standin(docker_engine: DockerEngine, python_app_image: str) -> str:
+    """A local image standing in for the Go eBPF agent (tests/docker_apps/go_agent_standin.py)."""
+    script = (Path(__file__).parent / "docker_apps" / "go_agent_standin.py").read_text()
+    api = docker_engine.client.api
+    holder = api.create_container(python_app_image, command=["true"])["Id"]
+    try:
+        put_file(docker_engine, holder, "/", "agent.py", script)
+        api.commit(
+            holder,
+            repository="ophion-test/go-agent-standin",
+            tag="1",
+            changes=['CMD ["python3.11", "/agent.py"]'],
+        )
+    finally:
+        api.remove_container(holder, force=True)
+    return "ophion-test/go-agent-standin:1"
+
+
+def test_go_runs_as_a_sidecar_in_the_apps_process_namespace(
+    env: DockerEngine,
+    daemon: RunningDaemon,
+    python_app_image: str,
+    go_agent_standin: str,
+    name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sidecar path, in process: this sandbox's engine cannot start privileged containers
+    (runc cannot apply every capability here), so the sidecar the Go agent asks for is checked
+    to be privileged and then started without it; the stand-in needs no more."""
+    from ophion_cli.instrument import operation
+    from ophion_cli.instrument.agents.go import GoAgent
+
+    asked: list[dict[str, Any]] = []
+    original = GoAgent.sidecar_config
+
+    def unprivileged(self: GoAgent, *args: Any) -> dict[str, Any]:
+        body = original(self, *args)
+        asked.append(copy.deepcopy(body))
+        body["HostConfig"].pop("Privileged")
+        body["HostConfig"].pop("Binds")
+        return body
+
+    monkeypatch.setattr(GoAgent, "sidecar_config", unprivileged)
+    port = free_port()
+    # Any program stands for the Go binary: the sidecar mechanics do not depend on it.
+    run_app(env, python_app_image, name, port, command=["/usr/bin/python3.11", "/app/app.py"])
+    before = inspect(env, name)
+    request = operation.Request(name, "go", source=Path(go_agent_standin))
+    listen = daemon.listen["http"]
+    plan = operation.plan(env.client, request, listen, tmp_path, False, lambda _m: None)
+    assert "privileged sidecar" in plan.bundle.description
+    assert asked[0]["HostConfig"]["Privileged"] is True
+    assert asked[0]["HostConfig"]["PidMode"] == f"container:{before['Id']}"
+    outcome = operation.apply(env.client, plan, daemon.api, 60, lambda _m: None)
+    assert outcome.arrival is not None and outcome.arrival.service_name == name
+    assert outcome.arrival.what.startswith("attached to pid ")  # it saw the app's process
+
+    sidecar = inspect(env, f"{name}-otel-go")
+    assert "OTEL_GO_AUTO_TARGET_EXE=/usr/bin/python3.11" in sidecar["Config"]["Env"]
+    after = inspect(env, name)
+    assert after["Id"] == before["Id"] and after["Config"] == before["Config"]
+
+    again = ophion("instrument", name, "go", "--from", go_agent_standin, "--no-verify")
+    assert again.returncode == 1 and "already instrumented" in flat(again.stderr)
+
+    undone = ophion("uninstrument", name, timeout=120)
+    assert undone.returncode == 0, undone.stderr + undone.stdout
+    assert containers(env) == {name}
+    assert inspect(env, name)["Id"] == before["Id"]
