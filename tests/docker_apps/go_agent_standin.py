@@ -48,9 +48,7 @@ span = {
     "endTimeUnixNano": str(now),
 }
 body = {
-    "resourceSpans": [
-        {"resource": {"attributes": attributes}, "scopeSpans": [{"spans": [span]}]}
-    ]
+    "resourceSpans": [{"resource": {"attributes": attributes}, "scopeSpans": [{"spans": [span]}]}]
 }
 request = urllib.request.Request(
     endpoint, json.dumps(body).encode(), {"Content-Type": "application/json"}
