@@ -30,11 +30,20 @@ def _app(down: bool = False) -> OphionTui:
 
 
 async def _settle(pilot: Pilot[None], ready: Callable[[], bool]) -> None:
+    """Wait until ``ready``, then until the screen stops changing: on a busy machine a column
+    can still be widening or a chart redrawing when the data is there."""
     for _ in range(200):
         if ready():
             break
         await pilot.pause(0.05)
-    await pilot.pause(0.4)
+    await pilot.pause(0.2)
+    previous = pilot.app.export_screenshot()
+    for _ in range(40):
+        await pilot.pause(0.25)
+        current = pilot.app.export_screenshot()
+        if current == previous:
+            return
+        previous = current
 
 
 def _open(
@@ -42,7 +51,16 @@ def _open(
 ) -> Callable[[Pilot[None]], Awaitable[None]]:
     async def run_before(pilot: Pilot[None]) -> None:
         app = pilot.app
-        await _settle(pilot, lambda: isinstance(app.screen, ServicesScreen))
+        # The services screen first, laid out with its rows: a screen pushed over it (help is
+        # drawn over it) must not catch it half done when the machine is busy.
+        await _settle(
+            pilot,
+            lambda: (
+                isinstance(app.screen, ServicesScreen)
+                and _rows(app.screen) == 3
+                and _widths_settled(app.screen)
+            ),
+        )
         pushed = screen()
         if pushed is not None:
             app.push_screen(pushed)
