@@ -110,7 +110,7 @@ def instrument(
     docker = connect()
     progress = _progress(console)
     the_plan = plan(docker, request, listen_http, _cache_dir(), dry_run, progress)
-    _print_plan(console, the_plan, dry_run)
+    _print_plan(console, the_plan)
     if dry_run:
         console.print("[dim]dry run: nothing was changed[/]")
         return
@@ -156,7 +156,7 @@ def _progress(console: Any) -> Any:
     return say
 
 
-def _print_plan(console: Any, the_plan: Plan, dry_run: bool) -> None:
+def _print_plan(console: Any, the_plan: Plan) -> None:
     from rich.markup import escape
 
     container = the_plan.container
@@ -167,8 +167,8 @@ def _print_plan(console: Any, the_plan: Plan, dry_run: bool) -> None:
     how = "named on the command line" if the_plan.detection.language != the_plan.language else ""
     evidence = "; ".join(the_plan.detection.evidence)
     console.print(f"  language  [bold]{the_plan.language}[/]  [dim]{escape(how or evidence)}[/]")
-    state = "cached" if the_plan.bundle_ready else ("to be built" if dry_run else "built")
-    console.print(f"  bundle    {escape(the_plan.bundle.description)}  [dim]({state})[/]")
+    bundle = the_plan.bundle
+    console.print(f"  bundle    {escape(bundle.description)}  [dim]({bundle.state})[/]")
     console.print(
         f"  service   [bold]{escape(the_plan.service_name)}[/]  [dim]{escape(_service_why(the_plan))}[/]"
     )

@@ -253,6 +253,4 @@ def run() -> None:
         app()  # click's standalone mode handles usage errors (exit 2) and Ctrl-C itself
     except OphionError as e:
         error_line(e)
-        for line in getattr(e, "logs", ()):  # a rolled-back instrumentation: the app's last words
-            sys.stderr.write(f"  | {line}\n")
         sys.exit(1)

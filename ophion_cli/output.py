@@ -22,6 +22,8 @@ def error_line(error: OphionError) -> None:
     console.print(f"[bold red]error:[/] {_escape(error.message)}")
     if error.hint:
         console.print(f"[dim]hint:[/] {_escape(error.hint)}")
+    for line in error.details:
+        console.print(f"  | {_escape(line)}", style="dim")
 
 
 def _escape(text: str) -> str:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class OphionError(Exception):
     """An expected failure that a front end shows as one line plus a hint, without a traceback."""
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, details: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # Lines shown under the hint as they are (a failed container's last log lines, say).
+        self.details = tuple(details)
 
     def __str__(self) -> str:
         return self.message

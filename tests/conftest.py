@@ -24,14 +24,18 @@ OPHIOND = [sys.executable, "-m", "ophiond"]
 FREE_PORTS = ["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
 
 
-def ophion(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the real ``ophion`` entry point in a subprocess (exit codes, stderr)."""
+def ophion(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``ophion`` entry point in a subprocess (exit codes, stderr); ``env`` adds
+    variables to the test's environment."""
     return subprocess.run(
         [sys.executable, "-m", "ophion_cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=REPO,
+        env={**os.environ, **env} if env else None,
     )
 
 

@@ -32,6 +32,7 @@ from ophion_cli.instrument.agents.php import PhpAgent
 from ophion_cli.instrument.detect import Detection
 from ophion_cli.instrument.engine import InstrumentError
 from ophion_cli.instrument.inject import EnvPlanner, Settings
+from ophion_cli.instrument_cmd import _local
 
 SETTINGS = Settings("shop", "http://127.0.0.1:4318", "0123456789abcdef")
 APP_ID = "a" * 64
@@ -422,7 +423,7 @@ def test_go_pulls_the_image_only_when_missing_and_not_dry(tmp_path: Path) -> Non
     images = FakeImages(set())
     target = make_target(tmp_path, executable="/app/server", client=FakeClient(images))
     dry = GoAgent().prepare(target, dry_run=True)
-    assert images.pulled == [] and "to be pulled" in dry.description
+    assert images.pulled == [] and "to be pulled" in dry.state
     GoAgent().prepare(target, dry_run=False)
     GoAgent().prepare(target, dry_run=False)
     assert images.pulled == [IMAGE]
@@ -437,10 +438,11 @@ def test_go_pull_failure_and_a_missing_local_image_name_from(
         GoAgent().prepare(target, dry_run=False)
     assert "--from" in (pull.value.hint or "")
 
-    # The command line hands --from over as an absolute path; the image name is recovered.
+    # The command line hands a --from that names no file over as written: an image name.
     monkeypatch.chdir(tmp_path)
     images = FakeImages({"my/agent:1"})
-    source = (Path("my/agent:1")).absolute()
+    source = _local(Path("my/agent:1"))
+    assert source is not None
     local = make_target(
         tmp_path, executable="/app/server", client=FakeClient(images), source=source
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
 import tarfile
 import threading
 import time
@@ -334,28 +333,15 @@ def test_clear_refusals(env: DockerEngine, python_app_image: str, name: str) -> 
     assert "Traceback" not in missing.stderr + unsupported.stderr + stopped.stderr
 
 
-def test_docker_unreachable_says_so(daemon: RunningDaemon, tmp_path: Path) -> None:
-    result = ophion_with_env(
-        {"DOCKER_HOST": f"unix://{tmp_path}/nothing.sock"}, "instrument", "app", "--no-verify",
-        "--endpoint", "http://127.0.0.1:4318",
+def test_docker_unreachable_says_so(tmp_path: Path) -> None:
+    result = ophion(
+        "instrument", "app", "--no-verify", "--endpoint", "http://127.0.0.1:4318",
+        env={"DOCKER_HOST": f"unix://{tmp_path}/nothing.sock"},
     )  # fmt: skip
     assert result.returncode == 1
     assert "Docker is not reachable" in flat(result.stderr)
     assert "DOCKER_HOST" in flat(result.stderr)
     assert "Traceback" not in flat(result.stderr)
-
-
-def ophion_with_env(extra: dict[str, str], *args: str) -> Any:
-    import subprocess
-    import sys
-
-    return subprocess.run(
-        [sys.executable, "-m", "ophion_cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **extra},
-    )
 
 
 @pytest.fixture(scope="session")

@@ -137,23 +137,23 @@ def _first_member(stream: Iterator[bytes], limit: int) -> bytes | None:
     return None
 
 
-def exec_json(container: Any, argv: Sequence[str], timeout_hint: str) -> Any:
+def exec_json(container: Any, argv: Sequence[str], doing: str) -> Any:
     """Run ``argv`` in the container (no shell) and parse the JSON it prints on stdout."""
     import docker.errors
 
     try:
         code, (out, err) = container.exec_run(list(argv), demux=True)
     except docker.errors.APIError as e:
-        raise InstrumentError(f"{timeout_hint}: {e.explanation}") from e
+        raise InstrumentError(f"{doing}: {e.explanation}") from e
     if code != 0:
         detail = (err or out or b"").decode(errors="replace").strip().splitlines()
         raise InstrumentError(
-            f"{timeout_hint}: {argv[0]} exited with {code}" + (f": {detail[-1]}" if detail else "")
+            f"{doing}: {argv[0]} exited with {code}" + (f": {detail[-1]}" if detail else "")
         )
     try:
         return json.loads(out or b"")
     except ValueError as e:
-        raise InstrumentError(f"{timeout_hint}: {argv[0]} printed no JSON") from e
+        raise InstrumentError(f"{doing}: {argv[0]} printed no JSON") from e
 
 
 def last_log_lines(client: Any, container_id: str, lines: int = 20) -> list[str]:

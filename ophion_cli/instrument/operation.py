@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from ophion_cli.instrument.inject import (
 from ophion_cli.instrument.recreate import (
     PREVIOUS_SUFFIX,
     ContainerSpec,
+    RolledBack,
     Swap,
     current_image_id,
     spec_from_inspect,
@@ -69,7 +70,6 @@ class Plan:
     language: str
     agent: Agent
     bundle: Bundle
-    bundle_ready: bool
     settings: Settings
     endpoint_reason: str
     service_reason: str
@@ -211,7 +211,6 @@ def plan(
         language=language,
         agent=agent,
         bundle=bundle,
-        bundle_ready=bundle.image is not None or (bundle.path is not None and bundle.path.is_dir()),
         settings=settings,
         endpoint_reason=endpoint_reason,
         service_reason=service_reason,
@@ -314,19 +313,9 @@ def choose_endpoint(
 
 @dataclass(frozen=True)
 class Outcome:
-    """How an instrumentation ended."""
+    """How an instrumentation ended: the first telemetry, None when not verified."""
 
     arrival: Arrival | None
-    verified: bool
-    bundle_copied: bool
-
-
-class RolledBack(InstrumentError):
-    """The new container did not prove itself; the original is back. Carries its last logs."""
-
-    def __init__(self, message: str, hint: str | None, logs: Sequence[str]) -> None:
-        super().__init__(message, hint)
-        self.logs = list(logs)
 
 
 def apply(
@@ -339,21 +328,19 @@ def apply(
     """Swap (or start the sidecar), verify unless ``api`` is None, then keep or roll back."""
     from ophion_cli.instrument.volume import ensure_volume
 
-    copied = False
     if the_plan.bundle.path is not None:
-        progress(f"filling the volume {the_plan.bundle.volume}")
-        copied = ensure_volume(client, the_plan.bundle, the_plan.container.attrs["Image"])
+        ensure_volume(client, the_plan.bundle, the_plan.container.attrs["Image"], progress)
     since = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)).strftime("%Y-%m-%d %H:%M:%S")
     if the_plan.sidecar is not None:
-        return _apply_sidecar(client, the_plan, api, timeout, since, progress, copied)
+        return _apply_sidecar(client, the_plan, api, timeout, since, progress)
     assert the_plan.spec is not None
     swap = Swap(client, the_plan.container.attrs, the_plan.spec)
     swap.run(progress)
-    try:
+    with swap.trial():
         if api is None:
             _settle(swap)
             swap.commit()
-            return Outcome(None, False, copied)
+            return Outcome(None)
         progress(f"waiting up to {timeout:.0f}s for telemetry from {the_plan.name}")
         arrival = wait_for_telemetry(
             api,
@@ -364,26 +351,22 @@ def apply(
         )
         if arrival is None:
             state = swap.new_state()
-            logs = swap.new_logs()
-            if state.get("Running"):
-                reason = f"no telemetry from {the_plan.name} arrived within {timeout:.0f}s"
-                hint = (
-                    "telemetry comes when the app works (requests, logs) or when its metrics are "
-                    "exported (every 60s by default): send it traffic, or raise --timeout"
-                )
-            else:
-                reason = (
-                    f"the instrumented {the_plan.name} stopped (exit code {state.get('ExitCode')})"
-                )
-                hint = "its last log lines are below; --dry-run shows the injected environment"
-            swap.rollback()
-            raise RolledBack(f"{reason}; the original container is back", hint, logs)
-    except BaseException:
-        if swap.new_id is not None:
-            swap.rollback()
-        raise
+            if not state.get("Running"):
+                raise _stopped(swap, state)
+            raise swap.give_up(
+                f"no telemetry from {the_plan.name} arrived within {timeout:.0f}s",
+                "telemetry comes when the app works (requests, logs) or when its metrics are "
+                "exported (every 60s by default): send it traffic, or raise --timeout",
+            )
     swap.commit()
-    return Outcome(arrival, True, copied)
+    return Outcome(arrival)
+
+
+def _stopped(swap: Swap, state: Mapping[str, Any]) -> RolledBack:
+    return swap.give_up(
+        f"the new {swap.old_name} stopped (exit code {state.get('ExitCode')})",
+        "its last log lines are below; --dry-run shows the injected environment",
+    )
 
 
 def _settle(swap: Swap) -> None:
@@ -392,14 +375,7 @@ def _settle(swap: Swap) -> None:
     while time.monotonic() < deadline:
         state = swap.new_state()
         if not state.get("Running"):
-            logs = swap.new_logs()
-            swap.rollback()
-            raise RolledBack(
-                f"the new {swap.old_name} stopped (exit code {state.get('ExitCode')}); the "
-                "original container is back",
-                "its last log lines are below",
-                logs,
-            )
+            raise _stopped(swap, state)
         time.sleep(0.5)
 
 
@@ -410,7 +386,6 @@ def _apply_sidecar(
     timeout: float,
     since: str,
     progress: Callable[[str], None],
-    copied: bool,
 ) -> Outcome:
     from ophion_cli.instrument.engine import docker_errors, last_log_lines
 
@@ -423,7 +398,7 @@ def _apply_sidecar(
         with docker_errors(f"starting the sidecar {name}"):
             client.api.start(sidecar_id)
         if api is None:
-            return Outcome(None, False, copied)
+            return Outcome(None)
         progress(f"waiting up to {timeout:.0f}s for telemetry from {the_plan.name}")
         arrival = wait_for_telemetry(
             api,
@@ -433,18 +408,16 @@ def _apply_sidecar(
             lambda: bool(client.api.inspect_container(sidecar_id)["State"].get("Running")),
         )
         if arrival is None:
-            logs = last_log_lines(client, sidecar_id)
-            client.api.remove_container(sidecar_id, force=True)
             raise RolledBack(
                 f"no telemetry from {the_plan.name} arrived within {timeout:.0f}s; the sidecar "
                 "is removed",
                 "the sidecar's last log lines are below",
-                logs,
+                last_log_lines(client, sidecar_id),
             )
     except BaseException:
         client.api.remove_container(sidecar_id, force=True)
         raise
-    return Outcome(arrival, True, copied)
+    return Outcome(arrival)
 
 
 @dataclass
@@ -464,7 +437,11 @@ def plan_removal(client: Any, name: str) -> Removal:
     sidecar = find_sidecar(client, container.id)
     if sidecar is not None:
         record = Record.from_labels(sidecar.attrs["Config"].get("Labels"))
-        assert record is not None
+        if record is None:
+            raise InstrumentError(
+                f"the sidecar {sidecar.name} has no readable {LABEL} label",
+                hint=f"remove it yourself: docker rm -f {sidecar.name}",
+            )
         return Removal(container, record, None, sidecar)
     attrs = container.attrs
     record = Record.from_labels(attrs["Config"].get("Labels"))
@@ -490,12 +467,7 @@ def remove(client: Any, removal: Removal, progress: Callable[[str], None]) -> No
     assert removal.spec is not None
     swap = Swap(client, removal.container.attrs, removal.spec)
     swap.run(progress)
-    running = removal.container.attrs["State"].get("Running")
-    try:
-        if running:
+    if swap.was_running:
+        with swap.trial():
             _settle(swap)
-    except BaseException:
-        if swap.new_id is not None:
-            swap.rollback()
-        raise
     swap.commit()

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +25,6 @@ log = logging.getLogger(__name__)
 
 # What the old container is called while it waits for the new one to prove itself.
 PREVIOUS_SUFFIX = "-ophion-previous"
-
-# Config keys that describe one container's identity or state, not what it was asked to be.
-_NOT_COPIED = ("Hostname", "Domainname", "MacAddress", "Image")
 
 
 @dataclass
@@ -39,10 +37,6 @@ class ContainerSpec:
     name: str
     config: dict[str, Any]
     more_networks: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def env(self) -> list[str]:
-        return list(self.config.get("Env") or [])
 
     @property
     def labels(self) -> dict[str, str]:
@@ -62,11 +56,10 @@ def spec_from_inspect(attrs: Mapping[str, Any], image_tag_id: str | None) -> Con
     application does not change version behind the user's back."""
     config = copy.deepcopy(dict(attrs["Config"]))
     image_ref = config.get("Image") or attrs["Image"]
-    for key in _NOT_COPIED:
-        config.pop(key, None)
-    if config.get("Hostname") is None and _user_hostname(attrs):
-        config["Hostname"] = attrs["Config"]["Hostname"]
     config["Image"] = image_ref if image_tag_id == attrs["Image"] else attrs["Image"]
+    config.pop("MacAddress", None)  # the old container's, per network since API 1.44
+    if not _user_hostname(attrs):
+        config.pop("Hostname", None)  # Docker's default: the new container's own short id
 
     host = copy.deepcopy(dict(attrs["HostConfig"]))
     _keep_anonymous_volumes(attrs, host)
@@ -75,11 +68,9 @@ def spec_from_inspect(attrs: Mapping[str, Any], image_tag_id: str | None) -> Con
     networks = dict(attrs.get("NetworkSettings", {}).get("Networks") or {})
     mode = str(host.get("NetworkMode") or "default")
     first = mode if mode in networks else next(iter(networks), None)
-    endpoints = {
-        name: _endpoint(settings, attrs["Id"])
-        for name, settings in networks.items()
-        if _is_user_network(mode, name)
-    }
+    # host, none and container:<id> have no endpoint settings to carry over.
+    shares = mode in ("host", "none") or mode.startswith("container:")
+    endpoints = {} if shares else {n: _endpoint(s, attrs["Id"]) for n, s in networks.items()}
     config["NetworkingConfig"] = {
         "EndpointsConfig": {first: endpoints[first]} if first in endpoints else {}
     }
@@ -91,11 +82,6 @@ def _user_hostname(attrs: Mapping[str, Any]) -> bool:
     """Docker names a container's host after its short id unless the user chose a name."""
     hostname = str(attrs["Config"].get("Hostname") or "")
     return bool(hostname) and not attrs["Id"].startswith(hostname)
-
-
-def _is_user_network(mode: str, name: str) -> bool:
-    # host, none and container:<id> have no endpoint settings to carry over.
-    return not (mode in ("host", "none") or mode.startswith("container:"))
 
 
 def _endpoint(settings: Mapping[str, Any], old_id: str) -> dict[str, Any]:
@@ -144,6 +130,14 @@ def current_image_id(client: Any, reference: str) -> str | None:
         return str(client.api.inspect_image(reference)["Id"])
     except docker.errors.APIError:
         return None
+
+
+class RolledBack(InstrumentError):
+    """The new container did not prove itself and the original is back; ``details`` holds the
+    new container's last log lines."""
+
+    def __init__(self, message: str, hint: str | None, logs: Sequence[str]) -> None:
+        super().__init__(message, hint, details=logs)
 
 
 class Swap:
@@ -217,6 +211,22 @@ class Swap:
 
     def new_logs(self, lines: int = 20) -> list[str]:
         return last_log_lines(self.client, self.new_id, lines) if self.new_id else []
+
+    def give_up(self, reason: str, hint: str) -> RolledBack:
+        """Roll back; the error to raise, with the new container's last log lines."""
+        logs = self.new_logs()
+        self.rollback()
+        return RolledBack(f"{reason}; the original container is back", hint, logs)
+
+    @contextmanager
+    def trial(self) -> Iterator[None]:
+        """While the new container proves itself: any failure (Ctrl-C too) rolls back."""
+        try:
+            yield
+        except BaseException:
+            if self.new_id is not None:
+                self.rollback()
+            raise
 
     def commit(self) -> None:
         """The new container proved itself: remove the old one (its volumes stay)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import posixpath
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ from ophion_cli.instrument.engine import docker_errors, read_file
 LABEL = "io.ophion.bundle"
 
 
-def ensure_volume(client: Any, bundle: Bundle, image: str) -> bool:
-    """Make sure the volume holds the bundle; True when it had to be filled now."""
+def ensure_volume(client: Any, bundle: Bundle, image: str, progress: Callable[[str], None]) -> None:
+    """Make sure the volume holds the bundle, copying it there when it does not yet."""
     assert bundle.path is not None
     with docker_errors(f"creating the volume {bundle.volume}"):
         client.api.create_volume(bundle.volume, labels={LABEL: bundle.key})
@@ -36,13 +37,13 @@ def ensure_volume(client: Any, bundle: Bundle, image: str) -> bool:
     try:
         container = client.containers.get(helper)
         if read_file(container, posixpath.join(bundle.target, MANIFEST), 1 << 16) is not None:
-            return False
+            return
+        progress(f"copying the bundle into the volume {bundle.volume}")
         with tempfile.TemporaryFile() as archive:
             _pack(bundle.path, archive)
             archive.seek(0)
             with docker_errors(f"copying the bundle into {bundle.volume}"):
                 client.api.put_archive(helper, bundle.target, archive)
-        return True
     finally:
         with docker_errors("removing the helper container"):
             client.api.remove_container(helper, force=True)

@@ -9,6 +9,7 @@ in a sidecar container and nothing is mounted.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -53,6 +54,10 @@ class Bundle:
     path: Path | None = None
     image: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+    # What preparing it took: "cached", "built", "to be built" (a dry run); for an image
+    # "present", "pulled", "to be pulled".
+    # (Not part of what the bundle is: two preparations of the same bundle compare equal.)
+    state: str = field(default="cached", compare=False)
 
     @property
     def volume(self) -> str:
@@ -101,6 +106,21 @@ def cache_key(language: str, *parts: Any) -> str:
     """A readable, versioned key: ``<language>-<first part>-<hash of everything>``."""
     digest = hashlib.sha256(json.dumps([language, *parts], sort_keys=True).encode()).hexdigest()
     return f"{language}-{parts[0]}-{digest[:10]}" if parts else f"{language}-{digest[:10]}"
+
+
+def reuse_or_build(
+    target: Target, bundle: Bundle, dry_run: bool, build: Callable[[Path], None]
+) -> Bundle:
+    """The bundle from the cache, else built by ``build`` into a scratch directory that becomes
+    the cache entry (not in a dry run); its ``state`` says which. ``build`` writes the manifest
+    last."""
+    if cached(target.cache_dir, bundle.key) is not None:
+        return dataclasses.replace(bundle, state="cached")
+    if dry_run:
+        return dataclasses.replace(bundle, state="to be built")
+    with building(target.cache_dir, bundle.key) as scratch:
+        build(scratch)
+    return dataclasses.replace(bundle, state="built")
 
 
 def cached(cache_dir: Path, key: str) -> dict[str, Any] | None:

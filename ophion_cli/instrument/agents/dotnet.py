@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Mapping
+from pathlib import Path
 
 from ophion_cli.instrument.agents import (
     Bundle,
     Target,
-    building,
     cache_key,
-    cached,
+    reuse_or_build,
     write_manifest,
 )
 from ophion_cli.instrument.agents.fetch import download, sha256_file, unpack_zip
@@ -81,33 +81,34 @@ class DotnetAgent:
             target.cache_dir / key,
             details={"libc": libc_name, "machine": machine, "native_dir": native_dir},
         )
-        if cached(target.cache_dir, key) is None and not dry_run:
-            with building(target.cache_dir, key) as scratch:
-                if target.source is not None:
-                    unpack_zip(target.source, scratch, f"--from {target.source}")
-                    what = f"--from {target.source}"
-                else:
-                    url = f"{self.releases}/v{VERSION}/{asset}"
-                    archive = scratch / f".{asset}"
-                    download(
-                        url,
-                        archive,
-                        target.progress,
-                        hint=f"check that this host reaches github.com, or download {asset} "
-                        "elsewhere and pass --from with its path",
+
+        def build(scratch: Path) -> None:
+            if target.source is not None:
+                unpack_zip(target.source, scratch, f"--from {target.source}")
+                what = f"--from {target.source}"
+            else:
+                url = f"{self.releases}/v{VERSION}/{asset}"
+                archive = scratch / f".{asset}"
+                download(
+                    url,
+                    archive,
+                    target.progress,
+                    hint=f"check that this host reaches github.com, or download {asset} "
+                    "elsewhere and pass --from with its path",
+                )
+                unpack_zip(archive, scratch, url)
+                archive.unlink()
+                what = url
+            for needed in (f"{native_dir}/{NATIVE}", STARTUP_HOOK):
+                if not (scratch / needed).is_file():
+                    raise InstrumentError(
+                        f"{what} has no {needed}: it is not {asset} (the container runs "
+                        f"{libc_name} on {machine})",
+                        hint=f"for .NET, --from names the release's {asset}",
                     )
-                    unpack_zip(archive, scratch, url)
-                    archive.unlink()
-                    what = url
-                for needed in (f"{native_dir}/{NATIVE}", STARTUP_HOOK):
-                    if not (scratch / needed).is_file():
-                        raise InstrumentError(
-                            f"{what} has no {needed}: it is not {asset} (the container runs "
-                            f"{libc_name} on {machine})",
-                            hint=f"for .NET, --from names the release's {asset}",
-                        )
-                write_manifest(scratch, {"language": "dotnet", "origin": origin, **bundle.details})
-        return bundle
+            write_manifest(scratch, {"language": "dotnet", "origin": origin, **bundle.details})
+
+        return reuse_or_build(target, bundle, dry_run, build)
 
     def environment(self, planner: EnvPlanner, bundle: Bundle, settings: Settings) -> None:
         home = bundle.target

@@ -13,7 +13,6 @@ names a local image.
 from __future__ import annotations
 
 import posixpath
-from pathlib import Path
 from typing import Any
 
 from ophion_cli.instrument.agents import Bundle, Target, cache_key
@@ -36,21 +35,27 @@ class GoAgent:
 
     def prepare(self, target: Target, dry_run: bool) -> Bundle:
         executable = self._executable(target)
-        reference = image_reference(target.source) if target.source is not None else self.image
-        present = self._has_image(target.client, reference)
-        if not present and target.source is not None:
-            raise InstrumentError(f"--from {reference}: the engine has no such image", hint=_HINT)
-        if not present and not dry_run:
-            target.progress(f"pulling {reference}")
-            self._pull(target.client, reference)
-        pending = "" if present or not dry_run else ", to be pulled"
+        # The command line keeps a --from that names no file as written: an image reference.
+        reference = str(target.source) if target.source is not None else self.image
+        state = "present"
+        if not self._has_image(target.client, reference):
+            if target.source is not None:
+                raise InstrumentError(
+                    f"--from {reference}: the engine has no such image", hint=_HINT
+                )
+            state = "to be pulled"
+            if not dry_run:
+                target.progress(f"pulling {reference}")
+                self._pull(target.client, reference)
+                state = "pulled"
         return Bundle(
             "go",
             cache_key("go", reference),
-            f"OpenTelemetry Go eBPF instrumentation ({reference}{pending}) in a privileged "
+            f"OpenTelemetry Go eBPF instrumentation ({reference}) in a privileged "
             f"sidecar, watching {executable}",
             image=reference,
             details={"executable": executable},
+            state=state,
         )
 
     def environment(self, planner: EnvPlanner, bundle: Bundle, settings: Settings) -> None:
@@ -127,17 +132,6 @@ class GoAgent:
             raise InstrumentError(f"pulling {reference}: {e.explanation}", hint=_HINT) from e
         except requests.exceptions.RequestException as e:
             raise InstrumentError(f"pulling {reference}: {e}", hint=_HINT) from e
-
-
-def image_reference(source: Path) -> str:
-    """The image ``--from`` names. The command line reads ``--from`` as a path and makes it
-    absolute, which turns ``myimage:1`` into ``<cwd>/myimage:1``; no file is meant by it."""
-    if not source.exists():
-        try:
-            return str(source.relative_to(Path.cwd()))
-        except ValueError:
-            pass
-    return str(source)
 
 
 def real_path(container: Any, path: str, hops: int = 8) -> str:

@@ -16,9 +16,8 @@ from pathlib import Path
 from ophion_cli.instrument.agents import (
     Bundle,
     Target,
-    building,
     cache_key,
-    cached,
+    reuse_or_build,
     write_manifest,
 )
 from ophion_cli.instrument.agents.fetch import download, sha256_file
@@ -74,19 +73,20 @@ class JavaAgent:
             target.cache_dir / key,
             details={"version": version},
         )
-        if cached(target.cache_dir, key) is None and not dry_run:
-            with building(target.cache_dir, key) as scratch:
-                jar = scratch / JAR
-                if target.source is not None:
-                    shutil.copyfile(target.source, jar)
-                else:
-                    download(self.url, jar, target.progress, _HINT)
-                    agent_version(jar, f"the jar downloaded from {self.url}")
-                write_manifest(
-                    scratch,
-                    {"language": "java", "version": version, "sha256": sha256_file(jar)},
-                )
-        return bundle
+
+        def build(scratch: Path) -> None:
+            jar = scratch / JAR
+            if target.source is not None:
+                shutil.copyfile(target.source, jar)
+            else:
+                download(self.url, jar, target.progress, _HINT)
+                agent_version(jar, f"the jar downloaded from {self.url}")
+            write_manifest(
+                scratch,
+                {"language": "java", "version": version, "sha256": sha256_file(jar)},
+            )
+
+        return reuse_or_build(target, bundle, dry_run, build)
 
     def environment(self, planner: EnvPlanner, bundle: Bundle, settings: Settings) -> None:
         # After the user's options: the JVM applies them in order, and theirs stay in force.

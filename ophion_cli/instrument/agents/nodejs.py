@@ -11,9 +11,8 @@ from pathlib import Path
 from ophion_cli.instrument.agents import (
     Bundle,
     Target,
-    building,
     cache_key,
-    cached,
+    reuse_or_build,
     run_tool,
     write_manifest,
 )
@@ -47,10 +46,7 @@ class NodeAgent:
             target.cache_dir / key,
             details={"node": version},
         )
-        if cached(target.cache_dir, key) is None and not dry_run:
-            target.progress(f"building the Node.js bundle ({PACKAGE} {VERSION}) with npm")
-            self._build(target, bundle)
-        return bundle
+        return reuse_or_build(target, bundle, dry_run, lambda scratch: self._build(target, scratch))
 
     def _version(self, target: Target) -> str:
         executable = target.detection.executable
@@ -66,7 +62,8 @@ class NodeAgent:
         )
         return str(found)
 
-    def _build(self, target: Target, bundle: Bundle) -> None:
+    def _build(self, target: Target, scratch: Path) -> None:
+        target.progress(f"building the Node.js bundle ({PACKAGE} {VERSION}) with npm")
         packages = [f"{PACKAGE}@{VERSION}"]
         offline: list[str] = []
         if target.source is not None:
@@ -79,31 +76,28 @@ class NodeAgent:
                 )
             packages = [str(path) for path in tarballs]
             offline = ["--offline"]
-        with building(target.cache_dir, bundle.key) as scratch:
-            (scratch / "package.json").write_text(
-                '{"name": "ophion-otel-bundle", "private": true}\n'
-            )
-            run_tool(
-                [
-                    "npm",
-                    "install",
-                    "--prefix",
-                    str(scratch),
-                    "--omit=dev",
-                    "--no-audit",
-                    "--no-fund",
-                    "--no-package-lock",
-                    "--loglevel=error",
-                    *offline,
-                    *packages,
-                ],
-                "building the Node.js bundle with npm",
-                hint="install npm on this host and check that it reaches the npm registry, or "
-                "pass --from with a directory of npm tarballs",
-            )
-            if not Path(scratch, REGISTER).is_file():
-                raise InstrumentError(f"the npm install has no {REGISTER}: not {PACKAGE}?")
-            write_manifest(scratch, {"language": "nodejs", "package": PACKAGE, "version": VERSION})
+        (scratch / "package.json").write_text('{"name": "ophion-otel-bundle", "private": true}\n')
+        run_tool(
+            [
+                "npm",
+                "install",
+                "--prefix",
+                str(scratch),
+                "--omit=dev",
+                "--no-audit",
+                "--no-fund",
+                "--no-package-lock",
+                "--loglevel=error",
+                *offline,
+                *packages,
+            ],
+            "building the Node.js bundle with npm",
+            hint="install npm on this host and check that it reaches the npm registry, or "
+            "pass --from with a directory of npm tarballs",
+        )
+        if not Path(scratch, REGISTER).is_file():
+            raise InstrumentError(f"the npm install has no {REGISTER}: not {PACKAGE}?")
+        write_manifest(scratch, {"language": "nodejs", "package": PACKAGE, "version": VERSION})
 
     def environment(self, planner: EnvPlanner, bundle: Bundle, settings: Settings) -> None:
         planner.extend("NODE_OPTIONS", f"--require {posixpath.join(bundle.target, REGISTER)}", " ")

@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ophion_cli.instrument.agents import Bundle, Target, building, cache_key, cached, write_manifest
+from ophion_cli.instrument.agents import Bundle, Target, cache_key, reuse_or_build, write_manifest
 from ophion_cli.instrument.agents.fetch import sha256_file, unpack_tar
 from ophion_cli.instrument.detect import libc
 from ophion_cli.instrument.engine import (
@@ -123,16 +123,17 @@ class PhpAgent:
             target.cache_dir / key,
             details={"php": version, "libc": libc_name},
         )
-        if cached(target.cache_dir, key) is None and not dry_run:
-            with building(target.cache_dir, key) as scratch:
-                if target.source is not None:
-                    shutil.copytree(target.source, scratch, symlinks=True, dirs_exist_ok=True)
-                else:
-                    target.progress("building the PHP bundle in a helper container (minutes)")
-                    self._build(target, image, scratch)
-                write_ini(scratch, bundle.target)
-                write_manifest(scratch, {"language": "php", "origin": origin, **bundle.details})
-        return bundle
+
+        def build(scratch: Path) -> None:
+            if target.source is not None:
+                shutil.copytree(target.source, scratch, symlinks=True, dirs_exist_ok=True)
+            else:
+                target.progress("building the PHP bundle in a helper container (minutes)")
+                self._build(target, image, scratch)
+            write_ini(scratch, bundle.target)
+            write_manifest(scratch, {"language": "php", "origin": origin, **bundle.details})
+
+        return reuse_or_build(target, bundle, dry_run, build)
 
     def environment(self, planner: EnvPlanner, bundle: Bundle, settings: Settings) -> None:
         conf = f"{bundle.target}/conf.d"

@@ -17,9 +17,8 @@ from typing import Any
 from ophion_cli.instrument.agents import (
     Bundle,
     Target,
-    building,
     cache_key,
-    cached,
+    reuse_or_build,
     run_tool,
     write_manifest,
 )
@@ -84,10 +83,14 @@ class PythonAgent:
             "instrumentations": instrumentations,
         }
         bundle = Bundle("python", key, description, target.cache_dir / key, details=details)
-        if cached(target.cache_dir, key) is None and not dry_run:
-            target.progress(f"building the Python bundle ({len(instrumentations) + 2} packages)")
-            self._build(target, bundle, version, libc_name, runtime["libc"][1], machine)
-        return bundle
+        return reuse_or_build(
+            target,
+            bundle,
+            dry_run,
+            lambda scratch: self._build(
+                target, bundle, scratch, version, libc_name, runtime["libc"][1], machine
+            ),
+        )
 
     def _runtime(self, target: Target) -> dict[str, Any]:
         executable = target.detection.executable
@@ -109,12 +112,14 @@ class PythonAgent:
         self,
         target: Target,
         bundle: Bundle,
+        scratch: Path,
         version: tuple[int, ...],
         libc_name: str,
         libc_version: str,
         machine: str,
     ) -> None:
         wanted = [*BASE_PACKAGES, *bundle.details["instrumentations"]]
+        target.progress(f"building the Python bundle ({len(wanted)} packages)")
         argv = [
             sys.executable,
             "-m",
@@ -139,14 +144,13 @@ class PythonAgent:
         ]
         if tuple(sys.version_info[:2]) != version:
             argv.append("--no-compile")  # bytecode for this host's Python would be dead weight
-        with building(target.cache_dir, bundle.key) as scratch:
-            run_tool(
-                [*argv, "--target", str(scratch), *wanted],
-                "building the Python bundle with pip",
-                hint="check that this host reaches PyPI, or pass --from with a wheelhouse "
-                "directory (pip download --only-binary=:all: ... -d DIR)",
-            )
-            write_manifest(scratch, {"language": "python", "packages": wanted, **bundle.details})
+        run_tool(
+            [*argv, "--target", str(scratch), *wanted],
+            "building the Python bundle with pip",
+            hint="check that this host reaches PyPI, or pass --from with a wheelhouse "
+            "directory (pip download --only-binary=:all: ... -d DIR)",
+        )
+        write_manifest(scratch, {"language": "python", "packages": wanted, **bundle.details})
 
     def environment(self, planner: EnvPlanner, bundle: Bundle, settings: Settings) -> None:
         loader = posixpath.join(bundle.target, "opentelemetry/instrumentation/auto_instrumentation")
