@@ -341,14 +341,7 @@ def apply(
             _settle(swap)
             swap.commit()
             return Outcome(None)
-        progress(f"waiting up to {timeout:.0f}s for telemetry from {the_plan.name}")
-        arrival = wait_for_telemetry(
-            api,
-            the_plan.settings.instrumentation_id,
-            since,
-            timeout,
-            lambda: bool(swap.new_state().get("Running")),
-        )
+        arrival = _wait(api, the_plan, since, timeout, progress, swap.new_state)
         if arrival is None:
             state = swap.new_state()
             if not state.get("Running"):
@@ -360,6 +353,26 @@ def apply(
             )
     swap.commit()
     return Outcome(arrival)
+
+
+def _wait(
+    api: Any,
+    the_plan: Plan,
+    since: str,
+    timeout: float,
+    progress: Callable[[str], None],
+    state: Callable[[], Mapping[str, Any]],
+) -> Arrival | None:
+    """Telemetry from the injection, None on timeout or when the container it runs in (its
+    ``state``) stopped."""
+    progress(f"waiting up to {timeout:.0f}s for telemetry from {the_plan.name}")
+    return wait_for_telemetry(
+        api,
+        the_plan.settings.instrumentation_id,
+        since,
+        timeout,
+        lambda: bool(state().get("Running")),
+    )
 
 
 def _stopped(swap: Swap, state: Mapping[str, Any]) -> RolledBack:
@@ -399,13 +412,13 @@ def _apply_sidecar(
             client.api.start(sidecar_id)
         if api is None:
             return Outcome(None)
-        progress(f"waiting up to {timeout:.0f}s for telemetry from {the_plan.name}")
-        arrival = wait_for_telemetry(
+        arrival = _wait(
             api,
-            the_plan.settings.instrumentation_id,
+            the_plan,
             since,
             timeout,
-            lambda: bool(client.api.inspect_container(sidecar_id)["State"].get("Running")),
+            progress,
+            lambda: client.api.inspect_container(sidecar_id)["State"],
         )
         if arrival is None:
             raise RolledBack(
