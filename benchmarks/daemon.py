@@ -82,10 +82,10 @@ class Daemon:
     def data_dir(self) -> Path:
         return self.home / "data"
 
-    def stored(self) -> dict[str, int]:
-        """Records stored since this daemon started, per signal, from the API's /status."""
+    def accepted(self) -> dict[str, int]:
+        """Records acknowledged since this daemon started, per signal, from the API's /status."""
         signals = self.api.get("/status")["signals"]
-        return {name: int(counts["stored"]) for name, counts in signals.items()}
+        return {name: int(counts["accepted"]) for name, counts in signals.items()}
 
     def count(self, view: str) -> int:
         """Rows in one of the SQL views (all partitions), through the API."""

@@ -139,7 +139,7 @@ def throughput_phase(workdir: Path, pools: dict[str, Path], settings: Settings) 
             results[transport] = result
         if settings.profile_s:
             results["profile"] = profile_phase(daemon, pools["traces"], settings, workdir)
-        stored = daemon.stored()["traces"]
+        stored = daemon.accepted()["traces"]
         counted = daemon.count("spans")
         results["vm_hwm_bytes"] = peak_rss_bytes(daemon.pid)
     data = directory_bytes(daemon.data_dir)
@@ -229,10 +229,10 @@ def _progress(daemon: Daemon, signal: str, target: int) -> Callable[[], None]:
     began = time.monotonic()
 
     def show() -> None:
-        stored = daemon.stored()[signal]
-        rate = stored / max(time.monotonic() - began, 1e-9)
-        left = (target - stored) / rate if rate else math.inf
-        say(f"   ... {stored:,} of {target:,} stored, {rate:,.0f}/s, about {left:,.0f} s left")
+        accepted = daemon.accepted()[signal]
+        rate = accepted / max(time.monotonic() - began, 1e-9)
+        left = (target - accepted) / rate if rate else math.inf
+        say(f"   ... {accepted:,} of {target:,} accepted, {rate:,.0f}/s, about {left:,.0f} s left")
 
     return show
 
@@ -249,11 +249,11 @@ def _load(home: Path, pools: dict[str, Path], signal: str, settings: Settings) -
             records=settings.size,
             progress=_progress(daemon, signal, settings.size),
         )
-        stored = daemon.stored()[signal]
+        stored = daemon.accepted()[signal]
         hwm = peak_rss_bytes(daemon.pid)
     say(f"   {signal}: {describe(result)}; VmHWM {_mb(hwm)}")
     if stored != result.acknowledged:
-        say(f"   WARNING: {result.acknowledged:,} acknowledged but /status says {stored:,} stored")
+        say(f"   WARNING: {result.acknowledged:,} acknowledged but /status says {stored:,} accepted")
     return {"replay": asdict(result), "stored": stored, "vm_hwm_bytes": hwm}
 
 

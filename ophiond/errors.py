@@ -26,6 +26,17 @@ class ConfigError(OphionError):
 class StoreError(OphionError):
     """The DuckDB store could not be opened, migrated, written or queried."""
 
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        details: Sequence[str] = (),
+        transient: bool = False,
+    ) -> None:
+        super().__init__(message, hint, details)
+        # The disk failed (full, an I/O error), not the data: trying again later may work.
+        self.transient = transient
+
 
 class DaemonNotRunning(OphionError):
     """The CLI could not reach ophiond."""

@@ -43,7 +43,8 @@ def test_status_json_shows_counts_and_addresses(daemon: Any) -> None:
     assert doc["pid"] == daemon.process.pid
     assert doc["listen"]["grpc"] == daemon.listen["grpc"]
     assert doc["listen"]["http"] == daemon.listen["http"]
-    assert doc["signals"]["traces"]["stored"] == 3
+    assert doc["signals"]["traces"]["accepted"] == 3
+    assert doc["signals"]["traces"]["stored"] + doc["signals"]["traces"]["waiting"] == 3
     assert doc["signals"]["traces"]["received"] == 3
     assert doc["storage"]["partitions"] == 1 and doc["storage"]["bytes"] > 0
 

@@ -13,7 +13,14 @@ from test_store import T0, _open, _trace_request
 
 from ophiond.errors import StoreError
 from ophiond.otlp.decode import decode_traces
-from ophiond.store.journal import Journal, encode_record, encode_tables, read_segment
+from ophiond.store.journal import (
+    Frame,
+    Journal,
+    encode_record,
+    encode_tables,
+    find_losses,
+    read_segment,
+)
 from ophiond.store.partitions import PartitionSet
 from ophiond.store.writer import Writer
 from ophiond.telemetry import Telemetry
@@ -23,9 +30,13 @@ def _writer(partitions: PartitionSet, **kwargs: object) -> Writer:
     return Writer(partitions, Telemetry(), 1_000_000, 10**12, 7 * 86400, 3600, **kwargs)  # type: ignore[arg-type]
 
 
-def _frame(spans: int, service: str = "checkout") -> list[bytes | memoryview]:
+def _frame(spans: int, service: str = "checkout") -> Frame:
     batch = decode_traces(_trace_request(spans, service))
     return encode_record("traces", batch.accepted, encode_tables(batch.tables))
+
+
+def _counts(path: Path) -> list[int]:
+    return [r.records for r in read_segment(path).records]
 
 
 def _span_count(partitions: PartitionSet) -> int:
@@ -41,11 +52,14 @@ def test_a_torn_last_record_is_ignored_and_the_whole_ones_read(tmp_path: Path) -
     journal.close()
     path = journal.path(journal.segment)
     whole = path.read_bytes()
-    torn = b"".join(_frame(5))[:-10]
+    frame = _frame(5)
+    torn = (frame.head(3) + b"".join(frame.parts))[:-10]
     path.write_bytes(whole + torn)  # a crash in the middle of the third write
-    assert [r.records for r in read_segment(path)] == [3, 4]
+    assert _counts(path) == [3, 4]
+    # The newest segment's torn tail is a write cut short, not a loss to report.
+    assert find_losses(0, [(journal.segment, read_segment(path))]) == []
     path.write_bytes(whole[:-1])  # or of the second
-    assert [r.records for r in read_segment(path)] == [3]
+    assert _counts(path) == [3]
 
 
 def test_unflushed_records_are_replayed_once_at_start(tmp_path: Path) -> None:
@@ -76,9 +90,10 @@ def test_a_segment_duckdb_already_has_is_not_replayed(tmp_path: Path) -> None:
     writer.submit(decode_traces(_trace_request(5))).wait()
     segment = writer.journal.segment
     kept = writer.journal.path(segment).read_bytes()
-    writer.sync()  # flushed: DuckDB records the segment as applied, and it is deleted
+    writer.sync()  # flushed: DuckDB records the segment as applied
+    assert writer.journal.path(segment).exists()  # kept until a checkpoint
+    writer.stop()  # which the stop makes: only now is it deleted
     assert not writer.journal.path(segment).exists()
-    writer.stop()
     writer.journal.path(segment).write_bytes(kept)  # as if the deletion never happened
 
     assert _writer(partitions).recover() == 0
@@ -135,7 +150,8 @@ def test_a_tail_of_zeros_ends_the_segment(tmp_path: Path) -> None:
     journal.close()
     path = journal.path(journal.segment)
     path.write_bytes(path.read_bytes() + b"\0" * 4096)
-    assert [r.records for r in read_segment(path)] == [3]
+    assert _counts(path) == [3]
+    assert find_losses(0, [(journal.segment, read_segment(path))]) == []
 
 
 def test_a_rotation_that_fails_half_way_stores_nothing_twice(
@@ -274,3 +290,59 @@ def test_a_flush_ends_before_it_would_pass_its_size(tmp_path: Path) -> None:
     assert [row[0] for row in sizes] == [8, 8, 8]
     writer.stop()
     partitions.close()
+
+
+def _journal_with(tmp_path: Path, *segments: list[int]) -> Journal:
+    """A journal of closed segments (each rotated away) holding requests of these sizes."""
+    journal = Journal(tmp_path / "journal")
+    journal.open(after=0)
+    for sizes in segments:
+        journal.append([_frame(n) for n in sizes])
+        journal.rotate()
+    journal.close()
+    return journal
+
+
+def test_records_after_damage_are_found_again_and_the_loss_is_counted(tmp_path: Path) -> None:
+    """16 bytes overwritten inside a record: that record is lost (and said to be), the ones
+    after it are read again."""
+    journal = _journal_with(tmp_path, [3, 4, 5, 6])
+    first = journal.segments()[0]
+    path = journal.path(first)
+    data = bytearray(path.read_bytes())
+    second = data.find(b"\xa7OPR", data.find(b"\xa7OPR") + 1)
+    data[second + 40 : second + 56] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+
+    contents = read_segment(path)
+    assert [r.records for r in contents.records] == [3, 5, 6]
+    assert contents.lost == 1
+    [loss] = find_losses(0, list(journal.replay(after=0)))
+    assert (loss.segment, loss.requests, loss.acknowledged) == (first, 1, True)
+    assert "damaged" in loss.describe()
+
+
+def test_a_segment_cut_short_or_deleted_is_noticed(tmp_path: Path) -> None:
+    """A closed segment cut at a record boundary, or gone: its successor's header says how
+    many records it held."""
+    journal = _journal_with(tmp_path, [3, 4], [5], [6, 7])
+    first, second, third, _open_one = journal.segments()
+    path = journal.path(first)
+    whole = read_segment(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: data.rfind(b"\xa7OPR")])  # the last record cut off, cleanly
+    journal.path(third).unlink()
+
+    losses = find_losses(0, list(journal.replay(after=0)))
+    assert [(x.segment, x.requests, x.acknowledged) for x in losses] == [
+        (first, 1, True),
+        (third, 2, True),
+    ]
+    assert whole.last_sequence == 2 and "missing" in losses[1].reason
+
+
+def test_the_segment_being_written_going_missing_is_noticed(tmp_path: Path) -> None:
+    """DuckDB has everything up to segment 4; 5, which the daemon was writing to, is gone."""
+    [loss] = find_losses(4, [])
+    assert loss.segment == 5 and loss.acknowledged and "missing" in loss.reason
+    assert find_losses(0, []) == []  # (a new journal: nothing was ever written)

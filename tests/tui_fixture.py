@@ -277,7 +277,7 @@ class FixtureSource:
         self._check()
         return {
             "version": "0.1.0",
-            "signals": {s: {"stored": 1000} for s in ("traces", "logs", "metrics")},
+            "signals": {s: {"accepted": 1000} for s in ("traces", "logs", "metrics")},
         }
 
     def services(self, since: str, step: str | None = None) -> dict[str, Any]:

@@ -94,7 +94,7 @@ class OphionTui(App[None]):
         self.daemon_error = None
         self.daemon_version = str(status.get("version", ""))
         now = time.monotonic()
-        stored = {s: int(status["signals"][s]["stored"]) for s in SIGNALS}
+        stored = {s: int(status["signals"][s]["accepted"]) for s in SIGNALS}
         if self._last_stored is not None and now > self._last_stored[0]:
             then, before = self._last_stored
             self.ingest_rates = {s: max(0, stored[s] - before[s]) / (now - then) for s in SIGNALS}

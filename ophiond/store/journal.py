@@ -13,10 +13,20 @@ last segment it covers in DuckDB (``journal_applied``) in the same transaction a
 so after a crash the journal is replayed from the first segment DuckDB does not have, exactly
 once. Segments a flush covered are deleted after its commit.
 
-A record is ``<length u32><crc32 u32><payload>``; the payload is a small JSON header (signal,
-record count, table names and sizes) followed by each table as an Arrow IPC stream. A torn
-record at the end of a segment (a crash during a write, never acknowledged) ends the replay of
-that segment.
+Segment file: a 28-byte header (``OPHJRNL2``, the segment's number, how many records the
+previous segment holds, a CRC of the header), then records. A record is ``<magic "\\xa7OPR">
+<sequence u32> <payload length u32> <payload crc32 u32> <crc32 of the 16 bytes before it>
+<payload>``; the payload is a small JSON header (signal, record count, table names and sizes)
+followed by each table as an Arrow IPC stream. Records are numbered from 1 in each segment.
+
+Damage is found and named, never silently skipped: a record whose head or payload does not
+check out is skipped and the reader looks for the next record magic, so the records after the
+damage are read again; the sequence numbers say how many records the damage took; and a
+segment's header says how many records its predecessor holds, so a predecessor truncated at a
+record boundary, or deleted, is noticed too. Bytes after the last whole record of the segment
+being written when the daemon stopped are a write cut short (never acknowledged) or damage:
+the reader cannot tell which, and says so. Segments written before this format (no header:
+``<length u32><crc32 u32><payload>`` records) are still read.
 """
 
 from __future__ import annotations
@@ -40,7 +50,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_RECORD_HEAD = struct.Struct("<II")  # payload length, crc32 of the payload
+_SEGMENT_MAGIC = b"OPHJRNL2"
+# magic, segment number, records in the previous segment (_UNKNOWN: not known), crc32 of the rest
+_SEGMENT_HEAD = struct.Struct("<8sQQI")
+_UNKNOWN = (1 << 64) - 1
+_RECORD_MAGIC = b"\xa7OPR"
+# magic, sequence in the segment (from 1), payload length, payload crc32, crc32 of these 16 bytes
+_RECORD_HEAD = struct.Struct("<4sIIII")
+_LEGACY_HEAD = struct.Struct("<II")  # segments before the format above: length, crc32
 _HEADER_SIZE = struct.Struct("<I")
 _MAX_BUFFERS = 512  # per writev call (Linux allows 1024)
 _NAME_RE = re.compile(r"^(\d{12})\.journal$")
@@ -50,8 +67,64 @@ _NAME_RE = re.compile(r"^(\d{12})\.journal$")
 class JournalRecord:
     """One accepted request as the journal keeps it."""
 
+    signal: str
     records: int
     tables: dict[str, pa.Table]
+    sequence: int  # its place in its segment, from 1 (0 in segments of the old format)
+    streams: dict[str, memoryview]  # the tables' IPC streams, as stored (for a dead letter)
+
+
+@dataclass
+class SegmentContents:
+    """What could be read of one segment, and what could not."""
+
+    records: list[JournalRecord]
+    previous: int | None  # records its predecessor holds, per its header (None: not known)
+    last_sequence: int  # the sequence number of the last whole record (0: none)
+    lost: int  # records missing between whole ones (damage found by the sequence numbers)
+    damaged: list[str]  # where and what, for the log
+    tail: int  # bytes after the last whole record
+    torn: bool = False  # and they look like a write cut short, not like damage
+
+
+@dataclass
+class JournalLoss:
+    """Acknowledged records the disk lost (or may have lost) before DuckDB had them."""
+
+    segment: int
+    requests: int | None  # export requests (journal records) lost; None: not known
+    acknowledged: bool | None  # None: a write cut short by a crash, or damage; cannot tell
+    reason: str
+
+    def describe(self) -> str:
+        count = "an unknown number of" if self.requests is None else str(self.requests)
+        ack = {
+            True: "acknowledged",
+            False: "never acknowledged",
+            None: "acknowledged or not",
+        }[self.acknowledged]
+        return (
+            f"journal segment {self.segment:012d}: {count} request(s) lost ({ack}): {self.reason}"
+        )
+
+
+class Frame:
+    """One journal record before it is written: its payload and the payload's CRC, computed
+    outside the journal's lock; :meth:`Journal.append` adds the head with its sequence."""
+
+    __slots__ = ("parts", "length", "crc")
+
+    def __init__(self, parts: list[bytes | memoryview]) -> None:
+        self.parts = parts
+        self.length = sum(len(p) for p in parts)
+        crc = 0
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+        self.crc = crc
+
+    def head(self, sequence: int) -> bytes:
+        start = struct.pack("<4sIII", _RECORD_MAGIC, sequence, self.length, self.crc)
+        return start + struct.pack("<I", zlib.crc32(start))
 
 
 def encode_tables(tables: Mapping[str, pa.Table]) -> dict[str, bytes]:
@@ -118,15 +191,9 @@ def unpack(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], dict[s
     return header, streams
 
 
-def encode_record(
-    signal: str, records: int, streams: Mapping[str, bytes | memoryview]
-) -> list[bytes | memoryview]:
-    """One journal record, framed, as the buffers to write (the streams are not copied)."""
-    parts = pack({"signal": signal, "records": records}, streams)
-    crc = 0
-    for part in parts:
-        crc = zlib.crc32(part, crc)
-    return [_RECORD_HEAD.pack(sum(len(p) for p in parts), crc), *parts]
+def encode_record(signal: str, records: int, streams: Mapping[str, bytes | memoryview]) -> Frame:
+    """One journal record's payload (the streams are not copied), ready to append."""
+    return Frame(pack({"signal": signal, "records": records}, streams))
 
 
 def write_all(fd: int, parts: list[bytes | memoryview]) -> None:
@@ -142,9 +209,27 @@ def write_all(fd: int, parts: list[bytes | memoryview]) -> None:
                 written = 0
 
 
-def _decode_payload(payload: bytes | memoryview) -> JournalRecord:
+def single_record(data: bytes) -> memoryview:
+    """The payload of a file holding one record (a dead letter); ValueError if it is damaged."""
+    view = memoryview(data)
+    if len(data) < _RECORD_HEAD.size:
+        raise ValueError("too short")
+    magic, _sequence, length, payload_crc, head_crc = _RECORD_HEAD.unpack_from(data)
+    start = _RECORD_HEAD.size
+    if (
+        magic != _RECORD_MAGIC
+        or zlib.crc32(view[: start - 4]) != head_crc
+        or zlib.crc32(view[start : start + length]) != payload_crc
+    ):
+        raise ValueError("damaged record")
+    return view[start : start + length]
+
+
+def _decode_payload(payload: bytes | memoryview, sequence: int) -> JournalRecord:
     header, streams = unpack(payload)
-    return JournalRecord(header["records"], decode_tables(streams))
+    return JournalRecord(
+        header.get("signal", ""), header["records"], decode_tables(streams), sequence, streams
+    )
 
 
 class Journal:
@@ -154,6 +239,7 @@ class Journal:
         self.directory = directory
         self._fd: int | None = None
         self.segment = 0  # the segment being appended to (0: none yet)
+        self.appended = 0  # records in it (the last sequence number given)
 
     def segments(self) -> list[int]:
         """Numbers of the segments on disk, oldest first."""
@@ -166,21 +252,27 @@ class Journal:
     def path(self, segment: int) -> Path:
         return self.directory / f"{segment:012d}.journal"
 
-    def open(self, after: int) -> None:
-        """Start appending to a new segment numbered above every existing one and ``after``."""
+    def open(self, after: int, previous: int | None = None) -> None:
+        """Start appending to a new segment numbered above every existing one and ``after``;
+        ``previous`` is how many records the segment before it holds, when known."""
         self.close()
         self.directory.mkdir(parents=True, exist_ok=True)
         existing = self.segments()
-        self._start(max([after, *existing]) + 1)
+        self._start(max([after, *existing]) + 1, previous)
 
-    def _start(self, segment: int) -> None:
-        """Create segment ``segment`` and append to it from now on. Either all of that happens
-        or nothing does: records must never go to a file whose number the writer does not
-        know, nor to one whose name a crash could lose."""
+    def _start(self, segment: int, previous: int | None) -> None:
+        """Create segment ``segment`` (its header written and synced) and append to it from
+        now on. Either all of that happens or nothing does: records must never go to a file
+        whose number the writer does not know, nor to one whose name a crash could lose."""
         path = self.path(segment)
         fd = None
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+            start = struct.pack(
+                "<8sQQ", _SEGMENT_MAGIC, segment, _UNKNOWN if previous is None else previous
+            )
+            write_all(fd, [start, struct.pack("<I", zlib.crc32(start))])
+            os.fdatasync(fd)
             dir_fd = os.open(self.directory, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
@@ -192,25 +284,29 @@ class Journal:
                 with contextlib.suppress(OSError):
                     path.unlink()
             raise StoreError(f"cannot create journal segment {path}: {e}") from e
-        self._fd, self.segment = fd, segment
+        self._fd, self.segment, self.appended = fd, segment, 0
 
-    def append(self, records: list[list[bytes | memoryview]]) -> None:
-        """Write framed records and make them durable; raise :class:`StoreError` if not.
+    def append(self, frames: list[Frame]) -> None:
+        """Write records and make them durable; raise :class:`StoreError` if not.
 
         A write that fails half-way is cut off again, so that the records appended after it
         are not hidden behind a torn one; if even that fails, the next append starts a new
         segment.
         """
         if self._fd is None:  # not opened yet, or a rotation failed half-way: a new segment
-            self._start(self.segment + 1)
+            self._start(self.segment + 1, self.appended if self.segment else None)
         fd = self._fd
         assert fd is not None
         try:
             size = os.fstat(fd).st_size
         except OSError as e:
             raise StoreError(f"cannot write the journal: {e}") from e
+        parts: list[bytes | memoryview] = []
+        for sequence, frame in enumerate(frames, self.appended + 1):
+            parts.append(frame.head(sequence))
+            parts.extend(frame.parts)
         try:
-            write_all(fd, [part for record in records for part in record])
+            write_all(fd, parts)
             os.fdatasync(fd)
         except OSError as e:
             try:
@@ -218,16 +314,17 @@ class Journal:
             except OSError:
                 self.close()
             raise StoreError(f"cannot write the journal: {e}") from e
+        self.appended += len(frames)
 
     def rotate(self) -> int:
         """Close the current segment and start the next; return the closed segment's number."""
         closed = self.segment
         self.close()
-        self._start(closed + 1)
+        self._start(closed + 1, self.appended)
         return closed
 
     def discard_through(self, segment: int) -> None:
-        """Delete the segments up to ``segment``: DuckDB has their records."""
+        """Delete the segments up to ``segment``: DuckDB has their records durably."""
         for number in self.segments():
             if number <= segment and number != self.segment:
                 try:
@@ -245,48 +342,192 @@ class Journal:
             except OSError as e:  # its records were synced; nothing is lost
                 log.warning("closing journal segment %s: %s", self.segment, e)
 
-    def replay(self, after: int) -> Iterator[tuple[int, JournalRecord]]:
-        """The records of every segment numbered above ``after``, in order, with their segment."""
+    def replay(self, after: int) -> Iterator[tuple[int, SegmentContents]]:
+        """Every segment numbered above ``after``, in order, with what could be read of it.
+        Losses are found by :func:`find_losses`."""
         for number in self.segments():
             if number > after:
-                for record in read_segment(self.path(number)):
-                    yield number, record
+                yield number, read_segment(self.path(number))
 
 
-def unstored_bytes(data_dir: Path) -> int:
-    """Bytes in the journal of ``data_dir``: records a daemon acknowledged and had not yet put
-    into the partition files when it stopped uncleanly (stored when it starts again)."""
+def find_losses(
+    after: int, segments: list[tuple[int, SegmentContents]], newest_expected: bool = True
+) -> list[JournalLoss]:
+    """What the journal lost after segment ``after`` (the last one DuckDB has), from
+    ``segments`` (as :meth:`Journal.replay` gives them): records damaged inside a segment,
+    a segment cut short or missing (its successor's header says how many records it held),
+    and, when ``newest_expected``, segment ``after + 1``, which the daemon was writing to
+    when DuckDB took ``after``'s records, missing altogether."""
+    losses = []
+    found = dict(segments)
+    numbers = sorted(found)
+    last = numbers[-1] if numbers else after
+    for number in range(after + 1, last + 1):
+        contents = found.get(number)
+        successor = found.get(number + 1)
+        expected = successor.previous if successor is not None else None
+        if contents is None:
+            if number < last:
+                losses.append(JournalLoss(number, expected, True, "the segment file is missing"))
+            continue
+        if contents.lost:
+            losses.append(JournalLoss(number, contents.lost, True, "; ".join(contents.damaged)))
+        if expected is not None and expected > contents.last_sequence:
+            losses.append(
+                JournalLoss(
+                    number,
+                    expected - contents.last_sequence,
+                    True,
+                    f"the segment ends after record {contents.last_sequence} of {expected}"
+                    + (f" and {contents.tail} bytes are damaged" if contents.tail else ""),
+                )
+            )
+        elif contents.tail and number != last:
+            losses.append(
+                JournalLoss(
+                    number, None, True, f"{contents.tail} bytes after its last whole record"
+                )
+            )
+        elif contents.tail and not contents.torn:
+            losses.append(
+                JournalLoss(
+                    number,
+                    None,
+                    None,
+                    f"{contents.tail} bytes after its last whole record are damaged",
+                )
+            )
+    if not numbers and after and newest_expected:
+        losses.append(
+            JournalLoss(
+                after + 1,
+                None,
+                True,
+                "the segment being written is missing (records acknowledged since the "
+                "last flush are lost, if there were any)",
+            )
+        )
+    elif numbers and numbers[0] > after + 1 and newest_expected:
+        first = found[numbers[0]]
+        for number in range(after + 1, numbers[0]):
+            known = first.previous if number == numbers[0] - 1 else None
+            losses.append(JournalLoss(number, known, True, "the segment file is missing"))
+    return losses
+
+
+def unstored_bytes(data_dir: Path, applied: int = 0) -> int:
+    """Bytes in the journal of ``data_dir`` after segment ``applied``: records a daemon
+    acknowledged and had not yet put into the partition files when it stopped uncleanly
+    (stored when it starts again)."""
     journal = Journal(data_dir / "journal")
-    return sum(journal.path(n).stat().st_size for n in journal.segments())
+    total = 0
+    for number in journal.segments():
+        if number > applied:
+            with contextlib.suppress(OSError):
+                total += max(0, journal.path(number).stat().st_size - _SEGMENT_HEAD.size)
+    return total
 
 
-def read_segment(path: Path) -> Iterator[JournalRecord]:
-    """The whole records of one segment; a torn or corrupt tail ends it (with a warning)."""
+def read_segment(path: Path) -> SegmentContents:
+    """Every whole record of one segment, going on past damage, and what was lost."""
+    data = path.read_bytes()
+    if len(data) >= _SEGMENT_HEAD.size and data.startswith(_SEGMENT_MAGIC):
+        return _read_records(path.name, data)
+    if len(data) >= len(_SEGMENT_MAGIC) and data[:4] == _SEGMENT_MAGIC[:4]:
+        # A header that does not check out: read the records after it all the same.
+        return _read_records(path.name, data)
+    return _read_legacy(path.name, data)
+
+
+def _read_records(name: str, data: bytes) -> SegmentContents:
     from pyarrow import ArrowException as ArrowError
 
-    data = path.read_bytes()
     view = memoryview(data)  # (the tables point into ``data``: no copies)
-    offset = 0
-    while offset < len(data):
-        if len(data) - offset < _RECORD_HEAD.size:
-            break
-        length, crc = _RECORD_HEAD.unpack_from(data, offset)
+    magic, _number, previous, crc = _SEGMENT_HEAD.unpack_from(data)
+    damaged = []
+    if zlib.crc32(view[: _SEGMENT_HEAD.size - 4]) != crc:
+        damaged.append("its header is damaged")
+        previous = _UNKNOWN
+    records: list[JournalRecord] = []
+    lost = 0
+    last = 0
+    offset = _SEGMENT_HEAD.size
+    end_of_whole = offset
+    skipping_from: int | None = None
+    while offset + _RECORD_HEAD.size <= len(data):
+        record = None
+        magic, sequence, length, payload_crc, head_crc = _RECORD_HEAD.unpack_from(data, offset)
         start = offset + _RECORD_HEAD.size
+        if (
+            magic == _RECORD_MAGIC
+            and zlib.crc32(view[offset : start - 4]) == head_crc
+            and start + length <= len(data)
+            and zlib.crc32(view[start : start + length]) == payload_crc
+        ):
+            try:
+                record = _decode_payload(view[start : start + length], sequence)
+            except (ValueError, KeyError, TypeError, struct.error, ArrowError) as e:
+                damaged.append(f"record {sequence} at byte {offset} cannot be read: {e}")
+        if record is None:
+            if skipping_from is None:
+                skipping_from = offset
+            following = data.find(_RECORD_MAGIC, offset + 1)
+            if following < 0:
+                break
+            offset = following
+            continue
+        if skipping_from is not None:
+            damaged.append(f"bytes {skipping_from} to {offset} are damaged")
+            skipping_from = None
+        if sequence > last + 1:
+            lost += sequence - last - 1
+        last = max(last, sequence)
+        records.append(record)
+        offset = end_of_whole = start + length
+    return SegmentContents(
+        records,
+        None if previous == _UNKNOWN else previous,
+        last,
+        lost,
+        damaged,
+        len(data) - end_of_whole,
+        _torn(data, end_of_whole),
+    )
+
+
+def _torn(data: bytes, offset: int) -> bool:
+    """Whether the bytes after ``offset`` look like a write a crash cut short (a record's head
+    and a part of its payload, or zeros a power loss left), rather than damage."""
+    tail = data[offset:]
+    if len(tail) < _RECORD_HEAD.size:
+        return not tail.strip(b"\0") or _RECORD_MAGIC.startswith(tail[:4])
+    if not tail.strip(b"\0"):
+        return True
+    magic, _sequence, length, _crc, head_crc = _RECORD_HEAD.unpack_from(tail)
+    head_ok = magic == _RECORD_MAGIC and zlib.crc32(tail[: _RECORD_HEAD.size - 4]) == head_crc
+    return bool(head_ok and _RECORD_HEAD.size + length > len(tail))
+
+
+def _read_legacy(name: str, data: bytes) -> SegmentContents:
+    """A segment of the old format: records until the first that does not check out."""
+    from pyarrow import ArrowException as ArrowError
+
+    view = memoryview(data)
+    records = []
+    offset = 0
+    while len(data) - offset >= _LEGACY_HEAD.size:
+        length, crc = _LEGACY_HEAD.unpack_from(data, offset)
+        start = offset + _LEGACY_HEAD.size
         payload = view[start : start + length]
         # (a tail of zeros, which a power loss can leave, reads as an empty record: not one)
         if length < _HEADER_SIZE.size or len(payload) < length or zlib.crc32(payload) != crc:
             break
         try:
-            record = _decode_payload(payload)
+            records.append(_decode_payload(payload, 0))
         except (ValueError, KeyError, TypeError, struct.error, ArrowError) as e:
-            log.warning("journal %s: a record at byte %d cannot be read: %s", path.name, offset, e)
+            log.warning("journal %s: a record at byte %d cannot be read: %s", name, offset, e)
             break
-        yield record
         offset = start + length
-    if offset < len(data):
-        log.warning(
-            "journal %s: %d bytes after the last whole record ignored (a write cut short; "
-            "such a record was never acknowledged)",
-            path.name,
-            len(data) - offset,
-        )
+    tail = len(data) - offset
+    # (old segments were never checked for damage: a tail there reads as a write cut short)
+    return SegmentContents(records, None, 0, 0, [], tail, torn=True)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import re
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +69,35 @@ class Partition:
         return total
 
 
+# DuckDB's file layout (storage version 64+): a main header block whose bytes 8-12 are "DUCK",
+# then two database headers at 4096 and 8192 (the one with the higher iteration is current:
+# checksum, iteration, meta block, free list, block count, block allocation size, ...), then
+# the blocks. So a file shorter than 3 * 4096 + block count * block size was cut short.
+_HEADER_BLOCK = 4096
+_DATABASE_HEADER = struct.Struct("<QQQQQQ")
+
+
+def damage(path: Path) -> str | None:
+    """Why ``path`` cannot be a whole DuckDB file (cut short, or no DuckDB header), or None.
+    Reads 12 kB: cheap enough for every partition at every start."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(3 * _HEADER_BLOCK)
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    if len(head) < 3 * _HEADER_BLOCK or head[8:12] != b"DUCK":
+        return f"is not a DuckDB database file ({size} bytes, no DuckDB header)"
+    headers = [_DATABASE_HEADER.unpack_from(head, offset) for offset in (4096, 8192)]
+    _checksum, _iteration, _meta, _free, blocks, block_size = max(headers, key=lambda h: h[1])
+    if not 4096 <= block_size <= 1 << 24 or block_size & (block_size - 1):
+        return None  # a layout this check does not know: DuckDB itself will judge the file
+    expected = 3 * _HEADER_BLOCK + blocks * block_size
+    if size < expected:
+        return f"was cut short: {size} bytes where its header says {expected}"
+    return None
+
+
 def list_partitions(data_dir: Path) -> list[Partition]:
     """The partition files in ``data_dir``, oldest first."""
     found = []
@@ -79,6 +110,16 @@ def list_partitions(data_dir: Path) -> list[Partition]:
                 )
                 found.append(Partition(path, opened, int(match.group(2) or 0)))
     return sorted(found, key=lambda p: (p.opened_at, p.sequence))
+
+
+def _is_damage(error: Exception) -> bool:
+    """Whether DuckDB refused to open a file because of what is in it (rather than, say, a
+    lock another process holds, or a version too new)."""
+    text = str(error).lower()
+    return any(
+        word in text
+        for word in ("corrupt", "checksum", "could not read", "not a valid duckdb", "serializ")
+    )
 
 
 def _new_partition_path(data_dir: Path, now: dt.datetime) -> Path:
@@ -125,6 +166,8 @@ class PartitionSet:
         self.data_dir = data_dir
         self.read_only = read_only
         self.partitions: list[Partition] = []
+        # Partitions found damaged at start and set aside: (file name, why, where it went).
+        self.damaged: list[dict[str, str]] = []
         self.lock = threading.Lock()
         # Partitions retention is deleting: still attached (a query may be reading one), no
         # longer in the views. And a count of view changes, which readers use to tell a
@@ -149,16 +192,54 @@ class PartitionSet:
             )
         with self.lock:
             for partition in existing:
-                try:
-                    self._attach(partition)
-                except duckdb.Error as e:
-                    raise StoreError(f"cannot open {partition.path}: {e}") from e
+                reason = damage(partition.path)
+                if reason is None:
+                    try:
+                        self._attach(partition)
+                        continue
+                    except duckdb.IOException as e:
+                        reason = f"cannot be read: {e}"
+                    except duckdb.Error as e:
+                        if not _is_damage(e):
+                            raise StoreError(f"cannot open {partition.path}: {e}") from e
+                        reason = f"cannot be opened: {e}"
+                self._set_aside(partition, reason)
             if not self.read_only and not self.partitions:
                 try:
                     self._create(now or dt.datetime.now(dt.UTC))
                 except (duckdb.Error, OSError) as e:
                     raise StoreError(f"cannot create a partition in {self.data_dir}: {e}") from e
             self._rebuild_views()
+
+    def _set_aside(self, partition: Partition, reason: str) -> None:
+        """Leave a damaged partition out of the store (moved to ``damaged/`` when writable, so
+        the next start does not trip on it), and say so; the daemon serves the rest."""
+        import duckdb
+
+        if partition.alias in {p.alias for p in self.partitions}:
+            self.partitions.remove(partition)
+        try:
+            self.con.execute(f"DETACH DATABASE IF EXISTS {partition.alias}")
+        except duckdb.Error:
+            pass  # it never attached
+        where = str(partition.path)
+        if not self.read_only:
+            aside = self.data_dir / "damaged"
+            try:
+                aside.mkdir(exist_ok=True)
+                for p in (partition.path, partition.path.with_name(partition.path.name + ".wal")):
+                    if p.exists():
+                        os.replace(p, aside / p.name)
+                where = str(aside / partition.path.name)
+            except OSError as e:
+                log.error("cannot move %s aside: %s", partition.path.name, e)
+        self.damaged.append({"partition": partition.path.name, "reason": reason, "path": where})
+        log.error(
+            "partition %s %s; it is left out of the store%s",
+            partition.path.name,
+            reason,
+            f" (moved to {where})" if where != str(partition.path) else "",
+        )
 
     def _attach(self, partition: Partition) -> None:
         mode = " (READ_ONLY)" if self.read_only else f" (ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
@@ -198,8 +279,10 @@ class PartitionSet:
             f"SELECT max(segment) AS segment FROM {p.alias}.main.journal_applied"
             for p in self.partitions
         )
-        row = self.con.execute(f"SELECT coalesce(max(segment), 0) FROM ({union})").fetchone()
-        return int(row[0]) if row else 0
+        # (fetchall: a result left open keeps its transaction open, and CHECKPOINT refuses to
+        # run while an older transaction is)
+        rows = self.con.execute(f"SELECT coalesce(max(segment), 0) FROM ({union})").fetchall()
+        return int(rows[0][0]) if rows else 0
 
     def total_size(self) -> int:
         return sum(p.size() for p in self.partitions)

@@ -16,14 +16,18 @@ the client with success only once it reports the batch durable. Two threads do t
 The bound applies to records accepted and not yet in DuckDB (queued or journaled); when it is
 reached :class:`QueueFull` tells the receiver to answer with a retryable error. On start the
 journal's records that DuckDB lacks are replayed (:meth:`Writer.recover`).
+
+No record can stop storage: when a flush fails, the writer looks for the request(s) that make
+it fail (halving the chunk in trial transactions that are rolled back), moves them to the
+dead-letter directory with DuckDB's reason (:mod:`deadletter`) and stores the rest. A journal
+segment is deleted only once a checkpoint has put its records in the partition file itself,
+so losing DuckDB's write-ahead log cannot lose an acknowledged record.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import logging
-import operator
 import threading
 import time
 from collections import deque
@@ -32,7 +36,16 @@ from typing import TYPE_CHECKING
 
 from ophiond.errors import OphionError, StoreError
 from ophiond.store import tracefilter
-from ophiond.store.journal import Journal, encode_record, encode_tables, read_segment
+from ophiond.store.deadletter import DeadLetters
+from ophiond.store.journal import (
+    Journal,
+    JournalLoss,
+    JournalRecord,
+    encode_record,
+    encode_tables,
+    find_losses,
+    read_segment,
+)
 from ophiond.store.partitions import ROW_GROUP_SIZE
 from ophiond.store.schema import FLUSH_TAGGED
 
@@ -55,6 +68,14 @@ FLUSH_RECORDS = 2 * ROW_GROUP_SIZE
 FLUSH_MIN_BYTES = 1 << 20
 # Longest an acknowledged record waits for its flush when nobody reads (bounds replay time).
 FLUSH_INTERVAL_S = 5.0
+# A checkpoint folds DuckDB's write-ahead log into the partition file; only then are the
+# flushed journal segments deleted. At most this long after a flush, or once the flushed
+# segments waiting for it hold this many bytes (bounds the journal's size on disk).
+CHECKPOINT_INTERVAL_S = 30.0
+CHECKPOINT_BYTES = 128 << 20
+# A request that makes a flush fail is tried alone twice, this far apart, before it is moved
+# to the dead letters: a squeeze on memory that passes must not condemn a good request.
+_CONFIRM_PAUSE_S = 0.2
 # The order rows are inserted in at a flush. A trace's spans sit together, so a trace lookup
 # skips most row groups by their min/max trace id; log records go in time order, so a search
 # of the newest ones skips the older row groups.
@@ -101,22 +122,31 @@ class PendingWrite:
 class _Chunk:
     """The records of one journal segment: what one flush reads back and inserts into DuckDB."""
 
-    __slots__ = ("segment", "batches", "records", "size", "since", "last", "closed")
+    __slots__ = ("segment", "batches", "records", "by_signal", "size", "since", "last", "closed")
 
     def __init__(self, segment: int) -> None:
         self.segment = segment
         self.batches = 0  # journal records (one per accepted request)
         self.records = 0
+        self.by_signal: dict[str, int] = {}
         self.size = 0  # bytes of its records in the journal, about what they hold in memory
         self.since = time.monotonic()
         self.last = 0  # the writer's count of journaled batches when the last one came in
         self.closed = False  # its segment is complete: no more appends go to it
 
-    def add(self, records: int, size: int, sequence: int) -> None:
+    def add(self, signal: str, records: int, size: int, sequence: int) -> None:
         self.batches += 1
         self.records += records
+        self.by_signal[signal] = self.by_signal.get(signal, 0) + records
         self.size += size
         self.last = sequence
+
+
+def _by_signal(records: list[JournalRecord]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.signal] = counts.get(record.signal, 0) + record.records
+    return counts
 
 
 class Writer:
@@ -148,6 +178,13 @@ class Writer:
         self.flush_bytes = max(FLUSH_MIN_BYTES, disk_budget // 64)
         self.flush_interval = flush_interval
         self.journal = Journal(partitions.data_dir / "journal")
+        self.dead_letters = DeadLetters(partitions.data_dir / "dead-letter")
+        # What the journal lost on disk before DuckDB had it, found at start or at a flush.
+        self.losses: list[JournalLoss] = []
+        # The last flush's error while storage is failing (None when the last one worked),
+        # and since when it has been failing.
+        self.storage_error: str | None = None
+        self.failing_since: float | None = None
         # Called with each acknowledged batch (the live log feed listens here).
         self.on_commit: Callable[[DecodedBatch], None] | None = None
         self._cond = threading.Condition()
@@ -164,6 +201,11 @@ class Writer:
         self._wanted = 0
         self._flush_failures = 0
         self._applied_segment = 0
+        # The last segment a checkpoint made durable in a partition file, when that was, and
+        # the journal bytes flushed since (deleted at the next checkpoint).
+        self._checkpointed_segment = 0
+        self._checkpointed_at = time.monotonic()
+        self._unchecked_bytes = 0
         self._stopping = False
         self._journal_done = False
         self._thread = threading.Thread(
@@ -218,23 +260,53 @@ class Writer:
     def recover(self) -> int:
         """Store the journal's records that DuckDB does not have; open the journal for appends.
 
-        Returns how many records were replayed. Called once, before :meth:`start`.
+        Returns how many records were replayed. Called once, before :meth:`start`. A record
+        DuckDB refuses goes to the dead letters, so a journal record never stops a start;
+        whatever the journal lost on disk is named in the log and in :attr:`losses`.
         """
         applied = self.partitions.journal_position()
+        segments = list(self.journal.replay(after=applied))
+        for loss in find_losses(applied, segments):
+            self._lost(loss)
+            self._set_aside(loss.segment)
         replayed = 0
-        for segment, entries in itertools.groupby(
-            self.journal.replay(after=applied), key=operator.itemgetter(0)
-        ):
-            records = [record for _, record in entries]
-            self._insert([r.tables for r in records], segment)  # one segment, one transaction
-            replayed += sum(r.records for r in records)
+        for segment, contents in segments:
+            if not contents.records:
+                continue
+            dead = self._store(contents.records, segment)
+            stored = _by_signal(contents.records)
+            for signal, n in stored.items():
+                self.telemetry.recovered(signal, n - dead.get(signal, 0))
+            replayed += sum(stored.values()) - sum(dead.values())
+            self._applied_segment = segment
         last = max([applied, *self.journal.segments()])
-        self.journal.open(after=last)
-        self.journal.discard_through(last)
-        self._applied_segment = last
+        newest = segments[-1][1].last_sequence if segments and segments[-1][0] == last else None
+        self._applied_segment = max(self._applied_segment, applied)
+        if last > self._applied_segment:  # segments with nothing to store: DuckDB has them all
+            self._insert([], last)
+            self._applied_segment = last
+        self.journal.open(after=last, previous=newest)
+        self._checkpoint()
         if replayed:
             log.info("stored %d records from the ingest journal (after an unclean stop)", replayed)
         return replayed
+
+    def _lost(self, loss: JournalLoss) -> None:
+        self.losses.append(loss)
+        if loss.acknowledged is False:
+            log.info("%s", loss.describe())
+        else:
+            log.error("%s", loss.describe())
+
+    def _set_aside(self, segment: int) -> None:
+        """Keep a damaged segment for a look, out of the journal's way."""
+        path = self.journal.path(segment)
+        try:
+            path.rename(path.with_name(path.name + ".damaged"))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("cannot set aside damaged journal segment %s: %s", path.name, e)
 
     def start(self) -> None:
         if not self.journal.segment:
@@ -254,6 +326,7 @@ class Writer:
             self._cond.notify_all()
         if self._flusher.is_alive():
             self._flusher.join()
+        self._checkpoint()
         self.journal.close()
 
     def is_healthy(self, stall_after: float = 60.0) -> bool:
@@ -321,8 +394,7 @@ class Writer:
                 for p, frame in zip(group, frames, strict=True):
                     self._journaled += 1
                     # (the IPC bytes: what the tables hold, without asking Arrow to add it up)
-                    size = sum(len(part) for part in frame)
-                    chunk.add(p.records, size, self._journaled)
+                    chunk.add(p.batch.signal.value, p.records, frame.length, self._journaled)
                 full = chunk.records >= self.flush_records or chunk.size >= self.flush_bytes
             if full:  # the next records go to a new segment: this one is a flush's worth
                 try:
@@ -403,6 +475,10 @@ class Writer:
                 # Roll-over is checked after every flush (two stat calls), so a partition never
                 # grows far past its share of the budget; retention runs on its interval.
                 self._housekeeping(retention=housekeeping)
+                # A quiet daemon checkpoints at its housekeeping; a busy one by the interval
+                # or the bytes waiting.
+                idle = housekeeping and self._applied_segment > self._checkpointed_segment
+                self._checkpoint(force=idle)
             if housekeeping:
                 next_housekeeping = time.monotonic() + self.housekeeping_interval
 
@@ -420,46 +496,138 @@ class Writer:
                 try:
                     self._close_chunk(chunk)
                 except (StoreError, OSError) as e:
-                    log.error("%s; retrying", e)
-                    with self._cond:
-                        self._flush_failures += 1
-                        self._cond.notify_all()
+                    self._flush_failed(StoreError(f"{e}; retrying"))
                     return False
         try:
-            self._insert(self._read_chunk(chunk), chunk.segment)
+            records = self._read_chunk(chunk)
+            dead = self._store(records, chunk.segment)
         except StoreError as e:
-            log.error("%s; the records stay in the journal, retrying", e.message)
-            with self._cond:
-                self._flush_failures += 1
-                self._cond.notify_all()
+            self._flush_failed(e)
             return False
         self._applied_segment = chunk.segment
-        self.journal.discard_through(chunk.segment)
+        self._unchecked_bytes += chunk.size
+        read = _by_signal(records)
+        for signal, accepted in chunk.by_signal.items():
+            lost = accepted - read.get(signal, 0)
+            dead_lettered = dead.get(signal, 0)
+            self.telemetry.flushed(signal, accepted - lost - dead_lettered, dead_lettered, lost)
         with self._cond:
             self._chunks.popleft()
             self._flushed = chunk.last
             self._depth -= chunk.records
+            self.storage_error = self.failing_since = None
             self._cond.notify_all()
         self.last_progress = time.monotonic()
         return True
 
-    def _read_chunk(self, chunk: _Chunk) -> list[dict[str, pa.Table]]:
-        """The tables of a chunk's records, from its journal segment (complete and synced)."""
+    def _flush_failed(self, error: StoreError) -> None:
+        log.error("%s; the records stay in the journal, retrying", error.message)
+        with self._cond:
+            self._flush_failures += 1
+            self.storage_error = error.message
+            if self.failing_since is None:
+                self.failing_since = time.time()
+            self._cond.notify_all()
+
+    def _read_chunk(self, chunk: _Chunk) -> list[JournalRecord]:
+        """The records of a chunk, from its journal segment (complete and synced); those the
+        disk lost since are counted and named."""
         path = self.journal.path(chunk.segment)
         try:
-            records = list(read_segment(path))
+            contents = read_segment(path)
         except OSError as e:
-            raise StoreError(f"cannot read journal segment {path}: {e}") from e
-        if len(records) < chunk.batches:  # read_segment warned; retrying cannot bring them back
+            if not isinstance(e, FileNotFoundError):
+                raise StoreError(f"cannot read journal segment {path}: {e}") from e
+            self._lost(JournalLoss(chunk.segment, chunk.batches, True, "the file is missing"))
+            return []
+        if len(contents.records) < chunk.batches:  # retrying cannot bring them back
+            where = "; ".join(contents.damaged) or f"{contents.tail} bytes at its end damaged"
+            self._lost(
+                JournalLoss(chunk.segment, chunk.batches - len(contents.records), True, where)
+            )
             log.error(
                 "journal segment %s lost %d of its %d requests on disk after they were "
                 "acknowledged; storing the %d that can be read",
                 path.name,
-                chunk.batches - len(records),
+                chunk.batches - len(contents.records),
                 chunk.batches,
-                len(records),
+                len(contents.records),
             )
-        return [record.tables for record in records]
+        return contents.records
+
+    def _store(self, records: list[JournalRecord], segment: int) -> dict[str, int]:
+        """Insert ``records`` and mark ``segment`` applied, in one transaction. If DuckDB
+        refuses, find the records it refuses, move them to the dead letters and store the rest;
+        return the records moved, by signal. Raise :class:`StoreError` when the failure is not
+        any record's (the disk, or it did not happen again): the flush is then retried."""
+        try:
+            self._insert([r.tables for r in records], segment)
+            return {}
+        except StoreError as e:
+            if e.transient or not records:
+                raise
+            failure = e
+        log.error("%s; looking for the request(s) that cause it", failure.message)
+        refused = self._refused(records)
+        if not refused:
+            raise failure
+        dead: list[JournalRecord] = []
+        for index, reason in refused:
+            record = records[index]
+            self.dead_letters.put(segment, record, reason)
+            dead.append(record)
+            log.error(
+                "journal segment %012d, request %d (%d %s records) cannot be stored and was "
+                "moved to %s: %s",
+                segment,
+                record.sequence,
+                record.records,
+                record.signal,
+                self.dead_letters.directory,
+                reason,
+            )
+        doomed = {index for index, _ in refused}
+        keep = [r for i, r in enumerate(records) if i not in doomed]
+        self._insert([r.tables for r in keep], segment)
+        return _by_signal(dead)
+
+    def _refused(self, records: list[JournalRecord]) -> list[tuple[int, str]]:
+        """The records DuckDB refuses on their own, with its reason: halves of ``records`` are
+        tried in transactions that are rolled back, and a record that fails alone is tried
+        once more after a pause."""
+        found: list[tuple[int, str]] = []
+        pending = [list(range(len(records)))]
+        while pending:
+            indexes = pending.pop()
+            error = self._trial([records[i] for i in indexes])
+            if error is None:
+                continue
+            if len(indexes) > 1:
+                middle = len(indexes) // 2
+                pending += [indexes[middle:], indexes[:middle]]
+                continue
+            time.sleep(_CONFIRM_PAUSE_S)
+            if self._trial([records[indexes[0]]]) is not None:
+                found.append((indexes[0], error))
+        return sorted(found)
+
+    def _trial(self, records: list[JournalRecord]) -> str | None:
+        """Insert ``records`` and roll back: DuckDB's error, or None when it took them."""
+        import duckdb
+        import pyarrow as pa
+
+        cur = self._cursor
+        try:
+            cur.execute("BEGIN")
+            self._insert_rows([r.tables for r in records], 0)
+        except (duckdb.Error, pa.ArrowException) as e:
+            return str(e).splitlines()[0]
+        finally:
+            try:
+                cur.execute("ROLLBACK")
+            except duckdb.Error:
+                pass  # the failed statement may already have ended the transaction
+        return None
 
     def _finish(
         self, group: list[PendingWrite], error: StoreError | None, release: bool = True
@@ -472,7 +640,7 @@ class Writer:
                 self._cond.notify_all()
         for pending in group:
             if error is None:
-                self.telemetry.stored(pending.batch.signal, pending.batch.accepted)
+                self.telemetry.accepted(pending.batch.signal, pending.batch.accepted)
             else:
                 self.telemetry.failed(pending.batch.signal, pending.batch.accepted)
             pending.finish(error)
@@ -489,36 +657,12 @@ class Writer:
         segment they complete."""
         import duckdb
         import pyarrow as pa
-        import pyarrow.compute as pc
 
-        by_table: dict[str, list[pa.Table]] = {}
-        for batch in batches:
-            for name, table in batch.items():
-                if table.num_rows:
-                    by_table.setdefault(name, []).append(table)
         cur = self._cursor
         alias = self.partitions.current.alias
-        trace_ids: set[str] = set()
         try:
             cur.execute("BEGIN")
-            for name, parts in by_table.items():
-                combined = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
-                if name in _SORT_KEYS:  # (Arrow sorts for less CPU than an ORDER BY in DuckDB)
-                    combined = combined.sort_by(_SORT_KEYS[name])
-                # One statement per table: DuckDB ends a row group where an INSERT ends (in
-                # slices of 16k rows, each flush left small row groups: 10 bytes more per span).
-                tag = ""
-                if name in FLUSH_TAGGED:
-                    tag = ", ?::UBIGINT AS flush"
-                    trace_ids.update(pc.unique(combined["trace_id"]).to_pylist())
-                cur.register("_ophion_batch", combined)
-                try:
-                    cur.execute(
-                        f"INSERT INTO {alias}.main.{name} BY NAME SELECT *{tag} FROM _ophion_batch",
-                        [segment] if tag else [],
-                    )
-                finally:
-                    cur.unregister("_ophion_batch")
+            trace_ids = self._insert_rows(batches, segment)
             if trace_ids:
                 cur.execute(
                     f"INSERT INTO {alias}.main.trace_filters VALUES (?, ?::BLOB::BIT)",
@@ -531,7 +675,69 @@ class Writer:
                 cur.execute("ROLLBACK")
             except duckdb.Error:
                 pass  # the failed statement may already have ended the transaction
-            raise StoreError(f"cannot write to {self.partitions.current.path.name}: {e}") from e
+            raise StoreError(
+                f"cannot write to {self.partitions.current.path.name}: {e}",
+                # The disk (full, failing) rather than a record: retry, never dead-letter.
+                transient=isinstance(e, duckdb.IOException),
+            ) from e
+
+    def _insert_rows(self, batches: list[dict[str, pa.Table]], segment: int) -> set[str]:
+        """Insert every table's rows in the open transaction; return the trace ids."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        by_table: dict[str, list[pa.Table]] = {}
+        for batch in batches:
+            for name, table in batch.items():
+                if table.num_rows:
+                    by_table.setdefault(name, []).append(table)
+        cur = self._cursor
+        alias = self.partitions.current.alias
+        trace_ids: set[str] = set()
+        for name, parts in by_table.items():
+            combined = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+            if name in _SORT_KEYS:  # (Arrow sorts for less CPU than an ORDER BY in DuckDB)
+                combined = combined.sort_by(_SORT_KEYS[name])
+            # One statement per table: DuckDB ends a row group where an INSERT ends (in
+            # slices of 16k rows, each flush left small row groups: 10 bytes more per span).
+            tag = ""
+            if name in FLUSH_TAGGED:
+                tag = ", ?::UBIGINT AS flush"
+                trace_ids.update(pc.unique(combined["trace_id"]).to_pylist())
+            cur.register("_ophion_batch", combined)
+            try:
+                cur.execute(
+                    f"INSERT INTO {alias}.main.{name} BY NAME SELECT *{tag} FROM _ophion_batch",
+                    [segment] if tag else [],
+                )
+            finally:
+                cur.unregister("_ophion_batch")
+        return trace_ids
+
+    def _checkpoint(self, force: bool = True) -> None:
+        """Fold DuckDB's write-ahead log into the current partition's file, then delete the
+        journal segments that made durable. Unless ``force``, only once the interval passed
+        or enough flushed segments wait for it."""
+        import duckdb
+
+        if not force and (
+            self._applied_segment <= self._checkpointed_segment
+            or (
+                self._unchecked_bytes < CHECKPOINT_BYTES
+                and time.monotonic() - self._checkpointed_at < CHECKPOINT_INTERVAL_S
+            )
+        ):
+            return
+        segment = self._applied_segment
+        try:
+            self._cursor.execute(f"CHECKPOINT {self.partitions.current.alias}")
+        except duckdb.Error as e:
+            log.warning("checkpoint failed (retried later; the journal keeps the records): %s", e)
+            return
+        self._checkpointed_segment = segment
+        self._checkpointed_at = time.monotonic()
+        self._unchecked_bytes = 0
+        self.journal.discard_through(segment)
 
     def _housekeeping(self, retention: bool) -> None:
         import duckdb
@@ -546,6 +752,7 @@ class Writer:
                     f"UPDATE {alias}.main.journal_applied SET segment = ?",
                     [self._applied_segment],
                 )
+                self._checkpoint()  # (the old one was checkpointed as it was sealed)
             if retention:
                 self.partitions.apply_retention(now, self.max_age_s, self.disk_budget)
         except (duckdb.Error, OSError, StoreError) as e:
