@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ophion_cli.output import human_bytes, human_duration
@@ -17,32 +18,49 @@ def note(text: str) -> None:
     _out.print(text)
 
 
-# (label, key) of the per-signal counters, in the order people read them.
+# (label, key) of the per-signal counters, in the order people read them: what came in, what
+# was turned away, what was accepted (acknowledged) and where that is now. Those after the
+# blank key show only when one is not zero.
 _COUNTERS = (
     ("requests", "requests"),
     ("received", "received"),
-    ("stored", "stored"),
     ("rejected", "rejected"),
     ("refused", "refused"),
+    ("accepted", "accepted"),
+    ("stored", "stored"),
+    ("waiting", "waiting"),
+)
+_RARE_COUNTERS = (
     ("failed", "failed"),
     ("invalid requests", "invalid_requests"),
+    ("dead-lettered", "dead_lettered"),
+    ("lost", "lost"),
+    ("recovered", "recovered"),
 )
 
 
 def status(doc: dict[str, Any]) -> None:
     storage = doc["storage"]
     queue = doc["queue"]
+    signals = doc["signals"]
     daemon_summary(doc)
+    counters = [
+        *_COUNTERS,
+        *(c for c in _RARE_COUNTERS if any(s.get(c[1]) for s in signals.values())),
+    ]
     table = Table(box=None, pad_edge=False, header_style="bold")
     table.add_column("signal")
-    for label, _key in _COUNTERS:
+    for label, _key in counters:
         table.add_column(label, justify="right")
-    for name, counts in doc["signals"].items():
-        table.add_row(name, *(f"{counts[key]:,}" for _label, key in _COUNTERS))
+    for name, counts in signals.items():
+        table.add_row(name, *(f"{counts.get(key, 0):,}" for _label, key in counters))
     _out.print()
     _out.print(table)
     _out.print()
-    _out.print(f"queue    {queue['depth']:,} of {queue['capacity']:,} records waiting")
+    _out.print(
+        f"queue    {queue['depth']:,} of {queue['capacity']:,} records accepted or arriving "
+        "and not yet stored"
+    )
     _out.print(
         f"storage  {human_bytes(storage['bytes'])} in {storage['partitions']} partition file(s) "
         f"under {storage['data_dir']}"
@@ -51,6 +69,32 @@ def status(doc: dict[str, Any]) -> None:
         f"         retention: {human_duration(storage['retention_max_age_s'])} or "
         f"{human_bytes(storage['retention_max_disk'])}, whichever comes first"
     )
+    _storage_problems(storage)
+
+
+def _storage_problems(storage: dict[str, Any]) -> None:
+    """What went wrong with storing, in red or yellow; nothing when all is well."""
+    if storage.get("failing"):
+        _out.print(
+            f"[bold red]storage is failing[/] since {storage['failing_since']}: "
+            f"{escape(storage['error'] or '')}\n"
+            "         accepted records wait in the journal and are stored once it works again"
+        )
+    dead = storage.get("dead_letters") or {}
+    if dead.get("requests"):
+        records = ", ".join(f"{n:,} {signal}" for signal, n in dead["records"].items())
+        _out.print(
+            f"[yellow]dead letters[/] {dead['requests']:,} request(s) ({records} records) DuckDB "
+            f"refused, kept in {dead['directory']}\n"
+            f"         last: {escape(dead['last_reason'] or '')}"
+        )
+    for loss in storage.get("journal_losses") or []:
+        _out.print(f"[red]journal loss[/] {escape(loss['message'])}")
+    for damaged in storage.get("damaged_partitions") or []:
+        _out.print(
+            f"[red]damaged partition[/] {damaged['partition']} {escape(damaged['reason'])}; "
+            f"set aside at {damaged['path']}"
+        )
 
 
 def query_result(result: dict[str, Any]) -> None:

@@ -290,7 +290,32 @@ class Daemon:
                 "oldest_partition": partitions[0].opened_at.isoformat() if partitions else None,
                 "retention_max_age_s": self.settings.retention_max_age,
                 "retention_max_disk": self.settings.retention_max_disk,
+                **self._storage_health(),
             },
+        }
+
+    def _storage_health(self) -> dict[str, Any]:
+        """Whether flushes work, and everything set aside or lost: ``ophion status`` shows it."""
+        writer = self.writer
+        since = writer.failing_since
+        return {
+            "failing": writer.storage_error is not None,
+            "error": writer.storage_error,
+            "failing_since": (
+                dt.datetime.fromtimestamp(since, dt.UTC).isoformat() if since else None
+            ),
+            "dead_letters": writer.dead_letters.summary(),
+            "journal_losses": [
+                {
+                    "segment": loss.segment,
+                    "requests": loss.requests,
+                    "acknowledged": loss.acknowledged,
+                    "reason": loss.reason,
+                    "message": loss.describe(),
+                }
+                for loss in writer.losses
+            ],
+            "damaged_partitions": list(self.partitions.damaged),
         }
 
     def sql(self, request: Any) -> dict[str, Any]:
@@ -307,7 +332,9 @@ class Daemon:
 
 
 def _summary(snapshot: dict[str, dict[str, int]]) -> str:
-    return ", ".join(f"{name}: {c['stored']} stored" for name, c in snapshot.items())
+    return ", ".join(
+        f"{name}: {c['accepted']} accepted, {c['stored']} stored" for name, c in snapshot.items()
+    )
 
 
 def _atomic_write(path: Path, text: str) -> None:

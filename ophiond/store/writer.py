@@ -26,6 +26,7 @@ so losing DuckDB's write-ahead log cannot lose an acknowledged record.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -279,7 +280,9 @@ class Writer:
                 self.telemetry.recovered(signal, n - dead.get(signal, 0))
             replayed += sum(stored.values()) - sum(dead.values())
             self._applied_segment = segment
-        last = max([applied, *self.journal.segments()])
+        # (at least 1: DuckDB then always knows a segment, so the segment opened next, which
+        # must exist at the next start, is known to have existed even in a new store)
+        last = max([applied, *self.journal.segments(), 1])
         newest = segments[-1][1].last_sequence if segments and segments[-1][0] == last else None
         self._applied_segment = max(self._applied_segment, applied)
         if last > self._applied_segment:  # segments with nothing to store: DuckDB has them all
@@ -683,6 +686,7 @@ class Writer:
 
     def _insert_rows(self, batches: list[dict[str, pa.Table]], segment: int) -> set[str]:
         """Insert every table's rows in the open transaction; return the trace ids."""
+        import duckdb
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -711,7 +715,10 @@ class Writer:
                     [segment] if tag else [],
                 )
             finally:
-                cur.unregister("_ophion_batch")
+                # (in a transaction the failed INSERT aborted, this fails too: the error that
+                # matters is the INSERT's, and the rollback drops the registration anyway)
+                with contextlib.suppress(duckdb.Error):
+                    cur.unregister("_ophion_batch")
         return trace_ids
 
     def _checkpoint(self, force: bool = True) -> None:

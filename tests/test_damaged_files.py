@@ -1,0 +1,191 @@
+"""Nothing acknowledged is stuck or lost without a word: a record DuckDB refuses, a damaged
+journal segment, a lost write-ahead log, a damaged partition file (issue 12, items 1 and 5).
+
+Each test runs the real daemon, damages what a disk or a person could damage between two
+runs, starts it again and checks what a user sees: what is stored, and what ``ophion status``
+says was set aside or lost.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from conftest import RunningDaemon, ophion
+from test_durability import Batch, export_grpc, make_batch, stored_span_ids
+
+from ophiond.otlp.decode import decode_traces
+from ophiond.store.journal import Journal, encode_record, encode_tables
+
+
+def _stub(daemon: RunningDaemon) -> Any:
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    channel = grpc.insecure_channel(daemon.grpc_endpoint)
+    return trace_service_pb2_grpc.TraceServiceStub(channel)
+
+
+def _send(daemon: RunningDaemon, *batches: Batch) -> list[str]:
+    stub = _stub(daemon)
+    for batch in batches:
+        export_grpc(stub, batch)
+    return [span_id for batch in batches for span_id in batch.span_ids]
+
+
+def _journal(daemon: RunningDaemon) -> Journal:
+    return Journal(daemon.home / "data" / "journal")
+
+
+def _storage(daemon: RunningDaemon) -> dict[str, Any]:
+    storage: dict[str, Any] = daemon.status()["storage"]
+    return storage
+
+
+def _segment_with_records(journal: Journal) -> Path:
+    """The newest segment holding records (the daemon's unflushed ones)."""
+    for number in reversed(journal.segments()):
+        path = journal.path(number)
+        if path.stat().st_size > 64:
+            return path
+    raise AssertionError(f"no journal segment with records in {journal.directory}")
+
+
+def test_a_record_duckdb_refuses_is_set_aside_and_never_stops_a_start(
+    daemon_factory: Any,
+) -> None:
+    """A journal record DuckDB cannot take (here a column of the wrong type, as a bug or an
+    older version could leave) goes to the dead letters with DuckDB's reason; the records
+    around it are stored, the daemon starts, and a second start stores nothing twice."""
+    daemon = daemon_factory()
+    before = _send(daemon, make_batch(3, "before"))
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    good = decode_traces(_request(make_batch(4, "good")))
+    poison = dict(good.tables)
+    spans = poison["spans"]
+    index = spans.schema.get_field_index("duration_ns")
+    poison["spans"] = spans.set_column(
+        index, "duration_ns", pa.array(["not a number"] * spans.num_rows)
+    )
+    journal = _journal(daemon)
+    journal.open(after=max(journal.segments()))
+    journal.append(
+        [
+            encode_record("traces", 4, encode_tables(poison)),
+            encode_record("traces", 4, encode_tables(good.tables)),
+        ]
+    )
+    journal.close()
+
+    restarted = daemon_factory(home=daemon.home)
+    stored = stored_span_ids(restarted)
+    assert sorted(stored) == sorted(before + good_ids(good))
+    dead = _storage(restarted)["dead_letters"]
+    assert dead["requests"] == 1 and dead["records"] == {"traces": 4}
+    assert "duration_ns" in dead["last_reason"] or "not a number" in dead["last_reason"]
+    assert len(list((daemon.home / "data" / "dead-letter").glob("*.journal"))) == 1
+
+    result = ophion("status", env={"OPHION_HOME": str(daemon.home)})
+    assert result.returncode == 0, result.stderr
+    assert "dead letters" in result.stdout and "1 request(s)" in result.stdout
+
+    assert restarted.stop() == 0
+    again = daemon_factory(home=daemon.home)
+    assert sorted(stored_span_ids(again)) == sorted(stored)
+    assert _storage(again)["dead_letters"]["requests"] == 1  # counted from the directory
+
+
+def _request(batch: Batch) -> Any:
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    return trace_service_pb2.ExportTraceServiceRequest.FromString(batch.body)
+
+
+def good_ids(batch: Any) -> list[str]:
+    return [str(s) for s in batch.tables["spans"]["span_id"].to_pylist()]
+
+
+def test_records_after_a_damaged_one_are_stored_and_the_loss_is_named(
+    daemon_factory: Any,
+) -> None:
+    """16 bytes overwritten in a journal segment between two runs: the one request they hit
+    is lost and ``ophion status`` says so (acknowledged); the requests after it are stored."""
+    daemon = daemon_factory()
+    batches = [make_batch(5, f"request-{i}") for i in range(3)]
+    _send(daemon, *batches)
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL  # before the 5 s flush
+    path = _segment_with_records(_journal(daemon))
+    data = bytearray(path.read_bytes())
+    second = data.find(b"\xa7OPR", data.find(b"\xa7OPR") + 1)
+    data[second + 60 : second + 76] = b"\x00" * 16
+    path.write_bytes(bytes(data))
+
+    restarted = daemon_factory(home=daemon.home)
+    assert sorted(stored_span_ids(restarted)) == sorted(
+        batches[0].span_ids + batches[2].span_ids
+    )
+    [loss] = _storage(restarted)["journal_losses"]
+    assert loss["requests"] == 1 and loss["acknowledged"] is True
+    assert "damaged" in loss["message"]
+    result = ophion("status", env={"OPHION_HOME": str(daemon.home)})
+    assert "journal loss" in result.stdout and "acknowledged" in result.stdout
+    assert "1 request(s) lost (acknowledged)" in restarted.log()
+
+
+def test_a_deleted_journal_segment_is_reported(daemon_factory: Any) -> None:
+    daemon = daemon_factory()
+    _send(daemon, make_batch(5, "doomed"))
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    _segment_with_records(_journal(daemon)).unlink()
+
+    restarted = daemon_factory(home=daemon.home)
+    assert stored_span_ids(restarted) == []
+    losses = _storage(restarted)["journal_losses"]
+    assert losses and all("missing" in loss["reason"] for loss in losses)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_a_lost_write_ahead_log_loses_no_acknowledged_record(
+    daemon_factory: Any, damage: str
+) -> None:
+    """Records flushed into DuckDB (its WAL) but not yet checkpointed are still in the
+    journal: losing the WAL loses nothing."""
+    daemon = daemon_factory()
+    sent = _send(daemon, make_batch(20, "flushed"))
+    assert len(stored_span_ids(daemon)) == 20  # a query flushes them into DuckDB
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    [wal] = (daemon.home / "data").glob("*.duckdb.wal")
+    if damage == "deleted":
+        wal.unlink()
+    else:
+        os.truncate(wal, wal.stat().st_size // 2)
+
+    restarted = daemon_factory(home=daemon.home)
+    assert sorted(stored_span_ids(restarted)) == sorted(sent)
+
+
+def test_a_damaged_partition_is_set_aside_and_the_rest_served(daemon_factory: Any) -> None:
+    """A partition file cut in half: the daemon starts, says which file it set aside and
+    why, serves what the other partitions hold and goes on storing."""
+    daemon = daemon_factory()
+    kept = _send(daemon, make_batch(10, "kept"))
+    assert daemon.stop() == 0
+    data = daemon.home / "data"
+    [good] = data.glob("*.duckdb")
+    broken = data / "20200101T000000Z.duckdb"  # an older partition
+    broken.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+
+    restarted = daemon_factory(home=daemon.home)
+    assert sorted(stored_span_ids(restarted)) == sorted(kept)
+    [damaged] = _storage(restarted)["damaged_partitions"]
+    assert damaged["partition"] == broken.name and "cut short" in damaged["reason"]
+    assert not broken.exists() and (data / "damaged" / broken.name).exists()
+    more = _send(restarted, make_batch(3, "more"))
+    assert sorted(stored_span_ids(restarted)) == sorted(kept + more)
+    result = ophion("status", env={"OPHION_HOME": str(daemon.home)})
+    assert "damaged partition" in result.stdout and broken.name in result.stdout
