@@ -126,9 +126,7 @@ def test_records_after_a_damaged_one_are_stored_and_the_loss_is_named(
     path.write_bytes(bytes(data))
 
     restarted = daemon_factory(home=daemon.home)
-    assert sorted(stored_span_ids(restarted)) == sorted(
-        batches[0].span_ids + batches[2].span_ids
-    )
+    assert sorted(stored_span_ids(restarted)) == sorted(batches[0].span_ids + batches[2].span_ids)
     [loss] = _storage(restarted)["journal_losses"]
     assert loss["requests"] == 1 and loss["acknowledged"] is True
     assert "damaged" in loss["message"]

@@ -123,16 +123,17 @@ def test_a_failed_flush_keeps_the_records_and_retries(
     partitions = _open(tmp_path)
     writer = _writer(partitions)
     real_insert = writer._insert
-    failures = [1]
+    failures = [0]
 
     def flaky_insert(batches: object, segment: int) -> None:
         if failures[0]:
             failures[0] -= 1
-            raise StoreError("disk full (simulated)")
+            raise StoreError("disk full (simulated)", transient=True)
         real_insert(batches, segment)  # type: ignore[arg-type]
 
     monkeypatch.setattr(writer, "_insert", flaky_insert)
     writer.start()
+    failures[0] = 1
     writer.submit(decode_traces(_trace_request(4))).wait()
     writer.sync()  # returns after the failed attempt; the reader sees what is there
     assert _span_count(partitions) == 0 and writer.depth == 4
@@ -346,3 +347,47 @@ def test_the_segment_being_written_going_missing_is_noticed(tmp_path: Path) -> N
     [loss] = find_losses(4, [])
     assert loss.segment == 5 and loss.acknowledged and "missing" in loss.reason
     assert find_losses(0, []) == []  # (a new journal: nothing was ever written)
+
+
+def test_a_request_duckdb_refuses_is_dead_lettered_and_storage_goes_on(tmp_path: Path) -> None:
+    """One poisoned request among good ones: the flush stores the good ones, sets the bad one
+    aside with DuckDB's reason, and the next flushes work; nothing waits for ever."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    partitions = _open(tmp_path)
+    writer = _writer(partitions, flush_interval=3600.0)
+    partitions.before_read = writer.sync
+    writer.start()
+    good = decode_traces(_trace_request(3, "good"))
+    spans = good.tables["spans"]
+    bad_column = pa.array(["not a number"] * spans.num_rows)
+    poison = dataclasses.replace(
+        good,
+        tables={
+            **good.tables,
+            "spans": spans.set_column(
+                spans.schema.get_field_index("duration_ns"), "duration_ns", bad_column
+            ),
+        },
+    )
+    for batch in (good, poison, decode_traces(_trace_request(4, "after"))):
+        writer.submit(batch).wait()  # all three acknowledged
+    writer.sync()
+    assert _span_count(partitions) == 7 and writer.depth == 0
+    assert writer.storage_error is None
+    summary = writer.dead_letters.summary()
+    assert summary["requests"] == 1 and summary["records"] == {"traces": 3}
+    counts = writer.telemetry.snapshot()["traces"]
+    assert (counts["accepted"], counts["stored"], counts["dead_lettered"], counts["waiting"]) == (
+        10,
+        7,
+        3,
+        0,
+    )
+    writer.submit(decode_traces(_trace_request(2, "later"))).wait()
+    writer.sync()
+    assert _span_count(partitions) == 9
+    writer.stop()
+    partitions.close()

@@ -350,26 +350,38 @@ class Journal:
                 yield number, read_segment(self.path(number))
 
 
-def find_losses(
-    after: int, segments: list[tuple[int, SegmentContents]], newest_expected: bool = True
-) -> list[JournalLoss]:
+def find_losses(after: int, segments: list[tuple[int, SegmentContents]]) -> list[JournalLoss]:
     """What the journal lost after segment ``after`` (the last one DuckDB has), from
     ``segments`` (as :meth:`Journal.replay` gives them): records damaged inside a segment,
     a segment cut short or missing (its successor's header says how many records it held),
-    and, when ``newest_expected``, segment ``after + 1``, which the daemon was writing to
-    when DuckDB took ``after``'s records, missing altogether."""
-    losses = []
+    and segment ``after + 1``, which the daemon was writing to when DuckDB took ``after``'s
+    records (so it exists, if only empty), missing."""
     found = dict(segments)
     numbers = sorted(found)
-    last = numbers[-1] if numbers else after
-    for number in range(after + 1, last + 1):
-        contents = found.get(number)
+    if not numbers:
+        if not after:
+            return []  # (a new store: nothing was ever written)
+        return [
+            JournalLoss(
+                after + 1,
+                None,
+                True,
+                "the segment being written is missing (records acknowledged since the last "
+                "flush are lost, if there were any)",
+            )
+        ]
+    losses = []
+    missing_from = None
+    for number in range(after + 1, numbers[-1] + 1):
+        if number not in found:
+            missing_from = missing_from or number
+        elif missing_from is not None:
+            losses.append(_missing(missing_from, number - 1, found[number].previous))
+            missing_from = None
+    for number in numbers:
+        contents = found[number]
         successor = found.get(number + 1)
         expected = successor.previous if successor is not None else None
-        if contents is None:
-            if number < last:
-                losses.append(JournalLoss(number, expected, True, "the segment file is missing"))
-            continue
         if contents.lost:
             losses.append(JournalLoss(number, contents.lost, True, "; ".join(contents.damaged)))
         if expected is not None and expected > contents.last_sequence:
@@ -382,7 +394,7 @@ def find_losses(
                     + (f" and {contents.tail} bytes are damaged" if contents.tail else ""),
                 )
             )
-        elif contents.tail and number != last:
+        elif contents.tail and number != numbers[-1]:
             losses.append(
                 JournalLoss(
                     number, None, True, f"{contents.tail} bytes after its last whole record"
@@ -397,22 +409,15 @@ def find_losses(
                     f"{contents.tail} bytes after its last whole record are damaged",
                 )
             )
-    if not numbers and after and newest_expected:
-        losses.append(
-            JournalLoss(
-                after + 1,
-                None,
-                True,
-                "the segment being written is missing (records acknowledged since the "
-                "last flush are lost, if there were any)",
-            )
-        )
-    elif numbers and numbers[0] > after + 1 and newest_expected:
-        first = found[numbers[0]]
-        for number in range(after + 1, numbers[0]):
-            known = first.previous if number == numbers[0] - 1 else None
-            losses.append(JournalLoss(number, known, True, "the segment file is missing"))
-    return losses
+    return sorted(losses, key=lambda loss: loss.segment)
+
+
+def _missing(first: int, last: int, before_next: int | None) -> JournalLoss:
+    """Segments ``first`` to ``last`` are gone; the next one's header counts ``last``'s
+    records (so the count is known when only one is missing)."""
+    if first == last:
+        return JournalLoss(first, before_next, True, "the segment file is missing")
+    return JournalLoss(first, None, True, f"segments {first:012d} to {last:012d} are missing")
 
 
 def unstored_bytes(data_dir: Path, applied: int = 0) -> int:

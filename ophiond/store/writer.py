@@ -188,6 +188,9 @@ class Writer:
         self.failing_since: float | None = None
         # Called with each acknowledged batch (the live log feed listens here).
         self.on_commit: Callable[[DecodedBatch], None] | None = None
+        # Called when DuckDB has no memory for an insert: stops the queries holding it (ingest
+        # goes first) and returns how many there were (query.stop_readers).
+        self.make_room: Callable[[], int] | None = None
         self._cond = threading.Condition()
         self._journal_lock = threading.Lock()  # appends vs. the flusher's rotation
         self._queue: deque[PendingWrite] = deque()
@@ -267,9 +270,9 @@ class Writer:
         """
         applied = self.partitions.journal_position()
         segments = list(self.journal.replay(after=applied))
-        for loss in find_losses(applied, segments):
+        losses = find_losses(applied, segments)
+        for loss in losses:
             self._lost(loss)
-            self._set_aside(loss.segment)
         replayed = 0
         for segment, contents in segments:
             if not contents.records:
@@ -290,6 +293,8 @@ class Writer:
             self._applied_segment = last
         self.journal.open(after=last, previous=newest)
         self._checkpoint()
+        for loss in losses:  # (their readable records are stored and checkpointed by now)
+            self._set_aside(loss.segment)
         if replayed:
             log.info("stored %d records from the ingest journal (after an unclean stop)", replayed)
         return replayed
@@ -654,10 +659,13 @@ class Writer:
                 except Exception:  # a follower's problem must not stop the writer
                     log.exception("passing records to followers failed")
 
-    def _insert(self, batches: list[dict[str, pa.Table]], segment: int) -> None:
+    def _insert(
+        self, batches: list[dict[str, pa.Table]], segment: int, make_room: bool = True
+    ) -> None:
         """One transaction: every table's rows (tagged with the flush, which is the journal
         segment, where tracefilter.py says so), the flush's trace-id filter, and the journal
-        segment they complete."""
+        segment they complete. When DuckDB has no memory for it, the queries holding memory
+        are stopped (:attr:`make_room`) and it is tried once more at once."""
         import duckdb
         import pyarrow as pa
 
@@ -678,10 +686,16 @@ class Writer:
                 cur.execute("ROLLBACK")
             except duckdb.Error:
                 pass  # the failed statement may already have ended the transaction
+            out_of_memory = isinstance(e, duckdb.OutOfMemoryException)
+            if out_of_memory and make_room and self.make_room is not None and self.make_room():
+                log.warning("no memory for a flush: stopped the queries holding it")
+                self._insert(batches, segment, make_room=False)
+                return
             raise StoreError(
                 f"cannot write to {self.partitions.current.path.name}: {e}",
-                # The disk (full, failing) rather than a record: retry, never dead-letter.
-                transient=isinstance(e, duckdb.IOException),
+                # The disk (full, failing) or memory that queries hold rather than a record:
+                # retry, never dead-letter.
+                transient=isinstance(e, duckdb.IOException) or out_of_memory,
             ) from e
 
     def _insert_rows(self, batches: list[dict[str, pa.Table]], segment: int) -> set[str]:
