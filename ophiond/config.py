@@ -17,9 +17,13 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ophiond.errors import ConfigError
+from ophiond.otlp.limits import IngestLimits
+
+if TYPE_CHECKING:
+    from ophiond.serving import ClientLimits
 
 APP_NAME = "ophion"
 # The TCP API's address when it is just turned on (the original OPHION platform's API port).
@@ -212,6 +216,27 @@ class Settings:
     max_request_size: str = "20MiB"
     """Largest accepted request body, after decompression (HTTP 413 / gRPC RESOURCE_EXHAUSTED)."""
 
+    max_attribute_value_size: str = "64KiB"
+    """Largest string or bytes attribute value stored (of any record, resource or scope, also
+    inside arrays and kvlists); a longer one is cut to this size, ending with
+    ``…[truncated N bytes]``, and the client is told in ``partial_success``."""
+
+    max_attributes_size: str = "1MiB"
+    """Largest attributes of one record as stored JSON; attributes that do not fit are dropped,
+    counted in the record's ``dropped_attributes_count`` and reported in ``partial_success``."""
+
+    max_log_body_size: str = "256KiB"
+    """Largest log body stored; a longer one is cut to this size, ending with
+    ``…[truncated N bytes]`` (a structured body as its JSON text), and reported."""
+
+    max_span_events: int = 128
+    """Events stored per span (the OpenTelemetry SDKs' default limit); the later ones are dropped,
+    counted in the span's ``dropped_events_count`` and reported in ``partial_success``."""
+
+    max_span_links: int = 128
+    """Links stored per span (the SDKs' default limit); the later ones are dropped, counted in
+    the span's ``dropped_links_count`` and reported in ``partial_success``."""
+
     memory_limit: str = "64MB"
     """Memory DuckDB may use for its buffers and queries. DuckDB keeps data it wrote cached up to
     this much, so it is most of the daemon's memory; raise it for large ad-hoc SQL queries."""
@@ -223,8 +248,24 @@ class Settings:
     sql_timeout: str = "30s"
     """Longest an ``ophion sql`` query may run before it is interrupted."""
 
+    sql_max_memory: str = "auto"
+    """Memory that queries may hold, all together, of ``memory_limit``; the rest is kept for the
+    writer. A query's sorts and hash tables spill to disk past it (DuckDB's
+    ``operator_memory_limit``), and a query that holds more anyway is stopped. ``auto`` is half
+    of ``memory_limit``; see docs/sql.md."""
+
+    sql_max_spill: str = "1GB"
+    """Temporary disk (``<data_dir>/.tmp``) that queries may spill to, all together, when they
+    need more than ``memory_limit``; a query that needs more is stopped with an error. ``0``
+    keeps queries in memory."""
+
+    sql_max_concurrent: int = 2
+    """``ophion sql`` queries that may run at once; another one waits for a free slot, and the
+    wait counts against its ``sql_timeout``."""
+
     housekeeping_interval: str = "60s"
-    """How often retention and partition roll-over are checked."""
+    """How often retention and partition roll-over are checked when nothing is written (they
+    are also checked after every flush into DuckDB, so the disk budget never waits for it)."""
 
     log_level: str = "info"
     """Daemon log level: ``debug``, ``info``, ``warning`` or ``error``."""
@@ -238,6 +279,26 @@ class Settings:
 
     api_rate_burst: int = 40
     """Requests a client address may make at once, above ``api_rate_limit``, before it gets 429."""
+
+    client_header_timeout: str = "10s"
+    """Time an HTTP client (OTLP/HTTP receiver, API) has to send a request's first line and
+    headers, from the connection's opening (on a kept-alive connection, from the request's
+    first byte); a slower one is answered 408 and disconnected."""
+
+    client_body_timeout: str = "20s"
+    """Time an HTTP client has to send a request body, plus one second for every
+    ``client_body_min_rate`` bytes it has sent (Apache's ``RequestReadTimeout body=20,MinRate=500``);
+    a slower one is answered 408 and disconnected. No read waits more than 30 s either way."""
+
+    client_body_min_rate: int = 500
+    """Bytes of a request body that earn its client one more second past
+    ``client_body_timeout``: the slowest average rate, in bytes per second, at which a body may
+    keep arriving."""
+
+    max_connections_per_address: int = 32
+    """Connections one client address may have open to each HTTP server (OTLP/HTTP receiver, TCP
+    API); for another, the one of them that has waited longest for a request is closed, or the
+    new one is refused when all are busy. Each server serves at most 256 connections in all."""
 
     # Resolved values, filled by :meth:`validate`; not settings themselves.
     paths: Paths = field(default_factory=lambda: default_paths(), repr=False)
@@ -261,6 +322,11 @@ class Settings:
             raise ConfigError(f"api_rate_limit must be positive, not {self.api_rate_limit}")
         if self.api_rate_burst < 1:
             raise ConfigError(f"api_rate_burst must be at least 1, not {self.api_rate_burst}")
+        if self.sql_max_concurrent < 1:
+            raise ConfigError(
+                f"sql_max_concurrent must be at least 1, not {self.sql_max_concurrent}"
+            )
+        memory_limit = parse_size(self.memory_limit, "memory_limit")
         return ValidSettings(
             grpc_listen=parse_listen(self.grpc_listen, "grpc_listen"),
             http_listen=parse_listen(self.http_listen, "http_listen"),
@@ -270,9 +336,13 @@ class Settings:
             ingest_key=self.ingest_key,
             queue_size=self.queue_size,
             max_request_size=parse_size(self.max_request_size, "max_request_size"),
-            memory_limit=parse_size(self.memory_limit, "memory_limit"),
+            ingest_limits=self._ingest_limits(),
+            memory_limit=memory_limit,
             decode_workers=_decode_workers(self.decode_workers),
             sql_timeout=parse_duration(self.sql_timeout, "sql_timeout"),
+            sql_max_memory=_query_memory(self.sql_max_memory, memory_limit),
+            sql_max_spill=parse_size(self.sql_max_spill, "sql_max_spill"),
+            sql_max_concurrent=self.sql_max_concurrent,
             housekeeping_interval=max(
                 0.05, parse_duration(self.housekeeping_interval, "housekeeping_interval")
             ),
@@ -283,6 +353,52 @@ class Settings:
             ),
             api_rate_limit=float(self.api_rate_limit),
             api_rate_burst=self.api_rate_burst,
+            client_limits=self._client_limits(),
+        )
+
+    def _client_limits(self) -> ClientLimits:
+        from ophiond.serving import MAX_CONNECTIONS, ClientLimits
+
+        timeouts = {}
+        for name in ("client_header_timeout", "client_body_timeout"):
+            timeouts[name] = parse_duration(getattr(self, name), name)
+            if timeouts[name] <= 0:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
+        if self.client_body_min_rate < 1:
+            raise ConfigError(
+                f"client_body_min_rate must be at least 1 byte per second, "
+                f"not {self.client_body_min_rate}"
+            )
+        if not 1 <= self.max_connections_per_address <= MAX_CONNECTIONS:
+            raise ConfigError(
+                f"max_connections_per_address must be from 1 to {MAX_CONNECTIONS}, "
+                f"not {self.max_connections_per_address}"
+            )
+        return ClientLimits(
+            header_timeout=timeouts["client_header_timeout"],
+            body_timeout=timeouts["client_body_timeout"],
+            body_min_rate=self.client_body_min_rate,
+            max_per_address=self.max_connections_per_address,
+        )
+
+    def _ingest_limits(self) -> IngestLimits:
+        sizes = {}
+        for name in ("max_attribute_value_size", "max_attributes_size", "max_log_body_size"):
+            sizes[name] = parse_size(getattr(self, name), name)
+            if sizes[name] < 1024:
+                raise ConfigError(
+                    f"{name} must be at least 1KiB, not {getattr(self, name)!r}",
+                    hint="a smaller value would keep little beyond the truncation marker",
+                )
+        for name in ("max_span_events", "max_span_links"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, not {getattr(self, name)}")
+        return IngestLimits(
+            attribute_value_size=sizes["max_attribute_value_size"],
+            attributes_size=sizes["max_attributes_size"],
+            log_body_size=sizes["max_log_body_size"],
+            events_per_span=self.max_span_events,
+            links_per_span=self.max_span_links,
         )
 
 
@@ -298,14 +414,31 @@ class ValidSettings:
     ingest_key: str
     queue_size: int
     max_request_size: int
+    ingest_limits: IngestLimits
     memory_limit: int
     decode_workers: int
     sql_timeout: float
+    sql_max_memory: int
+    sql_max_spill: int
+    sql_max_concurrent: int
     housekeeping_interval: float
     log_level: str
     api_listen: ListenAddress | None
     api_rate_limit: float
     api_rate_burst: int
+    client_limits: ClientLimits
+
+
+def _query_memory(text: str, memory_limit: int) -> int:
+    if text.strip().lower() == "auto":
+        return memory_limit // 2
+    amount = parse_size(text, "sql_max_memory")
+    if not 1 << 20 <= amount <= memory_limit:
+        raise ConfigError(
+            f"sql_max_memory must be between 1MiB and memory_limit, not {text!r}",
+            hint="use auto (half of memory_limit) or a size such as 256MB",
+        )
+    return amount
 
 
 def _decode_workers(text: str) -> int:

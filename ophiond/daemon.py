@@ -116,6 +116,8 @@ class Daemon:
         from ophiond.otlp.ingest import Ingest
         from ophiond.store.feed import LogFeed
         from ophiond.store.partitions import PartitionSet, connect
+        from ophiond.store.query import QuerySlots
+        from ophiond.store.readers import ReaderLimits, limit_readers, writer_reserve
         from ophiond.store.writer import Writer
         from ophiond.telemetry import Telemetry
 
@@ -132,9 +134,19 @@ class Daemon:
             paths.data_dir.mkdir(parents=True, exist_ok=True)
             self.telemetry = Telemetry()
             self.partitions = PartitionSet(
-                connect(settings.memory_limit, paths.data_dir), paths.data_dir
+                connect(settings.memory_limit, paths.data_dir, max_spill=settings.sql_max_spill),
+                paths.data_dir,
             )
             self.partitions.open()
+            readers = limit_readers(
+                self.partitions,
+                ReaderLimits(
+                    query_memory=settings.sql_max_memory,
+                    max_spill=settings.sql_max_spill,
+                    writer_reserve=writer_reserve(settings.memory_limit, settings.sql_max_spill),
+                    temp_dir=paths.data_dir / ".tmp",
+                ),
+            )
             self.writer = Writer(
                 self.partitions,
                 self.telemetry,
@@ -145,20 +157,29 @@ class Daemon:
             )
             self.feed = LogFeed()
             self.writer.on_commit = self._publish
+            self.writer.make_room = readers.stop
+            self.sql_slots = QuerySlots(settings.sql_max_concurrent)
             self.writer.recover()
             self.writer.start()
             self.partitions.before_read = self.writer.sync
             if settings.decode_workers:
                 from ophiond.otlp.workers import DecodePool
 
-                self.decode_pool = DecodePool(settings.decode_workers)
+                self.decode_pool = DecodePool(settings.decode_workers, settings.ingest_limits)
                 self.decode_pool.start()
-            ingest = Ingest(self.writer, self.telemetry, settings.ingest_key, self.decode_pool)
+            ingest = Ingest(
+                self.writer,
+                self.telemetry,
+                settings.ingest_key,
+                self.decode_pool,
+                settings.ingest_limits,
+            )
 
             self.tokens = TokenStore(paths.tokens_file, paths.admin_token_file)
             self.tokens.ensure_admin_token()
             routes = self._routes()
-            self.api = ApiServer(paths.api_socket, routes)
+            limits = settings.client_limits
+            self.api = ApiServer(paths.api_socket, routes, limits)
             self.api.start()
             started.append(self.api)
             if settings.api_listen is not None:
@@ -170,6 +191,7 @@ class Daemon:
                     self.tokens,
                     settings.api_rate_limit,
                     settings.api_rate_burst,
+                    limits,
                 )
                 self.api_tcp.start()
                 started.append(self.api_tcp)
@@ -182,7 +204,9 @@ class Daemon:
             if settings.http_listen is not None:
                 from ophiond.otlp.http import HttpReceiver
 
-                self.http = HttpReceiver(ingest, settings.http_listen, settings.max_request_size)
+                self.http = HttpReceiver(
+                    ingest, settings.http_listen, settings.max_request_size, limits
+                )
                 self.http.start()
                 started.append(self.http)
 
@@ -192,20 +216,29 @@ class Daemon:
                 "ophiond %s ready (pid %d, data in %s)", __version__, os.getpid(), paths.data_dir
             )
             signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
-            self._serve()
+            failed = self._serve()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
             sd_notify("STOPPING=1")
             self._shutdown(started)
             lock.release()
-        return 0
+        return 1 if failed else 0
 
-    def _serve(self) -> None:
+    def _serve(self) -> bool:
+        """Serve until asked to stop; True when the store failed for good (exit 1, so that
+        systemd's Restart=on-failure starts a new process)."""
         watchdog = _watchdog_interval()
         next_ping = time.monotonic()
         # Short waits as well: a stop signal that reached another thread anyway runs its
         # handler only when the main thread next wakes.
         while not self._stop.wait(min(watchdog or 1.0, 1.0)):
+            if self.writer.fatal is not None:
+                log.critical(
+                    "stopping: DuckDB invalidated the store (%s); a new ophiond process stores "
+                    "every acknowledged record from the journal",
+                    self.writer.fatal,
+                )
+                return True
             if not watchdog or time.monotonic() < next_ping:
                 continue
             next_ping = time.monotonic() + watchdog
@@ -215,6 +248,7 @@ class Daemon:
                 sd_notify("WATCHDOG=1")
             else:
                 log.error("writer is stalled; withholding the watchdog ping")
+        return False
 
     def _shutdown(self, started: list[Any]) -> None:
         # Receivers first (in-flight requests finish: they wait for their commit), then the
@@ -328,7 +362,9 @@ class Daemon:
         max_rows = body.get("max_rows", 10_000)
         if not isinstance(max_rows, int) or max_rows < 1:
             raise QueryError("max_rows must be a positive whole number")
-        return run_query(self.partitions, sql, max_rows, self.settings.sql_timeout).to_json()
+        return run_query(
+            self.partitions, sql, max_rows, self.settings.sql_timeout, self.sql_slots
+        ).to_json()
 
 
 def _summary(snapshot: dict[str, dict[str, int]]) -> str:

@@ -1,59 +1,378 @@
 """Threaded HTTP serving shared by the OTLP/HTTP receiver and the local API.
 
-Both keep track of their connections so that a stop does not wait for clients: idle keep-alive
-connections are shut at once, and busy ones are closed right after their answer. The number
-of connections is capped, so a flood of clients cannot make unbounded threads.
+Every client gets a bounded share of a server, whatever it sends and before anything checks
+who it is (see docs/architecture.md, "Slow and greedy clients"):
+
+- Time. The request line and headers must arrive within ``client_header_timeout`` of the
+  connection opening (on a kept-alive connection, of the request's first byte); a body within
+  ``client_body_timeout`` plus one second per ``client_body_min_rate`` bytes received, like
+  Apache's mod_reqtimeout (``body=20,MinRate=500``); no read waits more than 30 s. A late
+  client is answered 408 and disconnected. All reads go through :class:`RequestReader`, which
+  gives each ``recv`` only the time left, so trickling a byte at a time does not stretch it.
+- Connections. At most 256 per server and ``max_connections_per_address`` per client address.
+  At a cap, the connection that has waited longest for its next request is closed to make
+  room (as nginx reuses idle keep-alive connections); only when none waits is the new one
+  closed. The listen backlog holds 1,024 connections, so a burst of refused ones does not
+  crowd out other clients' connection attempts.
+- Memory. :class:`BodyBudget` bounds the bytes of request bodies held at once, in all and per
+  client address (the OTLP receiver reads a whole body before it takes a decode slot).
+
+A stop does not wait for clients: connections that have not finished sending their request are
+shut at once, and busy ones close right after their answer.
 """
 
 from __future__ import annotations
 
+import io
+import logging
+import re
 import socket
 import threading
+import time
+from dataclasses import dataclass
+from email.message import Message
+from enum import Enum
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from socketserver import BaseServer
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ophiond.config import ListenAddress
 from ophiond.errors import OphionError
 
-# Connections served at once per server; beyond it new ones are closed straight away.
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+log = logging.getLogger(__name__)
+
+# Connections served at once per server.
 MAX_CONNECTIONS = 256
+# Connections the kernel queues until the server accepts them. socketserver's default of 5
+# overflows in a burst (say a flood from one address, refused one by one as they are
+# accepted), and then other clients' connection attempts are dropped and retried a second or
+# more later.
+LISTEN_BACKLOG = 1024
+# How long a kept-alive connection may wait for its next request, and any single read or write.
+IDLE_TIMEOUT_S = 30.0
+_READ_BUFFER = 64 * 1024
+_DIGITS = re.compile(r"[0-9]+")
+_WARNING_INTERVAL_S = 60.0
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """What one client may take of a server: the time to send a request, and connections."""
+
+    header_timeout: float
+    body_timeout: float
+    body_min_rate: int
+    max_per_address: int
+    idle_timeout: float = IDLE_TIMEOUT_S
+    max_connections: int = MAX_CONNECTIONS
+
+
+class Phase(Enum):
+    """Where a connection is in its current request."""
+
+    WAITING = "waiting for a request"
+    HEADERS = "receiving the request line and headers"
+    BODY = "receiving the body"
+    ANSWERING = "answering"
+
+
+class RequestTimeout(TimeoutError):
+    """A client took too long to send its request, or part of it.
+
+    A ``TimeoutError``, so that the standard library's request loop closes the connection as
+    for any timed-out read; :attr:`phase` says which part was late.
+    """
+
+    def __init__(self, phase: Phase, message: str) -> None:
+        super().__init__(message)
+        self.phase = phase
+        self.message = message
+
+
+class ConnectionShut(ConnectionAbortedError):
+    """The server shut the connection itself: to make room for another, or to stop."""
+
+
+class RequestRefused(OphionError):
+    """A request refused before its body is read, with the HTTP status to answer."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class BodyFraming:
+    """How a request's body is delimited: chunked, by a Content-Length, or not at all."""
+
+    chunked: bool = False
+    length: int | None = None
+
+
+def body_framing(headers: Message) -> BodyFraming:
+    """Read the body's framing from ``headers``; :class:`RequestRefused` when it is ambiguous.
+
+    Two Content-Length headers, Content-Length with Transfer-Encoding, or a transfer coding
+    other than exactly ``chunked`` may be read one way by a proxy in front of the daemon and
+    another way here (request smuggling, RFC 9112 section 6.3), so they are refused.
+    """
+    codings = headers.get_all("Transfer-Encoding") or []
+    lengths = headers.get_all("Content-Length") or []
+    if codings:
+        if lengths:
+            raise RequestRefused(
+                HTTPStatus.BAD_REQUEST,
+                "both Content-Length and Transfer-Encoding; send one of them",
+            )
+        if len(codings) > 1 or codings[0].strip().lower() != "chunked":
+            raise RequestRefused(
+                HTTPStatus.NOT_IMPLEMENTED,
+                f"Transfer-Encoding {', '.join(codings)!r} is not supported; "
+                "send chunked or a Content-Length",
+            )
+        return BodyFraming(chunked=True)
+    if len(lengths) > 1:
+        raise RequestRefused(HTTPStatus.BAD_REQUEST, "more than one Content-Length header")
+    if not lengths:
+        return BodyFraming()
+    if not _DIGITS.fullmatch(lengths[0].strip()):
+        raise RequestRefused(HTTPStatus.BAD_REQUEST, "bad Content-Length")
+    return BodyFraming(length=int(lengths[0]))
+
+
+class RequestReader(io.RawIOBase):
+    """A connection's socket as its handler reads it: each read may take only the time left
+    before the deadline of the part of the request being read."""
+
+    def __init__(self, sock: socket.socket, limits: ClientLimits) -> None:
+        super().__init__()
+        self._sock = sock
+        self._limits = limits
+        self.phase = Phase.WAITING
+        self.waiting_since = time.monotonic()
+        # A new connection's first request must be in within header_timeout of the accept.
+        self._deadline = self.waiting_since + limits.header_timeout
+        self._kept_alive = False
+        self._body_started = 0.0
+        self._body_bytes = 0
+        self.expired: RequestTimeout | None = None
+        self.shut = False  # set before the server shuts the socket under the reader
+
+    def readable(self) -> bool:
+        return True
+
+    def await_request(self) -> None:
+        """Wait for the next request, up to ``idle_timeout`` on a kept-alive connection."""
+        self.expired = None
+        if self.phase is Phase.WAITING:
+            return  # a new connection: its deadline runs from the accept
+        self.phase = Phase.WAITING
+        self.waiting_since = time.monotonic()
+        self._deadline = self.waiting_since + self._limits.idle_timeout
+        self._kept_alive = True
+
+    def begin_body(self) -> None:
+        """The headers are in; what follows is the body, due at the minimum rate."""
+        self.phase = Phase.BODY
+        self._body_started = time.monotonic()
+        self._body_bytes = 0
+
+    def end_request(self) -> None:
+        """The request is read; the connection is busy answering it."""
+        if self.phase is not Phase.ANSWERING:
+            self.phase = Phase.ANSWERING
+            self._sock.settimeout(self._limits.idle_timeout)  # for the writes of the answer
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        deadline = self._current_deadline()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise self._expire()
+        self._sock.settimeout(min(left, self._limits.idle_timeout))
+        try:
+            received = self._sock.recv_into(buffer)
+        except TimeoutError:
+            raise self._expire(stalled=time.monotonic() < deadline) from None
+        if not received and self.shut:
+            # Not the end of the request: a request cut short must not be taken as whole.
+            raise ConnectionShut(f"the connection was closed while {self.phase.value}")
+        if self.phase is Phase.BODY:
+            self._body_bytes += received
+        elif self.phase is Phase.WAITING and received:
+            self.phase = Phase.HEADERS
+            if self._kept_alive:
+                self._deadline = time.monotonic() + self._limits.header_timeout
+        return received
+
+    def _current_deadline(self) -> float:
+        limits = self._limits
+        if self.phase is Phase.BODY:
+            allowed = limits.body_timeout + self._body_bytes / limits.body_min_rate
+            return self._body_started + allowed
+        if self.phase is Phase.ANSWERING:
+            return time.monotonic() + limits.idle_timeout
+        return self._deadline
+
+    def _expire(self, stalled: bool = False) -> RequestTimeout:
+        limits = self._limits
+        if self.phase is Phase.WAITING:
+            message = "no request came"
+        elif stalled:
+            message = f"nothing came for {limits.idle_timeout:g} s while {self.phase.value}"
+        elif self.phase is Phase.HEADERS:
+            message = (
+                f"the request line and headers did not arrive within "
+                f"{limits.header_timeout:g} s (client_header_timeout)"
+            )
+        else:
+            elapsed = time.monotonic() - self._body_started
+            message = (
+                f"the request body came too slowly ({self._body_bytes} bytes in {elapsed:.0f} s): "
+                f"a body may take client_body_timeout ({limits.body_timeout:g} s) plus 1 s per "
+                f"client_body_min_rate ({limits.body_min_rate}) bytes received"
+            )
+        self.expired = RequestTimeout(self.phase, message)
+        return self.expired
 
 
 class TrackedHandler(BaseHTTPRequestHandler):
-    """A request handler that tells its server when it is busy with a request."""
+    """A request handler whose reads keep to its server's :class:`ClientLimits`.
+
+    Subclasses call :meth:`request_received` once they have read the body, and answer errors
+    in their own format in :meth:`refuse`.
+    """
 
     server: TrackedServer
-    busy = False
+    reader: RequestReader
+    answered = False
 
     def setup(self) -> None:
         super().setup()
-        self.server.track(self, add=True)
-
-    def finish(self) -> None:
-        self.server.track(self, add=False)
-        super().finish()
+        # Reads go through the reader instead of the socket file setup() made.
+        self.rfile.close()
+        self.reader = RequestReader(self.connection, self.server.client_limits)
+        self.rfile = io.BufferedReader(self.reader, _READ_BUFFER)
+        self.server.attach(self)
 
     def parse_request(self) -> bool:
-        # From the first header line on, the connection is in use; before that it is idle.
-        self.busy = True
-        return super().parse_request()
+        if not super().parse_request():
+            return False
+        self.reader.begin_body()
+        return True
+
+    def request_received(self) -> None:
+        """Say that the request's body is read: the connection is now busy answering."""
+        self.reader.end_request()
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self.answered = True
+        self.reader.end_request()
+        super().send_response(code, message)
 
     def handle_one_request(self) -> None:
+        self.reader.await_request()
+        self.answered = False
+        # What an answer needs when the request line itself never arrived.
+        self.request_version, self.requestline, self.command = self.protocol_version, "", ""
         try:
             super().handle_one_request()
+        except ConnectionError as e:
+            # The client left, or the server shut the connection (ConnectionShut): nothing to
+            # answer, and no traceback for the log.
+            log.debug(
+                "%s: connection from %s ended: %s", self.server.label, self.address_string(), e
+            )
+            self.close_connection = True
         finally:
-            self.busy = False
             if self.server.stopping:
                 self.close_connection = True
+        late = self.reader.expired
+        if late is None or late.phase is Phase.WAITING:
+            return  # an idle connection timed out: closed without a word, as usual
+        self.close_connection = True
+        self.server.notices.warn(
+            late.phase.name,
+            f"{self.server.label}: closed a connection from {self.address_string()}: "
+            f"{late.message}",
+        )
+        if not self.answered:
+            try:
+                self.refuse(HTTPStatus.REQUEST_TIMEOUT, late.message)
+            except OSError:
+                pass  # the client is gone already
+
+    def refuse(self, status: HTTPStatus, message: str) -> None:
+        """Answer ``status`` with ``message`` and close the connection (subclasses answer in
+        their own error format)."""
+        body = (message + "\n").encode()
+        self.close_connection = True
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@dataclass(eq=False)
+class _Connection:
+    sock: Any
+    address: str
+    handler: TrackedHandler | None = None
+
+    def waiting(self) -> bool:
+        return self.handler is not None and self.handler.reader.phase is Phase.WAITING
+
+    def shut(self) -> None:
+        if self.handler is not None:
+            self.handler.reader.shut = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the client closed it meanwhile
+
+
+class ClientNotices:
+    """Warnings about clients a limit stopped, at most one a minute of each kind, so that a
+    flood of clients does not flood the log too."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._quiet_until: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def warn(self, kind: str, text: str) -> None:
+        """Log ``text`` unless a warning of ``kind`` was logged less than a minute ago."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._quiet_until.get(kind, 0.0):
+                self._skipped[kind] = self._skipped.get(kind, 0) + 1
+                return
+            self._quiet_until[kind] = now + _WARNING_INTERVAL_S
+            skipped = self._skipped.pop(kind, 0)
+        if skipped:
+            log.warning("%s (and %d more like it since the last such warning)", text, skipped)
+        else:
+            log.warning("%s", text)
 
 
 class TrackedServer(BaseServer):
-    """Mixed into a socketserver class before it: connection tracking and a connection cap."""
+    """Mixed into a socketserver class before it: connection caps, overall and per client
+    address, and the stop of connections that have not sent their request."""
+
+    request_queue_size = LISTEN_BACKLOG
+    client_limits: ClientLimits
+    label: str  # for the log: "OTLP/HTTP", "the API"
 
     def server_activate(self) -> None:
-        self._connections: set[TrackedHandler] = set()
+        self._connections: dict[Any, _Connection] = {}  # by socket
+        self._per_address: dict[str, int] = {}
         self._connections_lock = threading.Lock()
+        self.notices = ClientNotices()
         # Set when a stop begins: busy connections close after their answer, streams end.
         self.stopping_event = threading.Event()
         super().server_activate()
@@ -63,26 +382,123 @@ class TrackedServer(BaseServer):
         return self.stopping_event.is_set()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
+        # Counted here, in the accepting thread, so that a burst cannot pass the caps before
+        # the handlers' threads have started.
+        address = str(client_address[0]) if isinstance(client_address, tuple) else ""
         with self._connections_lock:
-            return len(self._connections) < MAX_CONNECTIONS
+            refusal = self._make_room(address)
+            if refusal is None:
+                self._connections[request] = _Connection(request, address)
+                self._per_address[address] = self._per_address.get(address, 0) + 1
+        if refusal is not None:
+            kind, reason = refusal
+            self.notices.warn(kind, f"{self.label}: refused a connection: {reason}")
+            return False
+        return True
 
-    def track(self, handler: TrackedHandler, add: bool) -> None:
+    def _make_room(self, address: str) -> tuple[str, str] | None:
+        """None when a connection from ``address`` may be served, after closing a waiting one
+        if a cap is reached; else the kind of refusal and its reason."""
+        limits = self.client_limits
+        held = self._per_address.get(address, 0)
+        if address and held >= limits.max_per_address:
+            if not self._close_longest_waiting(address):
+                return "per-address", (
+                    f"{address} already has {held} connections open, the most one address may "
+                    "have (max_connections_per_address)"
+                )
+        if len(self._connections) >= limits.max_connections:
+            if not self._close_longest_waiting(None):
+                return "total", f"all {len(self._connections)} connections are in use"
+        return None
+
+    def attach(self, handler: TrackedHandler) -> None:
+        """Called by a handler as it starts serving its connection."""
         with self._connections_lock:
-            if add:
-                self._connections.add(handler)
-            else:
-                self._connections.discard(handler)
+            connection = self._connections.get(handler.request)
+            if connection is not None:
+                connection.handler = handler
 
-    def close_idle_connections(self) -> None:
-        """For a stop: end idle keep-alive connections; busy ones close after their answer."""
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._forget(request)
+        super().shutdown_request(request)
+
+    def _forget(self, request: Any) -> None:
+        connection = self._connections.pop(request, None)
+        if connection is None:
+            return
+        left = self._per_address[connection.address] - 1
+        if left:
+            self._per_address[connection.address] = left
+        else:
+            del self._per_address[connection.address]
+
+    def _close_longest_waiting(self, address: str | None) -> bool:
+        """Close the connection (of ``address``, or any) that has waited longest for a request.
+
+        Runs under the lock: a handler closes its socket only after :meth:`shutdown_request`
+        has taken the lock, so the socket shut here is still the connection's own.
+        """
+        waiting = [
+            c
+            for c in self._connections.values()
+            if c.waiting() and (address is None or c.address == address)
+        ]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda c: c.handler.reader.waiting_since if c.handler else 0.0)
+        self._forget(oldest.sock)
+        oldest.shut()
+        return True
+
+    def close_waiting_connections(self) -> None:
+        """For a stop: end connections that have not sent their whole request yet (idle ones,
+        slow ones); busy ones close after their answer."""
         self.stopping_event.set()
         with self._connections_lock:
-            idle = [h for h in self._connections if not h.busy]
-        for handler in idle:
-            try:
-                handler.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # the client closed it meanwhile
+            for connection in self._connections.values():
+                handler = connection.handler
+                if handler is not None and handler.reader.phase is not Phase.ANSWERING:
+                    connection.shut()
+
+
+class BodyBudget:
+    """Bytes of request bodies held at once, in all and per client address.
+
+    A request reserves its body's size before reading it and gives it back when it is done, so
+    the memory of bodies being received stays bounded however many clients send at once, and
+    one address cannot take the share of the others.
+    """
+
+    def __init__(self, total: int, per_address: int) -> None:
+        self.total = total
+        self.per_address = per_address
+        self._held = 0
+        self._by_address: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def reserve(self, address: str, size: int) -> bool:
+        """Take ``size`` bytes for ``address``; False when that would pass a bound."""
+        with self._lock:
+            mine = self._by_address.get(address, 0)
+            if self._held + size > self.total or mine + size > self.per_address:
+                return False
+            self._held += size
+            self._by_address[address] = mine + size
+            return True
+
+    def release(self, address: str, size: int) -> None:
+        """Give back ``size`` bytes that ``address`` reserved."""
+        if not size:
+            return
+        with self._lock:
+            self._held -= size
+            left = self._by_address[address] - size
+            if left:
+                self._by_address[address] = left
+            else:
+                del self._by_address[address]
 
 
 ServerT = TypeVar("ServerT", bound=TrackedServer)
@@ -108,9 +524,11 @@ def bind_tcp(
 
 
 class ServerThread:
-    """A tracked server served on a thread of its own."""
+    """A tracked server served on a thread of its own, within ``limits``."""
 
-    def __init__(self, server: TrackedServer, name: str) -> None:
+    def __init__(self, server: TrackedServer, name: str, label: str, limits: ClientLimits) -> None:
+        server.client_limits = limits
+        server.label = label
         self.server = server
         self._thread = threading.Thread(
             target=server.serve_forever, name=name, kwargs={"poll_interval": 0.2}
@@ -120,9 +538,10 @@ class ServerThread:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop accepting and end streams; close idle connections; wait for requests in flight."""
+        """Stop accepting and end streams; close connections still sending their request; wait
+        for the requests in flight."""
         self.server.stopping_event.set()
         self.server.shutdown()
         self._thread.join()
-        self.server.close_idle_connections()
+        self.server.close_waiting_connections()
         self.server.server_close()

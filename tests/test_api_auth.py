@@ -191,6 +191,33 @@ def test_rate_limit_answers_429_with_retry_after_then_serves_again(daemon_factor
     assert call(daemon, "GET", "/api/v1/status", admin)[0] == 200
 
 
+@pytest.mark.parametrize(
+    ("request_head", "status"),
+    [
+        (b"POST /api/v1/sql HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n", 400),
+        (b"POST /api/v1/sql HTTP/1.1\r\nTransfer-Encoding: chunked\r\n", 411),
+        (b"GET /api/v1/status HTTP/1.1\r\nContent-Length: 2\r\n", 400),
+    ],
+    ids=["two-content-lengths", "chunked", "get-with-a-body"],
+)
+def test_a_body_the_api_could_misread_is_refused_and_the_connection_closed(
+    tcp_daemon: Any, request_head: bytes, status: int
+) -> None:
+    # Read another way (by a proxy in front, or by us), its body could pass for a request.
+    import socket
+
+    host, port = tcp_daemon.listen["api_tcp"].rsplit(":", 1)
+    token = admin_token(tcp_daemon).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request_head + b"Authorization: Bearer " + token + b"\r\n\r\n{}")
+        answer = b""
+        while part := sock.recv(65536):  # the daemon closes the connection after refusing
+            answer += part
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:300]
+    assert answer.count(b"HTTP/1.1 ") == 1  # the body was not taken for a second request
+    assert call(tcp_daemon, "GET", "/api/v1/status", admin_token(tcp_daemon))[0] == 200
+
+
 def test_rate_limiter_refills_per_address() -> None:
     now = [100.0]
     limiter = RateLimiter(rate=2, burst=3, clock=lambda: now[0])

@@ -12,6 +12,7 @@ import http.client
 import itertools
 import json
 import random
+import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -326,10 +327,48 @@ def test_http_gzip_bomb_is_413_without_memory_blowup(daemon: RunningDaemon) -> N
     assert len(bomb) < 1 * MiB  # the point: a small body that inflates 200-fold and more
     reply = send_http(daemon, bomb, headers={"Content-Encoding": "gzip"})
     assert reply.status == 413
-    assert "max_request_size" in reply.rpc_status().message
+    assert "gzip body expands more than 300 times" in reply.rpc_status().message
     # The peak, not the current value: a bomb inflated then freed would still have hit it.
     assert peak_rss_bytes(daemon.process.pid) < 300 * MiB
     assert_still_serving(daemon)
+
+
+def test_http_gzip_over_max_request_size_once_inflated_is_413(daemon_factory: Any) -> None:
+    daemon = daemon_factory("--max-request-size", "1MiB")
+    text = random.Random(7).randbytes(768 * 1024).hex().encode()  # 1.5 MiB; gzip halves it
+    body = gzip.compress(text)
+    assert len(body) < MiB
+    reply = send_http(daemon, body, headers={"Content-Encoding": "gzip"})
+    assert reply.status == 413
+    assert "after decompression (max_request_size)" in reply.rpc_status().message
+    assert_still_serving(daemon)
+
+
+def test_http_gzip_of_200k_members_is_refused_at_once_without_delaying_others(
+    daemon: RunningDaemon,
+) -> None:
+    members = gzip.compress(b"") * 200_000  # 4 MB of empty gzip members
+    bombed: dict[str, Any] = {}
+
+    def send_bomb() -> None:
+        began = time.monotonic()
+        bombed["reply"] = send_http(
+            daemon, members, headers={"Content-Encoding": "gzip"}, timeout=300
+        )
+        bombed["took"] = time.monotonic() - began
+
+    bomb = threading.Thread(target=send_bomb)
+    bomb.start()
+    began = time.monotonic()
+    good = send_http(daemon, good_body())  # while the bomb is in the daemon
+    good_took = time.monotonic() - began
+    bomb.join(300)
+    assert bombed["reply"].status == 400
+    assert "more than 100 members" in bombed["reply"].rpc_status().message
+    # Generous bounds: each takes milliseconds; with a copy of the body per member, the bomb
+    # took half a minute and delayed every other request by seconds.
+    assert bombed["took"] < 10
+    assert good.status == 200 and good_took < 10
 
 
 def test_http_invalid_gzip_is_400(daemon: RunningDaemon) -> None:
@@ -613,6 +652,46 @@ def test_http_negative_chunk_size_is_400_and_reads_nothing_more(daemon: RunningD
     assert answer.startswith(b"HTTP/1.1 400")
     assert b"bad chunked encoding" in answer
     assert peak_rss_bytes(daemon.process.pid) - before < 50 << 20
+    assert_still_serving(daemon)
+
+
+def _refusal(daemon: RunningDaemon, request: bytes) -> bytes:
+    """Send a hand-written request on a raw socket; return the whole answer (a refusal,
+    after which the daemon closes the connection)."""
+    import socket
+
+    host, port = daemon.listen["http"].rsplit(":", 1)
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        while part := sock.recv(65536):
+            answer += part
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("framing", "status", "reason"),
+    [
+        (b"Content-Length: %d\r\nContent-Length: %d\r\n", 400, b"more than one Content-Length"),
+        (
+            b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n",
+            400,
+            b"both Content-Length and Transfer-Encoding",
+        ),
+        (b"Transfer-Encoding: gzip, chunked\r\n", 501, b"'gzip, chunked' is not supported"),
+    ],
+    ids=["two-content-lengths", "content-length-and-chunked", "gzip-transfer-coding"],
+)
+def test_http_body_framing_that_reads_two_ways_is_refused(
+    daemon: RunningDaemon, framing: bytes, status: int, reason: bytes
+) -> None:
+    # A proxy in front might take the other reading and smuggle a request past it.
+    body = good_body()
+    head = b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+    framing = framing.replace(b"%d", str(len(body)).encode())
+    answer = _refusal(daemon, head + framing + b"\r\n" + body)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    assert reason in answer
     assert_still_serving(daemon)
 
 

@@ -16,6 +16,7 @@ from ophiond.config import (
     settings_reference,
 )
 from ophiond.errors import ConfigError
+from ophiond.otlp.limits import IngestLimits
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -134,3 +135,34 @@ def test_api_listen_on_means_its_default_address(tmp_path: Path) -> None:
     assert valid.api_listen == ListenAddress("127.0.0.1", 8080)
     off = load_settings(env={"OPHION_HOME": str(tmp_path)}).validate()
     assert off.api_listen is None
+
+
+def test_value_limits_are_read_checked_and_default_to_the_decoders(tmp_path: Path) -> None:
+    home = {"OPHION_HOME": str(tmp_path)}
+    assert load_settings(env=home).validate().ingest_limits == IngestLimits()
+    raised = {**home, "OPHION_MAX_ATTRIBUTE_VALUE_SIZE": "1MiB", "OPHION_MAX_SPAN_EVENTS": "1000"}
+    limits = load_settings(env=raised).validate().ingest_limits
+    assert limits == IngestLimits(attribute_value_size=1 << 20, events_per_span=1000)
+    with pytest.raises(ConfigError, match="max_log_body_size must be at least 1KiB"):
+        load_settings(env={**home, "OPHION_MAX_LOG_BODY_SIZE": "100"}).validate()
+    with pytest.raises(ConfigError, match="max_span_links must not be negative"):
+        load_settings(env={**home, "OPHION_MAX_SPAN_LINKS": "-1"}).validate()
+
+
+def test_client_limits_are_read_and_checked(tmp_path: Path) -> None:
+    home = {"OPHION_HOME": str(tmp_path)}
+    limits = load_settings(env=home).validate().client_limits
+    assert (limits.header_timeout, limits.body_timeout) == (10, 20)
+    assert (limits.body_min_rate, limits.max_per_address) == (500, 32)
+    changed = {
+        **home,
+        "OPHION_CLIENT_HEADER_TIMEOUT": "1500ms",
+        "OPHION_CLIENT_BODY_MIN_RATE": "2000",
+        "OPHION_MAX_CONNECTIONS_PER_ADDRESS": "8",
+    }
+    limits = load_settings(env=changed).validate().client_limits
+    assert (limits.header_timeout, limits.body_min_rate, limits.max_per_address) == (1.5, 2000, 8)
+    with pytest.raises(ConfigError, match="client_body_timeout must be positive"):
+        load_settings(env={**home, "OPHION_CLIENT_BODY_TIMEOUT": "0s"}).validate()
+    with pytest.raises(ConfigError, match="max_connections_per_address must be from 1 to 256"):
+        load_settings(env={**home, "OPHION_MAX_CONNECTIONS_PER_ADDRESS": "1000"}).validate()

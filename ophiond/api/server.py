@@ -22,7 +22,15 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ophiond.errors import OphionError
-from ophiond.serving import ServerThread, TrackedHandler, TrackedServer
+from ophiond.serving import (
+    ClientLimits,
+    RequestRefused,
+    RequestTimeout,
+    ServerThread,
+    TrackedHandler,
+    TrackedServer,
+    body_framing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +109,6 @@ class ApiHandler(TrackedHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "ophiond"
-    timeout = 30  # an idle or stalled client does not hold a thread for ever
     server: ApiServerBase
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
@@ -114,24 +121,19 @@ class ApiHandler(TrackedHandler):
         return Role.ADMIN
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-        self._dispatch("GET", {})
+        if self._read_body() is not None:
+            self._dispatch("GET", {})
 
     def do_DELETE(self) -> None:  # noqa: N802 - stdlib naming
-        self._dispatch("DELETE", {})
+        if self._read_body() is not None:
+            self._dispatch("DELETE", {})
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
-            self.reply(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
-            return
-        if length > _MAX_BODY:
-            self.reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "request too large"})
+        raw = self._read_body()
+        if raw is None:
             return
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
+            body = json.loads(raw or b"{}")
         except ValueError:
             self.reply(HTTPStatus.BAD_REQUEST, {"error": "the request body is not JSON"})
             return
@@ -139,6 +141,37 @@ class ApiHandler(TrackedHandler):
             self.reply(HTTPStatus.BAD_REQUEST, {"error": "the request body must be a JSON object"})
             return
         self._dispatch("POST", body)
+
+    def _read_body(self) -> bytes | None:
+        """The request's body (only POST may have one); None when refused (answered)."""
+        try:
+            framing = body_framing(self.headers)
+            if framing.chunked:
+                raise RequestRefused(
+                    HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length, not chunked"
+                )
+            length = framing.length or 0
+            if length and self.command != "POST":
+                raise RequestRefused(HTTPStatus.BAD_REQUEST, f"{self.command} takes no body")
+            if length > _MAX_BODY:
+                raise RequestRefused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request too large")
+            raw = self.rfile.read(length)
+        except RequestRefused as e:
+            self.refuse(e.status, e.message)
+            return None
+        except RequestTimeout as e:
+            self.refuse(HTTPStatus.REQUEST_TIMEOUT, e.message)
+            return None
+        if len(raw) < length:
+            self.refuse(HTTPStatus.BAD_REQUEST, "body shorter than Content-Length")
+            return None
+        self.request_received()
+        return raw
+
+    def refuse(self, status: HTTPStatus, message: str) -> None:
+        # The body may be unread: it must not be taken for the next request.
+        self.close_connection = True
+        self.reply(status, {"error": message}, {"Connection": "close"})
 
     def _dispatch(self, method: str, body: dict[str, Any]) -> None:
         role = self.caller_role()
@@ -252,7 +285,7 @@ class _UnixHandler(ApiHandler):
 class ApiServer(ServerThread):
     """Serves ``routes`` on a Unix socket."""
 
-    def __init__(self, socket_path: Path, routes: list[Route]) -> None:
+    def __init__(self, socket_path: Path, routes: list[Route], limits: ClientLimits) -> None:
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         if socket_path.exists() or socket_path.is_symlink():
             socket_path.unlink()  # a stale socket from a killed daemon; the lock file says it is ours
@@ -260,7 +293,7 @@ class ApiServer(ServerThread):
         server = _UnixServer(str(socket_path), _UnixHandler)
         os.chmod(socket_path, 0o600)
         server.routes = routes
-        super().__init__(server, "ophion-api")
+        super().__init__(server, "ophion-api", "the API", limits)
         self.path = socket_path
 
     def start(self) -> None:

@@ -21,7 +21,7 @@ from http.server import ThreadingHTTPServer
 from ophiond.api.server import ApiHandler, ApiServerBase, Role, Route
 from ophiond.api.tokens import TokenStore
 from ophiond.config import ListenAddress, is_loopback
-from ophiond.serving import ServerThread, bind_tcp
+from ophiond.serving import ClientLimits, ServerThread, bind_tcp
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +127,13 @@ class TcpApiServer(ServerThread):
         tokens: TokenStore,
         rate: float,
         burst: int,
+        limits: ClientLimits,
     ) -> None:
         server = bind_tcp(_TcpServer, _TcpServer6, listen, _TcpHandler, "the API", "--api-listen")
         server.routes = routes
         server.tokens = tokens
         server.limiter = RateLimiter(rate, burst)
-        super().__init__(server, "ophion-api-tcp")
+        super().__init__(server, "ophion-api-tcp", "the TCP API", limits)
         self.address = ListenAddress(listen.host, server.server_address[1])
 
     def start(self) -> None:

@@ -8,8 +8,8 @@ every record passes through it once. The code is shaped by what costs time in it
   record, straight into that record's row, and values shared by a (resource, scope) run are
   computed once per run (:func:`_origin`) and repeated by Arrow.
 - Attributes are most of a span. They become a dict of Python values with the fewest reads
-  (:func:`_attribute_values`), whose JSON text comes from the json module's C encoder built
-  once (:data:`_encode_chunks`); the same dict gives the hot columns (http.*, db.system).
+  (``values.attribute_values``), whose JSON text comes from the json module's C encoder built
+  once (``values.encode_chunks``); the same dict gives the hot columns (http.*, db.system).
 - A record is one tuple added to a flat list, and the Arrow columns are slices of that list,
   converted once per request with the store's exact schema (:class:`_Rows`).
 - Valid records pass one combined test; a record that fails it, or has events or links to
@@ -17,15 +17,16 @@ every record passes through it once. The code is shaped by what costs time in it
 
 Records that cannot be stored faithfully (a trace id that is not 16 bytes, a timestamp past the
 year 2262) are rejected one by one and counted, so the rest of the request is still stored and
-the client gets a ``partial_success`` answer.
+the client gets a ``partial_success`` answer. Values past the limits (``limits.py``) are stored
+cut, with a marker, and noted in the same answer: a record whose attribute JSON is longer than
+a quarter of a limit, or that nests too deep, is read again by ``values.ValueBounds``; the
+others pay one ``len`` per attribute list.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import json.encoder
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -33,6 +34,16 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from ophiond.errors import OphionError
+from ophiond.otlp.limits import DEFAULT_LIMITS, MAX_NESTING, IngestLimits, prune_deep_values
+from ophiond.otlp.values import (
+    TooDeep,
+    ValueBounds,
+    attribute_values,
+    attributes_json,
+    encode_chunks,
+    json_double,
+    to_json,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -109,17 +120,71 @@ def parse_protobuf(signal: Signal, body: bytes) -> Any:
     """Decode a binary protobuf export request; raise :class:`InvalidPayload` when malformed."""
     from google.protobuf.message import DecodeError
 
+    request_type = request_class(signal)
     try:
-        return request_class(signal).FromString(body)
+        return request_type.FromString(body)
     except (DecodeError, RuntimeWarning, ValueError) as e:
-        raise InvalidPayload(f"malformed protobuf {request_class(signal).__name__}: {e}") from e
+        error = e
+    # The parser refuses a whole request for one value nested past its depth limit; with the
+    # too-deep values emptied (the decoder marks them), the rest of the request is stored.
+    if "MaxDepth" in str(error):
+        pruned = prune_deep_values(body, request_type.DESCRIPTOR)
+        if pruned is not None:
+            try:
+                return request_type.FromString(pruned)
+            except (DecodeError, RuntimeWarning, ValueError):
+                pass  # malformed in another way too: the first error says what
+    raise InvalidPayload(f"malformed protobuf {request_type.__name__}: {error}") from error
 
 
 # OTLP/JSON writes these ids as hex; protobuf's JSON mapping expects base64 for bytes fields.
 _ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
+# The AnyValue fields that nest values.
+_CONTAINER_KEYS = frozenset({"arrayValue", "array_value", "kvlistValue", "kvlist_value"})
 
 
-def _hex_ids_to_base64(node: Any) -> None:
+@dataclass(frozen=True)
+class _EnumField:
+    """An enum field of OTLP/JSON: the names it takes, and what an unknown name becomes."""
+
+    enum: str
+    names: frozenset[str]
+    stored_as: str
+
+
+def _enum_fields(signal: Signal) -> dict[str, _EnumField]:
+    """The enum fields of ``signal``'s JSON, by JSON key (both spellings protobuf accepts)."""
+
+    def field(enum_type: Any, stored_as: str) -> _EnumField:
+        names = frozenset(enum_type.DESCRIPTOR.values_by_name)
+        return _EnumField(enum_type.DESCRIPTOR.name, names, stored_as)
+
+    if signal is Signal.TRACES:
+        from opentelemetry.proto.trace.v1 import trace_pb2
+
+        return {
+            "kind": field(trace_pb2.Span.SpanKind, "UNSPECIFIED"),
+            "code": field(trace_pb2.Status.StatusCode, "UNSET"),
+        }
+    if signal is Signal.LOGS:
+        from opentelemetry.proto.logs.v1 import logs_pb2
+
+        severity = field(logs_pb2.SeverityNumber, "0")
+        return {"severityNumber": severity, "severity_number": severity}
+    from opentelemetry.proto.metrics.v1 import metrics_pb2
+
+    temporality = field(metrics_pb2.AggregationTemporality, "UNSPECIFIED")
+    return {"aggregationTemporality": temporality, "aggregation_temporality": temporality}
+
+
+def _prepare_json(node: Any, enums: dict[str, _EnumField], notes: list[str], levels: int) -> None:
+    """Make an OTLP/JSON document what protobuf's JSON parser takes, in place.
+
+    Hex ids become base64. An array or kvlist nested past :data:`MAX_NESTING` levels is
+    emptied (``levels`` counts those around ``node``): the decoder stores the marker for it,
+    and the parser does not refuse the whole request as too deep. An enum name that is not one
+    (the parser would quietly read it as 0) is noted in ``notes``, once per record it affects.
+    """
     if isinstance(node, dict):
         for key, value in node.items():
             if key in _ID_KEYS and isinstance(value, str):
@@ -127,29 +192,52 @@ def _hex_ids_to_base64(node: Any) -> None:
                     node[key] = base64.b64encode(bytes.fromhex(value)).decode()
                 except ValueError:
                     raise InvalidPayload(f"{key} {value[:40]!r} is not a hex string") from None
+            elif key in _CONTAINER_KEYS and isinstance(value, dict):
+                if levels < MAX_NESTING:
+                    _prepare_json(value, enums, notes, levels + 1)
+                else:
+                    node[key] = {}
+            elif key in enums and isinstance(value, str):
+                enum = enums[key]
+                if value not in enum.names and not value.lstrip("-").isdigit():
+                    # A metric's temporality applies to each of its points.
+                    points = node.get("dataPoints", node.get("data_points"))
+                    count = len(points) if isinstance(points, list) else 1
+                    notes += count * [
+                        f"{key} {value[:40]!r} is not a name in {enum.enum}; "
+                        f"stored as {enum.stored_as}"
+                    ]
             else:
-                _hex_ids_to_base64(value)
+                _prepare_json(value, enums, notes, levels)
     elif isinstance(node, list):
         for item in node:
-            _hex_ids_to_base64(item)
+            _prepare_json(item, enums, notes, levels)
 
 
-def parse_json(signal: Signal, body: bytes) -> Any:
-    """Decode an OTLP/JSON export request (hex ids, integer enums, int64 as string or number)."""
+def parse_json(signal: Signal, body: bytes, notes: list[str]) -> Any:
+    """Decode an OTLP/JSON export request (hex ids, integer enums, int64 as string or number).
+
+    What the decoder should tell the client about the request (an enum name that is not one)
+    is added to ``notes``.
+    """
     from google.protobuf import json_format
 
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidPayload(f"invalid JSON: {e}") from e
-    if not isinstance(document, dict):
-        raise InvalidPayload("the JSON body must be an object")
-    _hex_ids_to_base64(document)
     message = request_class(signal)()
     try:
-        json_format.ParseDict(document, message, ignore_unknown_fields=True)
-    except (json_format.ParseError, ValueError, TypeError) as e:
-        raise InvalidPayload(f"JSON does not match {type(message).__name__}: {e}") from e
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidPayload(f"invalid JSON: {e}") from e
+        if not isinstance(document, dict):
+            raise InvalidPayload("the JSON body must be an object")
+        _prepare_json(document, _enum_fields(signal), notes, 0)
+        try:
+            json_format.ParseDict(document, message, ignore_unknown_fields=True)
+        except (json_format.ParseError, ValueError, TypeError) as e:
+            raise InvalidPayload(f"JSON does not match {type(message).__name__}: {e}") from e
+    except RecursionError:
+        # Python's parser, or the walks over the document, ran out of stack.
+        raise InvalidPayload("the JSON body is nested too deeply to read") from None
     return message
 
 
@@ -177,83 +265,9 @@ _REJECTED_FIELD = {
 
 
 # ---------------------------------------------------------------------------------------------
-# Values
+# Hot columns, enums, ids and times
 
 _MAX_NS = 2**63 - 1
-
-
-def any_value(value: Any) -> Any:
-    """An OTLP AnyValue as a JSON-ready Python value (bytes become base64 text)."""
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "int_value":
-        return value.int_value
-    if kind == "double_value":
-        return _json_double(value.double_value)
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "array_value":
-        return [any_value(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
-    if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode()
-    return None
-
-
-def _json_double(x: float) -> float | str:
-    # JSON has no NaN or Infinity; keep them as the strings DuckDB's JSON functions understand.
-    return x if math.isfinite(x) else str(x)
-
-
-_json_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-# ``_json_encoder.encode`` builds a new C encoder on every call, which costs more than encoding
-# a record's handful of attributes; this is the same C encoder with the same settings, built
-# once. ``c_make_encoder`` is not public API, hence the fallback; circular-reference checks
-# are off (``None``) because values decoded from protobuf are trees. tests/test_decode_fast.py
-# holds the stored text against ``json.dumps`` with these settings, for every kind of value.
-_make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
-_encode_chunks: Callable[[Any, int], Iterable[str]] = (
-    _make_c_encoder(
-        None,
-        _json_encoder.default,
-        json.encoder.encode_basestring,  # what JSONEncoder picks when ensure_ascii is off
-        None,
-        _json_encoder.key_separator,
-        _json_encoder.item_separator,
-        _json_encoder.sort_keys,
-        _json_encoder.skipkeys,
-        _json_encoder.allow_nan,
-    )
-    if _make_c_encoder is not None
-    else lambda value, _level: (_json_encoder.encode(value),)
-)
-
-
-def _to_json(value: Any) -> str:
-    """JSON text of a JSON-ready value: the same text as ``_json_encoder.encode(value)``."""
-    return "".join(_encode_chunks(value, 0))
-
-
-def _attribute_values(key_values: Iterable[Any]) -> dict[str, Any]:
-    """A KeyValue list as a dict of JSON-ready values (a repeated key: last value, first place).
-
-    Same result as ``any_value`` per value, but most values are non-empty strings or integers:
-    a oneof member that is not the one set reads as '' or 0, so a truthy ``string_value`` or
-    ``int_value`` is the value itself, and only the rest ('' and 0 included) asks which kind
-    it is. This saves a WhichOneof call and a function call on nearly every attribute.
-    """
-    return {
-        kv.key: ((value := kv.value).string_value or value.int_value or any_value(value))
-        for kv in key_values
-    }
-
-
-def _attributes_json(key_values: Iterable[Any]) -> str:
-    """A KeyValue list as JSON object text."""
-    return "".join(_encode_chunks(_attribute_values(key_values), 0))
 
 
 # The span attributes copied into columns of their own; a span without any skips the lookups.
@@ -334,9 +348,11 @@ class _Reject(Exception):
 class _Problems:
     """Counts rejected records and keeps a few distinct reasons for the client."""
 
-    def __init__(self) -> None:
+    def __init__(self, notes: Iterable[str] = ()) -> None:
         self.rejected = 0
         self.reasons: dict[str, int] = {}
+        for reason in notes:
+            self.note(reason)
 
     def reject(self, reason: str) -> None:
         self.rejected += 1
@@ -348,7 +364,7 @@ class _Problems:
     def messages(self, noun: str) -> list[str]:
         out = []
         for reason, count in list(self.reasons.items())[:5]:
-            out.append(f"{count} {noun}: {reason}" if count > 1 else f"1 {noun}: {reason}")
+            out.append(f"{count} {noun}s: {reason}" if count > 1 else f"1 {noun}: {reason}")
         if len(self.reasons) > 5:
             out.append(f"and {len(self.reasons) - 5} more kinds of problem")
         return out
@@ -372,21 +388,26 @@ _ORIGIN_COLUMNS = (
 )
 
 
-def _origin(resource_message: Any, scope_message: Any) -> tuple[Any, ...]:
+def _origin(resource_message: Any, scope_message: Any, bounds: ValueBounds) -> tuple[Any, ...]:
     """The origin columns shared by every record of one (resource, scope) pair."""
     resource = resource_message.resource
     scope = scope_message.scope
-    resource_values = _attribute_values(resource.attributes)
+    resource_values, resource_attributes, resource_dropped = bounds.attributes(
+        resource.attributes, resource.dropped_attributes_count, "resource attribute"
+    )
+    _, scope_attributes, scope_dropped = bounds.attributes(
+        scope.attributes, scope.dropped_attributes_count, "scope attribute"
+    )
     service = resource_values.get("service.name")
     return (
         service if isinstance(service, str) else None,
-        _to_json(resource_values),
-        resource.dropped_attributes_count,
+        resource_attributes,
+        resource_dropped,
         resource_message.schema_url or None,
         scope.name or None,
         scope.version or None,
-        _attributes_json(scope.attributes),
-        scope.dropped_attributes_count,
+        scope_attributes,
+        scope_dropped,
         scope_message.schema_url or None,
     )
 
@@ -474,16 +495,24 @@ def _check_span(span: Any) -> None:
         _ns(event.time_unix_nano, "event time_unix_nano")
 
 
-def decode_traces(request: Any) -> DecodedBatch:
-    """Flatten an ExportTraceServiceRequest into spans, span_events and span_links tables."""
+def decode_traces(
+    request: Any, limits: IngestLimits = DEFAULT_LIMITS, notes: Iterable[str] = ()
+) -> DecodedBatch:
+    """Flatten an ExportTraceServiceRequest into spans, span_events and span_links tables.
+
+    ``notes`` are what parsing found to tell the client (see :func:`parse_json`).
+    """
     spans = _Rows("spans")
     events = _Rows("span_events", with_origin=False)
     links = _Rows("span_links", with_origin=False)
     add_span, add_event, add_link = spans.add, events.add, links.add
-    problems = _Problems()
+    problems = _Problems(notes)
+    bounds = ValueBounds(limits, problems.note)
+    fits = bounds.fits
+    max_events, max_links = limits.events_per_span, limits.links_per_span
     for resource_spans in request.resource_spans:
         for scope_spans in resource_spans.scope_spans:
-            origin = _origin(resource_spans, scope_spans)
+            origin = _origin(resource_spans, scope_spans, bounds)
             spans.start_run(origin)
             service = origin[0]
             for span in scope_spans.spans:
@@ -494,6 +523,8 @@ def decode_traces(request: Any) -> DecodedBatch:
                 end = span.end_time_unix_nano
                 span_events = span.events
                 span_links = span.links
+                dropped_events = span.dropped_events_count
+                dropped_links = span.dropped_links_count
                 # A valid span without events or links (nearly all of them) passes this one
                 # test; the others take the full check, which names the first problem.
                 if (
@@ -510,12 +541,31 @@ def decode_traces(request: Any) -> DecodedBatch:
                     except _Reject as reason:
                         problems.reject(str(reason))
                         continue
+                    # Past the limits, the first ones are kept, as the SDKs' span limits do.
+                    if len(span_events) > max_events:
+                        dropped_events += len(span_events) - max_events
+                        span_events = span_events[:max_events]
+                        problems.note(f"events past {max_events} dropped (max_span_events)")
+                    if len(span_links) > max_links:
+                        dropped_links += len(span_links) - max_links
+                        span_links = span_links[:max_links]
+                        problems.note(f"links past {max_links} dropped (max_span_links)")
                 if end < start:
                     problems.note("ends before it starts; stored with duration 0")
                 trace_hex = trace_id.hex()
                 span_hex = span_id.hex()
                 name = span.name
-                values = _attribute_values(span.attributes)
+                dropped_attributes = span.dropped_attributes_count
+                try:
+                    values = attribute_values(span.attributes)
+                    attributes = "".join(encode_chunks(values, 0))
+                    within = len(attributes) <= fits
+                except TooDeep:
+                    within = False
+                if not within:
+                    values, attributes, dropped_attributes = bounds.cut_attributes(
+                        span.attributes, dropped_attributes
+                    )
                 method = route = http_status = db_system = None
                 if not _HOT_KEYS.isdisjoint(values):
                     method, route, http_status, db_system = _hot_columns(values)
@@ -540,15 +590,21 @@ def decode_traces(request: Any) -> DecodedBatch:
                         route,
                         http_status,
                         db_system,
-                        "".join(_encode_chunks(values, 0)),
-                        span.dropped_attributes_count,
-                        span.dropped_events_count,
-                        span.dropped_links_count,
+                        attributes,
+                        dropped_attributes,
+                        dropped_events,
+                        dropped_links,
                     )
                 )
                 # Looping over an empty repeated field still costs an iterator; skip it.
                 if span_events:
                     for event in span_events:
+                        dropped = event.dropped_attributes_count
+                        event_attributes = attributes_json(event.attributes, fits)
+                        if event_attributes is None:
+                            event_attributes, dropped = bounds.cut_attributes_json(
+                                event.attributes, dropped, "event attribute"
+                            )
                         add_event(
                             (
                                 trace_hex,
@@ -556,13 +612,19 @@ def decode_traces(request: Any) -> DecodedBatch:
                                 name,
                                 event.time_unix_nano,
                                 event.name,
-                                _attributes_json(event.attributes),
-                                event.dropped_attributes_count,
+                                event_attributes,
+                                dropped,
                                 service,
                             )
                         )
                 if span_links:
                     for link in span_links:
+                        dropped = link.dropped_attributes_count
+                        link_attributes = attributes_json(link.attributes, fits)
+                        if link_attributes is None:
+                            link_attributes, dropped = bounds.cut_attributes_json(
+                                link.attributes, dropped, "link attribute"
+                            )
                         add_link(
                             (
                                 trace_hex,
@@ -571,8 +633,8 @@ def decode_traces(request: Any) -> DecodedBatch:
                                 link.span_id.hex(),
                                 link.trace_state or None,
                                 link.flags,
-                                _attributes_json(link.attributes),
-                                link.dropped_attributes_count,
+                                link_attributes,
+                                dropped,
                                 service,
                             )
                         )
@@ -589,26 +651,6 @@ def decode_traces(request: Any) -> DecodedBatch:
 # ---------------------------------------------------------------------------------------------
 # Logs
 
-_BODY_TYPES = {
-    "string_value": "string",
-    "int_value": "int",
-    "double_value": "double",
-    "bool_value": "bool",
-    "array_value": "array",
-    "kvlist_value": "kvlist",
-    "bytes_value": "bytes",
-}
-
-
-def _body(value: Any) -> tuple[str | None, str | None]:
-    """(text, type) of a log body: strings as they are, other types as JSON text."""
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None, None
-    if kind == "string_value":
-        return value.string_value, "string"
-    return _to_json(any_value(value)), _BODY_TYPES[kind]
-
 
 def _check_log(record: Any) -> None:
     """Raise :class:`_Reject` with the first reason a log record cannot be stored, if any."""
@@ -618,7 +660,12 @@ def _check_log(record: Any) -> None:
     _ns(record.time_unix_nano, "time_unix_nano")
 
 
-def decode_logs(request: Any, received_ns: int) -> DecodedBatch:
+def decode_logs(
+    request: Any,
+    received_ns: int,
+    limits: IngestLimits = DEFAULT_LIMITS,
+    notes: Iterable[str] = (),
+) -> DecodedBatch:
     """Flatten an ExportLogsServiceRequest into the logs table.
 
     A record without a time takes its observed time; one without either takes the arrival
@@ -626,10 +673,12 @@ def decode_logs(request: Any, received_ns: int) -> DecodedBatch:
     """
     logs = _Rows("logs")
     add_log = logs.add
-    problems = _Problems()
+    problems = _Problems(notes)
+    bounds = ValueBounds(limits, problems.note)
+    fits, body_fits = bounds.fits, bounds.body_fits
     for resource_logs in request.resource_logs:
         for scope_logs in resource_logs.scope_logs:
-            logs.start_run(_origin(resource_logs, scope_logs))
+            logs.start_run(_origin(resource_logs, scope_logs, bounds))
             for record in scope_logs.log_records:
                 trace_id = record.trace_id
                 span_id = record.span_id
@@ -652,7 +701,13 @@ def decode_logs(request: Any, received_ns: int) -> DecodedBatch:
                 text: str | None = body.string_value
                 body_type: str | None = "string"
                 if not text:  # not a string, or an empty one, or no body
-                    text, body_type = _body(body)
+                    text, body_type = bounds.body(body)
+                elif len(text) > body_fits:
+                    text = bounds.body_text(text)
+                dropped = record.dropped_attributes_count
+                attributes = attributes_json(record.attributes, fits)
+                if attributes is None:
+                    attributes, dropped = bounds.cut_attributes_json(record.attributes, dropped)
                 add_log(
                     (
                         time_ns or observed,
@@ -665,8 +720,8 @@ def decode_logs(request: Any, received_ns: int) -> DecodedBatch:
                         span_id.hex() if span_id else None,
                         record.flags,
                         record.event_name or None,
-                        _attributes_json(record.attributes),
-                        record.dropped_attributes_count,
+                        attributes,
+                        dropped,
                     )
                 )
     return DecodedBatch(
@@ -703,7 +758,7 @@ _POINT_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _exemplars(point: Any) -> str | None:
+def _exemplars(point: Any, bounds: ValueBounds) -> str | None:
     if not point.exemplars:
         return None
     out = []
@@ -718,13 +773,15 @@ def _exemplars(point: Any) -> str | None:
         out.append(
             {
                 "time_unix_nano": exemplar.time_unix_nano,
-                "value": exemplar.as_int if kind == "as_int" else _json_double(exemplar.as_double),
+                "value": exemplar.as_int if kind == "as_int" else json_double(exemplar.as_double),
                 "trace_id": trace_id,
                 "span_id": span_id,
-                "filtered_attributes": _attribute_values(exemplar.filtered_attributes),
+                "filtered_attributes": bounds.attributes(
+                    exemplar.filtered_attributes, 0, "exemplar attribute"
+                )[0],
             }
         )
-    return _to_json(out)
+    return to_json(out)
 
 
 def _number_point(point: Any) -> dict[str, Any]:
@@ -781,14 +838,18 @@ _METRIC_KINDS: dict[str, tuple[str, Callable[[Any], dict[str, Any]]]] = {
 }
 
 
-def decode_metrics(request: Any) -> DecodedBatch:
+def decode_metrics(
+    request: Any, limits: IngestLimits = DEFAULT_LIMITS, notes: Iterable[str] = ()
+) -> DecodedBatch:
     """Flatten an ExportMetricsServiceRequest into metric_points, one row per data point."""
     points = _Rows("metric_points")
     add_point = points.add
-    problems = _Problems()
+    problems = _Problems(notes)
+    bounds = ValueBounds(limits, problems.note)
+    fits = bounds.fits
     for resource_metrics in request.resource_metrics:
         for scope_metrics in resource_metrics.scope_metrics:
-            points.start_run(_origin(resource_metrics, scope_metrics))
+            points.start_run(_origin(resource_metrics, scope_metrics, bounds))
             for metric in scope_metrics.metrics:
                 data_kind = metric.WhichOneof("data")
                 if data_kind is None:
@@ -802,7 +863,11 @@ def decode_metrics(request: Any) -> DecodedBatch:
                     else None
                 )
                 monotonic = data.is_monotonic if data_kind == "sum" else None
-                metadata = _attributes_json(metric.metadata) if metric.metadata else None
+                metadata = (
+                    bounds.attributes(metric.metadata, 0, "metadata attribute")[1]
+                    if metric.metadata
+                    else None
+                )
                 for point in data.data_points:
                     try:
                         start = _ns(point.start_time_unix_nano, "start_time_unix_nano")
@@ -812,6 +877,10 @@ def decode_metrics(request: Any) -> DecodedBatch:
                         continue
                     values = dict(_POINT_DEFAULTS)
                     values.update(point_fields(point))
+                    # Data points have no dropped count: what is dropped is only noted.
+                    attributes = attributes_json(point.attributes, fits)
+                    if attributes is None:
+                        attributes = bounds.cut_attributes_json(point.attributes, 0)[0]
                     add_point(
                         (
                             metric.name,
@@ -823,10 +892,10 @@ def decode_metrics(request: Any) -> DecodedBatch:
                             metadata,
                             start or None,
                             time_ns,
-                            _attributes_json(point.attributes),
+                            attributes,
                             *values.values(),
                             point.flags,
-                            _exemplars(point) if data_kind != "summary" else None,
+                            _exemplars(point, bounds) if data_kind != "summary" else None,
                         )
                     )
     return DecodedBatch(
@@ -838,10 +907,17 @@ def decode_metrics(request: Any) -> DecodedBatch:
     )
 
 
-def decode(signal: Signal, request: Any, received_ns: int) -> DecodedBatch:
-    """Flatten a parsed export request of any signal."""
+def decode(
+    signal: Signal,
+    request: Any,
+    received_ns: int,
+    limits: IngestLimits = DEFAULT_LIMITS,
+    notes: Iterable[str] = (),
+) -> DecodedBatch:
+    """Flatten a parsed export request of any signal within ``limits``; ``notes`` are what
+    parsing found to tell the client."""
     if signal is Signal.TRACES:
-        return decode_traces(request)
+        return decode_traces(request, limits, notes)
     if signal is Signal.LOGS:
-        return decode_logs(request, received_ns)
-    return decode_metrics(request)
+        return decode_logs(request, received_ns, limits, notes)
+    return decode_metrics(request, limits, notes)

@@ -2,8 +2,13 @@
 
 Protobuf and JSON bodies, gzip, answers in the request's encoding. Errors carry a
 ``google.rpc.Status`` body as the OTLP specification asks: 400 malformed (not retryable),
-401 wrong ingest key, 413 too large, 415 wrong media type or encoding, 503 + Retry-After when
-the write queue is full or a commit failed (the SDKs retry those).
+401 wrong ingest key, 408 request sent too slowly, 413 too large, 415 wrong media type or
+encoding, 503 + Retry-After when the write queue is full or a commit failed (the SDKs retry
+those).
+
+A request's whole body is read before it takes one of the decode slots, so a slow client holds
+only its connection and the bytes it sent (bounded by :class:`~ophiond.serving.BodyBudget`),
+never a slot; the connection itself is bounded in time and number by ``ophiond.serving``.
 """
 
 from __future__ import annotations
@@ -14,16 +19,27 @@ import random
 import re
 import socket
 import threading
-import zlib
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
 from typing import Any
 
 from ophiond.config import ListenAddress
 from ophiond.errors import OphionError, StoreError
+from ophiond.otlp.compression import GzipRefused, gunzip
 from ophiond.otlp.decode import InvalidPayload, Signal, encode_response
 from ophiond.otlp.ingest import Ingest, QueueFull, WriterStopped
-from ophiond.serving import ServerThread, TrackedHandler, TrackedServer, bind_tcp
+from ophiond.serving import (
+    BodyBudget,
+    ClientLimits,
+    ConnectionShut,
+    RequestRefused,
+    RequestTimeout,
+    ServerThread,
+    TrackedHandler,
+    TrackedServer,
+    bind_tcp,
+    body_framing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +47,22 @@ _PATHS = {"/v1/traces": Signal.TRACES, "/v1/metrics": Signal.METRICS, "/v1/logs"
 _PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
 _JSON_TYPE = "application/json"
 # gRPC status codes used in the google.rpc.Status bodies.
-_INVALID_ARGUMENT, _RESOURCE_EXHAUSTED, _INTERNAL, _UNAVAILABLE, _UNAUTHENTICATED = 3, 8, 13, 14, 16
+_INVALID_ARGUMENT, _DEADLINE_EXCEEDED, _RESOURCE_EXHAUSTED = 3, 4, 8
+_UNIMPLEMENTED, _INTERNAL, _UNAVAILABLE, _UNAUTHENTICATED = 12, 13, 14, 16
+_STATUS_CODES = {
+    HTTPStatus.REQUEST_TIMEOUT: _DEADLINE_EXCEEDED,
+    HTTPStatus.NOT_IMPLEMENTED: _UNIMPLEMENTED,
+}
 # Retry-After is spread over a few seconds: SDKs that honour it would otherwise all come back
 # at the same instant and find the queue full again.
 _RETRY_AFTER_S = (1, 3)
 _HEX_RE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 # Requests decoded at once; beyond this the receiver answers 503 instead of piling up memory.
 _MAX_CONCURRENT = 64
+# Bytes of request bodies held at once (being received, or waiting for a slot or their
+# commit), as multiples of max_request_size: in all, and from one client address.
+_BODY_BUDGET = 8
+_BODY_BUDGET_PER_ADDRESS = 2
 # A rejected oversized body is read and discarded up to this many times the limit, so the
 # client sees the 413 instead of a reset connection; past it the connection is just closed.
 _DRAIN_FACTOR = 4
@@ -75,8 +100,9 @@ def _varint(n: int) -> bytes:
 class _Handler(TrackedHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ophiond"
-    timeout = 30  # a client that stalls mid-request does not hold a thread for ever
     server: _Server
+    as_json = False  # the request's encoding, which its error answers use too
+    reserved = 0  # bytes of the body budget this request holds
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         if log.isEnabledFor(logging.DEBUG):
@@ -85,96 +111,133 @@ class _Handler(TrackedHandler):
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"use POST\n", "text/plain", {"Allow": "POST"})
 
+    def refuse(self, status: HTTPStatus, message: str) -> None:
+        self._error(
+            _Reply(status, _STATUS_CODES.get(status, _INVALID_ARGUMENT), message, close=True),
+            self.as_json,
+        )
+
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
-        as_json = False
+        self.as_json = False
+        self.reserved = 0
         try:
-            signal = _PATHS.get(self.path.split("?", 1)[0])
-            if signal is None:
-                raise _Reply(
-                    HTTPStatus.NOT_FOUND, 5, f"no OTLP endpoint at {self.path}", close=True
-                )
-            content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-            as_json = content_type == _JSON_TYPE
-            if not self.server.ingest.authorized(self.headers.get("Authorization")):
-                raise _Reply(
-                    HTTPStatus.UNAUTHORIZED, _UNAUTHENTICATED, "missing or wrong ingest key", True
-                )
-            if not as_json and content_type not in _PROTOBUF_TYPES:
-                raise _Reply(
-                    HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                    _INVALID_ARGUMENT,
-                    f"unsupported Content-Type {content_type or '(none)'!r}; "
-                    "use application/x-protobuf or application/json",
-                    close=True,
-                )
-            # The slot is taken before the body is read: it bounds the memory of bodies too.
+            signal = self._check_headers()
+            raw = self._read_body()
+            self.request_received()
+            # The slot is taken only now that the whole body is here: however slowly a client
+            # sends, it never holds one.
             if not self.server.slots.acquire(blocking=False):
                 raise _Reply(
-                    HTTPStatus.SERVICE_UNAVAILABLE, _UNAVAILABLE, "too many requests at once", True
+                    HTTPStatus.SERVICE_UNAVAILABLE, _UNAVAILABLE, "too many requests at once"
                 )
             try:
-                batch = self.server.ingest.export(signal, self._read_body(), as_json)
+                body = self._decompress(raw)
+                batch = self.server.ingest.export(signal, body, self.as_json)
             finally:
                 self.server.slots.release()
-            response = encode_response(signal, batch, as_json)
-            self._send(HTTPStatus.OK, response, _JSON_TYPE if as_json else _PROTOBUF_TYPES[0])
+            response = encode_response(signal, batch, self.as_json)
+            self._send(HTTPStatus.OK, response, _JSON_TYPE if self.as_json else _PROTOBUF_TYPES[0])
         except _Reply as reply:
-            self._error(reply, as_json)
+            self._error(reply, self.as_json)
+        except RequestTimeout as e:
+            self.refuse(HTTPStatus.REQUEST_TIMEOUT, e.message)
+        except ConnectionShut:
+            self.close_connection = True  # by the server itself: nothing to answer
+        except RequestRefused as e:
+            self.refuse(e.status, e.message)
         except InvalidPayload as e:
-            self._error(_Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, e.message), as_json)
+            self._error(_Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, e.message), self.as_json)
         except (QueueFull, WriterStopped) as e:
-            self._error(_Reply(HTTPStatus.SERVICE_UNAVAILABLE, _UNAVAILABLE, e.message), as_json)
+            self._error(
+                _Reply(HTTPStatus.SERVICE_UNAVAILABLE, _UNAVAILABLE, e.message), self.as_json
+            )
         except StoreError as e:
             self._error(
                 _Reply(HTTPStatus.SERVICE_UNAVAILABLE, _UNAVAILABLE, f"not stored: {e.message}"),
-                as_json,
+                self.as_json,
             )
         except (OSError, OphionError) as e:
             log.warning("OTLP/HTTP request from %s failed: %s", self.client_address[0], e)
             self.close_connection = True
+        finally:
+            self.server.bodies.release(self.client_address[0], self.reserved)
 
-    # -- body --------------------------------------------------------------------------------
-
-    def _read_body(self) -> bytes:
-        limit = self.server.max_request_size
-        encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
-        if encoding not in ("identity", "gzip"):
+    def _check_headers(self) -> Signal:
+        """What can be refused before the body is read: path, ingest key, media type."""
+        signal = _PATHS.get(self.path.split("?", 1)[0])
+        if signal is None:
+            raise _Reply(HTTPStatus.NOT_FOUND, 5, f"no OTLP endpoint at {self.path}", close=True)
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        self.as_json = content_type == _JSON_TYPE
+        if not self.server.ingest.authorized(self.headers.get("Authorization")):
+            raise _Reply(
+                HTTPStatus.UNAUTHORIZED, _UNAUTHENTICATED, "missing or wrong ingest key", True
+            )
+        if not self.as_json and content_type not in _PROTOBUF_TYPES:
             raise _Reply(
                 HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                 _INVALID_ARGUMENT,
-                f"unsupported Content-Encoding {encoding!r}; use gzip or none",
+                f"unsupported Content-Type {content_type or '(none)'!r}; "
+                "use application/x-protobuf or application/json",
                 close=True,
             )
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            raw = self._read_chunked(limit)
-        else:
-            length_header = self.headers.get("Content-Length")
-            if length_header is None:
-                raise _Reply(
-                    HTTPStatus.LENGTH_REQUIRED, _INVALID_ARGUMENT, "Content-Length required", True
-                )
-            try:
-                length = int(length_header)
-            except ValueError:
-                raise _Reply(
-                    HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "bad Content-Length", True
-                ) from None
-            if length < 0:
-                raise _Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "bad Content-Length", True)
-            if length > limit:
-                self._discard(length)
-                raise self._too_large(limit)
-            raw = self.rfile.read(length)
-            if len(raw) < length:
-                raise _Reply(
-                    HTTPStatus.BAD_REQUEST,
-                    _INVALID_ARGUMENT,
-                    "body shorter than Content-Length",
-                    True,
-                )
-        if encoding == "gzip":
-            return self._gunzip(raw, limit)
+        if self._encoding() not in ("identity", "gzip"):
+            raise _Reply(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                _INVALID_ARGUMENT,
+                f"unsupported Content-Encoding {self._encoding()!r}; use gzip or none",
+                close=True,
+            )
+        return signal
+
+    # -- body --------------------------------------------------------------------------------
+
+    def _encoding(self) -> str:
+        return (self.headers.get("Content-Encoding") or "identity").strip().lower()
+
+    def _read_body(self) -> bytes:
+        limit = self.server.max_request_size
+        framing = body_framing(self.headers)
+        if framing.chunked:
+            return self._read_chunked(limit)
+        length = framing.length
+        if length is None:
+            raise _Reply(
+                HTTPStatus.LENGTH_REQUIRED, _INVALID_ARGUMENT, "Content-Length required", True
+            )
+        if length > limit:
+            self._discard(length)
+            raise self._too_large(limit)
+        self._reserve(length)
+        raw = self.rfile.read(length)
+        if len(raw) < length:
+            raise _Reply(
+                HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "body shorter than Content-Length", True
+            )
         return raw
+
+    def _decompress(self, raw: bytes) -> bytes:
+        if self._encoding() != "gzip":
+            return raw
+        try:
+            return gunzip(raw, self.server.max_request_size)
+        except GzipRefused as e:
+            if e.too_large:
+                raise _Reply(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _RESOURCE_EXHAUSTED, e.message
+                ) from None
+            raise _Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, e.message) from None
+
+    def _reserve(self, size: int) -> None:
+        """Take ``size`` bytes of the body budget, or refuse the request for now (503)."""
+        if not self.server.bodies.reserve(self.client_address[0], size):
+            raise _Reply(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                _UNAVAILABLE,
+                "too many request bodies being received at once; retry later",
+                close=True,
+            )
+        self.reserved += size
 
     def _too_large(self, limit: int) -> _Reply:
         return _Reply(
@@ -196,8 +259,12 @@ class _Handler(TrackedHandler):
     def _read_chunked(self, limit: int) -> bytes:
         parts: list[bytes] = []
         total = 0
+        # Chunk-size lines and trailers count too: a client sending them without end would
+        # otherwise keep its deadline moving (it grows with every byte received).
+        framing = 0
         while True:
             line = self.rfile.readline(1024)
+            framing += len(line)
             size_text = line.split(b";")[0].strip()
             if not _HEX_RE.fullmatch(size_text):
                 raise _Reply(
@@ -205,39 +272,20 @@ class _Handler(TrackedHandler):
                 )
             size = int(size_text, 16)
             if size == 0:
-                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
+                while (trailer := self.rfile.readline(1024)) not in (b"\r\n", b"\n", b""):
+                    framing += len(trailer)
+                    if framing > limit:
+                        raise self._too_large(limit)
                 return b"".join(parts)
             total += size
-            if total > limit:
+            if total > limit or framing > limit:
                 raise self._too_large(limit)
+            self._reserve(size)
             chunk = self.rfile.read(size)
             if len(chunk) != size:
                 raise _Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "truncated chunk", True)
             parts.append(chunk)
-            self.rfile.readline(16)
-
-    def _gunzip(self, raw: bytes, limit: int) -> bytes:
-        # Decompress with a ceiling so that a gzip bomb costs at most `limit` bytes of memory.
-        # A body may hold several gzip members one after the other; all are read.
-        out: list[bytes] = []
-        total = 0
-        while raw:
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            try:
-                data = inflater.decompress(raw, limit + 1 - total)
-            except zlib.error as e:
-                raise _Reply(
-                    HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, f"invalid gzip body: {e}"
-                ) from None
-            total += len(data)
-            if total > limit or inflater.unconsumed_tail:
-                raise self._too_large(limit)
-            if not inflater.eof:
-                raise _Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "truncated gzip body")
-            out.append(data)
-            raw = inflater.unused_data
-        return b"".join(out)
+            framing += len(self.rfile.readline(16))
 
     # -- answers -----------------------------------------------------------------------------
 
@@ -275,6 +323,7 @@ class _Server(TrackedServer, ThreadingHTTPServer):
     ingest: Ingest
     max_request_size: int
     slots: threading.BoundedSemaphore
+    bodies: BodyBudget
 
 
 class _Server6(_Server):
@@ -284,12 +333,21 @@ class _Server6(_Server):
 class HttpReceiver(ServerThread):
     """The OTLP/HTTP server on its own thread; :attr:`address` is the bound address."""
 
-    def __init__(self, ingest: Ingest, listen: ListenAddress, max_request_size: int) -> None:
+    def __init__(
+        self,
+        ingest: Ingest,
+        listen: ListenAddress,
+        max_request_size: int,
+        limits: ClientLimits,
+    ) -> None:
         server = bind_tcp(_Server, _Server6, listen, _Handler, "OTLP/HTTP", "--http-listen")
         server.ingest = ingest
         server.max_request_size = max_request_size
         server.slots = threading.BoundedSemaphore(_MAX_CONCURRENT)
-        super().__init__(server, "ophion-http")
+        server.bodies = BodyBudget(
+            _BODY_BUDGET * max_request_size, _BODY_BUDGET_PER_ADDRESS * max_request_size
+        )
+        super().__init__(server, "ophion-http", "OTLP/HTTP", limits)
         self.address = ListenAddress(listen.host, server.server_address[1])
 
     def start(self) -> None:

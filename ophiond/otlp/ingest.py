@@ -6,6 +6,7 @@ import hmac
 import time
 
 from ophiond.otlp.decode import DecodedBatch, InvalidPayload, Signal
+from ophiond.otlp.limits import DEFAULT_LIMITS, IngestLimits
 from ophiond.otlp.workers import DecodePool, decode_body
 from ophiond.store.writer import QueueFull, Writer, WriterStopped
 from ophiond.telemetry import Telemetry
@@ -22,12 +23,15 @@ class Ingest:
         telemetry: Telemetry,
         ingest_key: str = "",
         pool: DecodePool | None = None,
+        limits: IngestLimits = DEFAULT_LIMITS,
     ) -> None:
         self.writer = writer
         self.telemetry = telemetry
         self._key = ingest_key.encode()
-        # Decode workers; without them requests are decoded in the receiving thread.
+        # Decode workers; without them requests are decoded in the receiving thread, within
+        # ``limits`` (the pool's workers have their own copy).
         self.pool = pool
+        self.limits = limits
 
     def authorized(self, authorization: str | None) -> bool:
         """True when no ingest key is set, or ``authorization`` is ``Bearer <key>``."""
@@ -50,7 +54,7 @@ class Ingest:
             if self.pool is not None:
                 batch = self.pool.decode(signal, body, as_json, received_ns)
             else:
-                batch = decode_body(signal, body, as_json, received_ns)
+                batch = decode_body(signal, body, as_json, received_ns, self.limits)
         except InvalidPayload:
             self.telemetry.invalid(signal)
             raise

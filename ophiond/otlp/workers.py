@@ -17,6 +17,7 @@ gets a retryable error.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -27,11 +28,12 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 from ophiond.errors import StoreError
 from ophiond.otlp.decode import DecodedBatch, InvalidPayload, Signal
+from ophiond.otlp.limits import DEFAULT_LIMITS, IngestLimits
 from ophiond.store.journal import write_all
 
 log = logging.getLogger(__name__)
@@ -53,12 +55,30 @@ def default_workers() -> int:
     return max(1, min(cpus, 8))
 
 
-def decode_body(signal_: Signal, body: bytes, as_json: bool, received_ns: int) -> DecodedBatch:
-    """Parse and flatten one request body (in a worker, or in the caller's thread)."""
+def decode_body(
+    signal_: Signal,
+    body: bytes,
+    as_json: bool,
+    received_ns: int,
+    limits: IngestLimits = DEFAULT_LIMITS,
+) -> DecodedBatch:
+    """Parse and flatten one request body (in a worker, or in the caller's thread).
+
+    Raises :class:`InvalidPayload` for a body that cannot be decoded, whatever the reason.
+    """
     from ophiond.otlp.decode import decode, parse_json, parse_protobuf
 
-    request = parse_json(signal_, body) if as_json else parse_protobuf(signal_, body)
-    return decode(signal_, request, received_ns)
+    notes: list[str] = []
+    try:
+        request = parse_json(signal_, body, notes) if as_json else parse_protobuf(signal_, body)
+        return decode(signal_, request, received_ns, limits, notes)
+    except InvalidPayload:
+        raise
+    except Exception as e:
+        # A decoder bug this body triggers: the client would only send it again, so it hears
+        # that the body cannot be decoded, in a worker or not; the traceback goes to the log.
+        log.exception("cannot decode an OTLP %s request", signal_)
+        raise InvalidPayload(f"cannot decode the request ({type(e).__name__}: {e})") from e
 
 
 # -- the pipe protocol: a 4-byte length, then the message ---------------------------------------
@@ -105,10 +125,14 @@ def _grow_pipe(fd: int) -> None:
 # -- the worker process: ``python -m ophiond.otlp.workers`` ------------------------------------
 
 
-def worker_main() -> None:
-    """Decode requests from stdin, answer on stdout, until stdin closes."""
+def worker_main(argv: list[str]) -> None:
+    """Decode requests from stdin, answer on stdout, until stdin closes.
+
+    ``argv`` holds the :class:`IngestLimits` as JSON, when not the defaults.
+    """
     from ophiond.store.journal import encode_tables, pack
 
+    limits = IngestLimits(**json.loads(argv[0])) if argv else DEFAULT_LIMITS
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     source, sink = sys.stdin.fileno(), sys.stdout.fileno()
@@ -124,14 +148,9 @@ def worker_main() -> None:
         body = bytes(memoryview(message)[_REQUEST_HEAD.size :])
         del message
         try:
-            batch = decode_body(_SIGNALS[index], body, bool(as_json), received_ns)
+            batch = decode_body(_SIGNALS[index], body, bool(as_json), received_ns, limits)
         except InvalidPayload as e:
             reply = pack({"invalid": e.message}, {})
-        except Exception as e:
-            # A decoder bug this body triggers: the client would only send it again, so it
-            # hears that the body cannot be decoded; the traceback goes to the daemon's log.
-            traceback.print_exc()
-            reply = pack({"invalid": f"cannot decode the request ({type(e).__name__}: {e})"}, {})
         else:
             header = {
                 "accepted": batch.accepted,
@@ -144,7 +163,7 @@ def worker_main() -> None:
 
 
 class _Worker:
-    def __init__(self) -> None:
+    def __init__(self, limits: IngestLimits) -> None:
         import ophiond
 
         package_root = str(Path(ophiond.__file__).resolve().parent.parent)
@@ -153,7 +172,7 @@ class _Worker:
             p for p in (package_root, env.get("PYTHONPATH", "")) if p
         )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ophiond.otlp.workers"],
+            [sys.executable, "-m", "ophiond.otlp.workers", json.dumps(asdict(limits))],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -182,10 +201,12 @@ WAIT_FOR_WORKER_S = 30.0
 
 
 class DecodePool:
-    """``processes`` decode workers shared by every receiving thread."""
+    """``processes`` decode workers shared by every receiving thread, decoding within
+    ``limits``."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, limits: IngestLimits = DEFAULT_LIMITS) -> None:
         self.processes = processes
+        self.limits = limits
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
@@ -196,7 +217,7 @@ class DecodePool:
             self._add()
 
     def _add(self) -> None:
-        worker = _Worker()
+        worker = _Worker(self.limits)
         with self._lock:
             self._workers.append(worker)
         self._idle.put(worker)
@@ -269,4 +290,4 @@ class DecodePool:
 
 
 if __name__ == "__main__":
-    worker_main()
+    worker_main(sys.argv[1:])

@@ -1,0 +1,195 @@
+"""How much of one record ingest keeps, and how a value past a limit is cut.
+
+A single oversized value is not the client's error and must not cost the rest of its request,
+yet DuckDB cannot be handed one: a 16 MiB string fails every insert at its 64 MB memory limit,
+and a flush that keeps failing holds up everything acknowledged after it. So the decoder
+stores such a value cut, with a marker a reader cannot miss (``…[truncated 16711936 bytes]``),
+drops what is past a count limit as the OpenTelemetry SDKs do (and counts it in the record's
+``dropped_*_count``), and tells the client in ``partial_success``. The limits are settings
+(:class:`IngestLimits`, see docs/ingest.md); only the nesting depth is fixed, because the
+protobuf parser's own depth limit caps it anyway.
+
+The decoder checks sizes on the JSON text it builds for each record anyway (one ``len`` per
+attribute list), so records within the limits pay nothing per value; this module holds the
+parts that only run for records past a limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Arrays and kvlists inside one another, at most; a deeper one is stored as NESTED_MARKER.
+# Real attribute values nest a few levels; protobuf's parser refuses a whole request from
+# about 30 kvlist levels (its depth limit of 100 messages), and this stays well inside that.
+MAX_NESTING = 16
+NESTED_MARKER = f"…[truncated: nested deeper than {MAX_NESTING} levels]"
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """The most ingest stores of one record; the settings of the same names say why."""
+
+    attribute_value_size: int = 64 << 10
+    """Bytes of one string or bytes attribute value (``max_attribute_value_size``)."""
+    attributes_size: int = 1 << 20
+    """Bytes of one record's attributes as stored JSON (``max_attributes_size``)."""
+    log_body_size: int = 256 << 10
+    """Bytes of one log body (``max_log_body_size``)."""
+    events_per_span: int = 128
+    """Events kept per span (``max_span_events``)."""
+    links_per_span: int = 128
+    """Links kept per span (``max_span_links``)."""
+
+
+DEFAULT_LIMITS = IngestLimits()
+
+
+def truncation_marker(cut: int) -> str:
+    """What ends a value that was cut by ``cut`` bytes."""
+    return f"…[truncated {cut} bytes]"
+
+
+def cut_text(text: str, limit: int) -> str | None:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, marker included, at a character
+    boundary; ``None`` when it fits as it is."""
+    data = text.encode()
+    if len(data) <= limit:
+        return None
+    # The marker's length depends on the count it shows: reserve room for the longest count
+    # possible, then show the real one (never longer).
+    keep = max(limit - len(truncation_marker(len(data)).encode()), 0)
+    kept = data[:keep].decode(errors="ignore")  # drops a character cut in half
+    return kept + truncation_marker(len(data) - len(kept.encode()))
+
+
+def cut_bytes(raw: bytes, limit: int) -> str | None:
+    """A bytes value past ``limit`` bytes as its stored form, base64 text, of the bytes kept
+    followed by the marker; ``None`` when it fits."""
+    import base64
+
+    if len(raw) <= limit:
+        return None
+    keep = max(limit - len(truncation_marker(len(raw)).encode()), 0)
+    return base64.b64encode(raw[:keep]).decode() + truncation_marker(len(raw) - keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# Protobuf bodies nested past the parser's depth limit
+
+_ANY_VALUE = "opentelemetry.proto.common.v1.AnyValue"
+_CONTAINERS = frozenset(
+    {"opentelemetry.proto.common.v1.ArrayValue", "opentelemetry.proto.common.v1.KeyValueList"}
+)
+
+
+class _Malformed(Exception):
+    """Not protobuf this module can walk; the parser's own error is the one to report."""
+
+
+def prune_deep_values(body: bytes, descriptor: Any) -> bytes | None:
+    """``body`` (a message of type ``descriptor``, in protobuf wire format) with every array
+    or kvlist value nested past :data:`MAX_NESTING` levels emptied; ``None`` when none is, or
+    when ``body`` is not well-formed.
+
+    For a request the parser refused as too deep: the emptied value still sits one level past
+    the limit, so the decoder finds it and stores :data:`NESTED_MARKER` in its place, like a
+    too-deep value the parser took. Only fields whose type can hold an AnyValue are walked;
+    the rest of the body is copied as it is.
+    """
+    try:
+        return _prune(body, descriptor, 0)
+    except (_Malformed, IndexError):
+        return None
+
+
+def _prune(data: bytes, descriptor: Any, levels: int) -> bytes | None:
+    fields = _value_fields(descriptor)
+    pieces: list[bytes] = []
+    copied = pos = 0
+    end = len(data)
+    while pos < end:
+        tag, pos = _read_varint(data, pos)
+        wire_type = tag & 7
+        if wire_type == 0:
+            pos = _read_varint(data, pos)[1]
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == 2:
+            length_start = pos
+            length, start = _read_varint(data, pos)
+            pos = start + length
+            if pos > end:
+                raise _Malformed
+            field_type = fields.get(tag >> 3)
+            if field_type is None:
+                continue
+            new: bytes | None
+            if field_type.full_name not in _CONTAINERS:
+                new = _prune(data[start:pos], field_type, levels)
+            elif levels < MAX_NESTING:
+                new = _prune(data[start:pos], field_type, levels + 1)
+            else:
+                new = b"" if length else None  # past the limit: kept, but empty
+            if new is not None:
+                pieces += [data[copied:length_start], _varint(len(new)), new]
+                copied = pos
+        else:
+            raise _Malformed  # groups (deprecated, never in OTLP) or garbage
+    if pos != end:
+        raise _Malformed
+    if not pieces:
+        return None
+    pieces.append(data[copied:])
+    return b"".join(pieces)
+
+
+_VALUE_FIELDS: dict[str, dict[int, Any]] = {}
+
+
+def _value_fields(descriptor: Any) -> dict[int, Any]:
+    """Field number -> message type, for the fields of ``descriptor`` that can hold an AnyValue."""
+    fields = _VALUE_FIELDS.get(descriptor.full_name)
+    if fields is None:
+        fields = {
+            f.number: f.message_type
+            for f in descriptor.fields
+            if f.message_type is not None and _holds_values(f.message_type, set())
+        }
+        _VALUE_FIELDS[descriptor.full_name] = fields
+    return fields
+
+
+def _holds_values(descriptor: Any, seen: set[str]) -> bool:
+    if descriptor.full_name == _ANY_VALUE:
+        return True
+    seen.add(descriptor.full_name)
+    return any(
+        _holds_values(f.message_type, seen)
+        for f in descriptor.fields
+        if f.message_type is not None and f.message_type.full_name not in seen
+    )
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise _Malformed
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
