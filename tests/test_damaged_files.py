@@ -187,3 +187,88 @@ def test_a_damaged_partition_is_set_aside_and_the_rest_served(daemon_factory: An
     assert sorted(stored_span_ids(restarted)) == sorted(kept + more)
     result = ophion("status", env={"OPHION_HOME": str(daemon.home)})
     assert "damaged partition" in result.stdout and broken.name in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests DuckDB chokes on, sent live by the SDK
+
+
+def _grpc_send(daemon: RunningDaemon, spans: Any) -> Any:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    exporter = OTLPSpanExporter(endpoint=daemon.grpc_endpoint, insecure=True, timeout=60)
+    try:
+        return exporter.export(spans)
+    finally:
+        exporter.shutdown()
+
+
+def _sdk_spans(name: str, count: int, attributes: dict[str, Any]) -> Any:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    recorder = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "poison-test"}))
+    provider.add_span_processor(SimpleSpanProcessor(recorder))
+    tracer = provider.get_tracer("ophion.tests")
+    for _ in range(count):
+        with tracer.start_as_current_span(name, attributes=attributes):
+            pass
+    spans = recorder.get_finished_spans()
+    provider.shutdown()
+    return spans
+
+
+@pytest.mark.slow
+def test_a_request_of_large_values_within_the_limits_is_stored(daemon_factory: Any) -> None:
+    """300 spans with 60 kB attributes each (18 MB, every value within the limits): DuckDB at
+    its 64 MB memory limit cannot take them in one INSERT, so the flush stores them in smaller
+    ones. Nothing is dead-lettered, nothing waits."""
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    daemon = daemon_factory()
+    spans = _sdk_spans("large", 300, {"blob": "y" * 60_000})
+    assert _grpc_send(daemon, spans) == SpanExportResult.SUCCESS
+    assert daemon.sql("SELECT count(*) AS n FROM spans WHERE name = 'large'") == [{"n": 300}]
+    storage = _storage(daemon)
+    assert storage["dead_letters"]["requests"] == 0 and not storage["failing"]
+
+
+@pytest.mark.slow
+def test_a_record_past_what_duckdb_can_hold_is_dead_lettered_and_ingest_goes_on(
+    daemon_factory: Any,
+) -> None:
+    """With the value limits raised past what DuckDB can hold in its memory (one 16 MiB
+    attribute), the span is acknowledged and then refused by DuckDB: it is set aside with the
+    reason, the spans around it are stored, later exports are stored, and a restart works."""
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    daemon = daemon_factory(
+        env={
+            "OPHION_MAX_ATTRIBUTE_VALUE_SIZE": "32MiB",
+            "OPHION_MAX_ATTRIBUTES_SIZE": "32MiB",
+            "OPHION_MAX_REQUEST_SIZE": "64MiB",
+        }
+    )
+    assert _grpc_send(daemon, _sdk_spans("before", 3, {})) == SpanExportResult.SUCCESS
+    huge = _sdk_spans("huge", 1, {"blob": "z" * (16 << 20)})
+    assert _grpc_send(daemon, huge) == SpanExportResult.SUCCESS  # acknowledged: journaled
+    assert _grpc_send(daemon, _sdk_spans("after", 4, {})) == SpanExportResult.SUCCESS
+
+    names = daemon.sql("SELECT name, count(*) AS n FROM spans GROUP BY name ORDER BY name")
+    assert names == [{"name": "after", "n": 4}, {"name": "before", "n": 3}]
+    storage = _storage(daemon)
+    assert not storage["failing"]
+    dead = storage["dead_letters"]
+    assert dead["requests"] == 1 and dead["records"] == {"traces": 1}
+    assert "memory" in dead["last_reason"].lower()
+    counts = daemon.status()["signals"]["traces"]
+    assert (counts["accepted"], counts["stored"], counts["dead_lettered"]) == (8, 7, 1)
+
+    assert _grpc_send(daemon, _sdk_spans("later", 2, {})) == SpanExportResult.SUCCESS
+    assert daemon.sql("SELECT count(*) AS n FROM spans") == [{"n": 9}]
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    restarted = daemon_factory(home=daemon.home)  # (the default, lower, limits)
+    assert restarted.sql("SELECT count(*) AS n FROM spans") == [{"n": 9}]

@@ -435,9 +435,10 @@ def wait_for_exit(daemon: RunningDaemon, timeout: float, situation: str) -> int:
 
 
 def stored_in_stop_summary(log: str) -> int:
-    match = re.search(r"stopped cleanly; traces: (\d+) stored", log)
+    match = re.search(r"stopped cleanly; traces: (\d+) accepted, (\d+) stored", log)
     assert match, f"no 'stopped cleanly' line in the log:\n{log[-2000:]}"
-    return int(match.group(1))
+    assert match.group(1) == match.group(2), "a clean stop stores everything accepted"
+    return int(match.group(2))
 
 
 @pytest.mark.slow

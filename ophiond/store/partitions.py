@@ -132,21 +132,25 @@ def _new_partition_path(data_dir: Path, now: dt.datetime) -> Path:
     return path
 
 
-def connect(memory_limit: int, data_dir: Path, threads: int = 2) -> duckdb.DuckDBPyConnection:
+def connect(
+    memory_limit: int, data_dir: Path, threads: int = 2, max_spill: int | None = None
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB instance for ophion: UTC, bounded memory, and no file access outside
-    ``data_dir``, so user SQL cannot read other files, write files or load extensions."""
+    ``data_dir``, so user SQL cannot read other files, write files or load extensions.
+    Queries spill at most ``max_spill`` bytes into ``data_dir/.tmp`` in all (``sql_max_spill``;
+    DuckDB's default is 90% of the free disk)."""
     import duckdb
 
-    con = duckdb.connect(
-        ":memory:",
-        config={
-            "memory_limit": f"{max(memory_limit, 64 << 20) // (1 << 20)}MB",
-            "threads": threads,
-            "temp_directory": str(data_dir / ".tmp"),
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-        },
-    )
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "memory_limit": f"{max(memory_limit, 64 << 20) // (1 << 20)}MB",
+        "threads": threads,
+        "temp_directory": str(data_dir / ".tmp"),
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+    }
+    if max_spill is not None:
+        config["max_temp_directory_size"] = f"{max_spill}B"
+    con = duckdb.connect(":memory:", config=config)
     con.execute("SET TimeZone = 'UTC'")
     allowed = str(data_dir.absolute()).replace("'", "''").rstrip("/") + "/"
     con.execute(f"SET allowed_directories = ['{allowed}']")

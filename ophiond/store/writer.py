@@ -48,6 +48,7 @@ from ophiond.store.journal import (
     read_segment,
 )
 from ophiond.store.partitions import ROW_GROUP_SIZE
+from ophiond.store.readers import is_out_of_memory
 from ophiond.store.schema import FLUSH_TAGGED
 
 if TYPE_CHECKING:
@@ -77,6 +78,11 @@ CHECKPOINT_BYTES = 128 << 20
 # A request that makes a flush fail is tried alone twice, this far apart, before it is moved
 # to the dead letters: a squeeze on memory that passes must not condemn a good request.
 _CONFIRM_PAUSE_S = 0.2
+# After a failed flush, each table goes in in slices of at most this many bytes (Arrow's
+# count). DuckDB at its 64 MB memory limit cannot compress one INSERT of more than about 16 MB
+# of values of several kB each (300 spans with 60 kB attributes: Out of Memory); in slices it
+# can. Flushes go in whole otherwise: each INSERT ends a row group, and small ones cost disk.
+_SLICE_BYTES = 4 << 20
 # The order rows are inserted in at a flush. A trace's spans sit together, so a trace lookup
 # skips most row groups by their min/max trace id; log records go in time order, so a search
 # of the newest ones skips the older row groups.
@@ -186,6 +192,8 @@ class Writer:
         # and since when it has been failing.
         self.storage_error: str | None = None
         self.failing_since: float | None = None
+        # Set when DuckDB invalidated the database: only a restart helps (see _note_fatal).
+        self.fatal: str | None = None
         # Called with each acknowledged batch (the live log feed listens here).
         self.on_commit: Callable[[DecodedBatch], None] | None = None
         # Called when DuckDB has no memory for an insert: stops the queries holding it (ingest
@@ -480,9 +488,11 @@ class Writer:
                 return
             housekeeping = time.monotonic() >= next_housekeeping and not final
             if due or housekeeping:
-                # Roll-over is checked after every flush (two stat calls), so a partition never
-                # grows far past its share of the budget; retention runs on its interval.
-                self._housekeeping(retention=housekeeping)
+                # Roll-over and retention after every flush, not only on the interval: a flush
+                # is what takes the store past its disk budget, and checking costs a stat call
+                # per partition file. (Retention on the interval alone let roll-overs pile up
+                # sealed partitions past the budget until its next round.)
+                self._housekeeping()
                 # A quiet daemon checkpoints at its housekeeping; a busy one by the interval
                 # or the bytes waiting.
                 idle = housekeeping and self._applied_segment > self._checkpointed_segment
@@ -575,7 +585,16 @@ class Writer:
             if e.transient or not records:
                 raise
             failure = e
+        try:
+            self._insert([r.tables for r in records], segment, _SLICE_BYTES)
+            log.warning("%s; stored it in smaller inserts instead", failure.message)
+            return {}
+        except StoreError as e:
+            if e.transient:
+                raise
         log.error("%s; looking for the request(s) that cause it", failure.message)
+        if self.make_room is not None:  # (the search must not blame a record for their memory)
+            self.make_room()
         refused = self._refused(records)
         if not refused:
             raise failure
@@ -596,7 +615,7 @@ class Writer:
             )
         doomed = {index for index, _ in refused}
         keep = [r for i, r in enumerate(records) if i not in doomed]
-        self._insert([r.tables for r in keep], segment)
+        self._insert([r.tables for r in keep], segment, _SLICE_BYTES)
         return _by_signal(dead)
 
     def _refused(self, records: list[JournalRecord]) -> list[tuple[int, str]]:
@@ -620,14 +639,19 @@ class Writer:
         return sorted(found)
 
     def _trial(self, records: list[JournalRecord]) -> str | None:
-        """Insert ``records`` and roll back: DuckDB's error, or None when it took them."""
+        """Insert ``records`` (in slices) and roll back: DuckDB's error, or None when it took
+        them. Raise a transient :class:`StoreError` when the error is not the records' (the
+        disk, or a database DuckDB invalidated): the search stops there."""
         import duckdb
         import pyarrow as pa
 
         cur = self._cursor
         try:
             cur.execute("BEGIN")
-            self._insert_rows([r.tables for r in records], 0)
+            self._insert_rows([r.tables for r in records], 0, _SLICE_BYTES)
+        except (duckdb.IOException, duckdb.FatalException) as e:
+            self._note_fatal(e)
+            raise StoreError(f"cannot write to the store: {e}", transient=True) from e
         except (duckdb.Error, pa.ArrowException) as e:
             return str(e).splitlines()[0]
         finally:
@@ -660,46 +684,95 @@ class Writer:
                     log.exception("passing records to followers failed")
 
     def _insert(
-        self, batches: list[dict[str, pa.Table]], segment: int, make_room: bool = True
+        self,
+        batches: list[dict[str, pa.Table]],
+        segment: int,
+        slice_bytes: int | None = None,
+        make_room: bool = True,
     ) -> None:
         """One transaction: every table's rows (tagged with the flush, which is the journal
         segment, where tracefilter.py says so), the flush's trace-id filter, and the journal
-        segment they complete. When DuckDB has no memory for it, the queries holding memory
-        are stopped (:attr:`make_room`) and it is tried once more at once."""
+        segment they complete; each table in one INSERT, or in slices of ``slice_bytes``.
+        When DuckDB has no memory for it, the queries holding memory are stopped
+        (:attr:`make_room`) and it is tried once more at once; a memory error with no query
+        to blame is the records' (not transient)."""
         import duckdb
         import pyarrow as pa
 
         cur = self._cursor
         alias = self.partitions.current.alias
+        # A ROLLBACK that found no memory left the last transaction open and aborted, and every
+        # statement fails until one succeeds.
+        with contextlib.suppress(duckdb.Error):
+            cur.execute("ROLLBACK")
+        if self._committed_anyway(alias, segment):
+            return
+        committing = False
         try:
             cur.execute("BEGIN")
-            trace_ids = self._insert_rows(batches, segment)
+            trace_ids = self._insert_rows(batches, segment, slice_bytes)
             if trace_ids:
                 cur.execute(
                     f"INSERT INTO {alias}.main.trace_filters VALUES (?, ?::BLOB::BIT)",
                     [segment, tracefilter.build(trace_ids)],
                 )
             cur.execute(f"UPDATE {alias}.main.journal_applied SET segment = ?", [segment])
+            committing = True
             cur.execute("COMMIT")
         except (duckdb.Error, pa.ArrowException) as e:
             try:
                 cur.execute("ROLLBACK")
             except duckdb.Error:
                 pass  # the failed statement may already have ended the transaction
-            out_of_memory = isinstance(e, duckdb.OutOfMemoryException)
-            if out_of_memory and make_room and self.make_room is not None and self.make_room():
-                log.warning("no memory for a flush: stopped the queries holding it")
-                self._insert(batches, segment, make_room=False)
+            if committing and self._committed_anyway(alias, segment):
                 return
+            if is_out_of_memory(e) and make_room and self.make_room and self.make_room():
+                log.warning("no memory for a flush: stopped the queries holding it; once more")
+                self._insert(batches, segment, slice_bytes, make_room=False)
+                return
+            self._note_fatal(e)
             raise StoreError(
                 f"cannot write to {self.partitions.current.path.name}: {e}",
-                # The disk (full, failing) or memory that queries hold rather than a record:
-                # retry, never dead-letter.
-                transient=isinstance(e, duckdb.IOException) or out_of_memory,
+                # The disk (full, failing) or a database DuckDB invalidated, rather than a
+                # record: retry, never dead-letter. (Memory queries held was made room for
+                # above; what is left is the records'.)
+                transient=isinstance(e, duckdb.IOException | duckdb.FatalException),
             ) from e
 
-    def _insert_rows(self, batches: list[dict[str, pa.Table]], segment: int) -> set[str]:
-        """Insert every table's rows in the open transaction; return the trace ids."""
+    def _note_fatal(self, error: Exception) -> None:
+        """DuckDB invalidated the database (it says so with a FatalException): nothing works
+        on this instance again; :attr:`fatal` tells the daemon to stop so that it is
+        restarted (the journal keeps every acknowledged record meanwhile)."""
+        import duckdb
+
+        if isinstance(error, duckdb.FatalException) and self.fatal is None:
+            self.fatal = str(error).splitlines()[0]
+            log.critical("DuckDB can no longer use the store until ophiond restarts: %s", error)
+
+    def _committed_anyway(self, alias: str, segment: int) -> bool:
+        """Whether partition ``alias`` already records ``segment`` as stored: DuckDB can report
+        a COMMIT as failed after it took effect (it found no memory for what follows it), and
+        storing the segment again would store it twice. False when DuckDB cannot say now."""
+        import duckdb
+
+        if not segment:
+            return False
+        try:
+            row = self._cursor.execute(
+                f"SELECT max(segment) FROM {alias}.main.journal_applied"
+            ).fetchone()
+        except duckdb.Error:
+            return False
+        if not row or row[0] is None or row[0] < segment:
+            return False
+        log.warning("journal segment %d was stored by a COMMIT that reported failure", segment)
+        return True
+
+    def _insert_rows(
+        self, batches: list[dict[str, pa.Table]], segment: int, slice_bytes: int | None = None
+    ) -> set[str]:
+        """Insert every table's rows in the open transaction (in slices of ``slice_bytes``
+        when given); return the trace ids."""
         import duckdb
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -722,17 +795,22 @@ class Writer:
             if name in FLUSH_TAGGED:
                 tag = ", ?::UBIGINT AS flush"
                 trace_ids.update(pc.unique(combined["trace_id"]).to_pylist())
-            cur.register("_ophion_batch", combined)
-            try:
-                cur.execute(
-                    f"INSERT INTO {alias}.main.{name} BY NAME SELECT *{tag} FROM _ophion_batch",
-                    [segment] if tag else [],
-                )
-            finally:
-                # (in a transaction the failed INSERT aborted, this fails too: the error that
-                # matters is the INSERT's, and the rollback drops the registration anyway)
-                with contextlib.suppress(duckdb.Error):
-                    cur.unregister("_ophion_batch")
+            rows = combined.num_rows
+            step = rows
+            if slice_bytes and combined.nbytes > slice_bytes:
+                step = max(1, rows * slice_bytes // combined.nbytes)
+            for offset in range(0, rows, step):
+                cur.register("_ophion_batch", combined.slice(offset, step))
+                try:
+                    cur.execute(
+                        f"INSERT INTO {alias}.main.{name} BY NAME SELECT *{tag} FROM _ophion_batch",
+                        [segment] if tag else [],
+                    )
+                finally:
+                    # (in a transaction the failed INSERT aborted, this fails too: the error
+                    # that matters is the INSERT's, and the rollback drops the registration)
+                    with contextlib.suppress(duckdb.Error):
+                        cur.unregister("_ophion_batch")
         return trace_ids
 
     def _checkpoint(self, force: bool = True) -> None:
@@ -760,11 +838,14 @@ class Writer:
         self._unchecked_bytes = 0
         self.journal.discard_through(segment)
 
-    def _housekeeping(self, retention: bool) -> None:
+    def _housekeeping(self) -> None:
         import duckdb
 
         now = self.clock()
         try:
+            # Retention before the roll-over too: sealing checkpoints the current partition,
+            # which holds its newest rows twice on disk (file and write-ahead log) for a moment.
+            self.partitions.apply_retention(now, self.max_age_s, self.disk_budget)
             if self.partitions.roll_over_if_due(now, self.disk_budget, self.max_age_s):
                 # The new partition carries the journal position from the start, so it stays
                 # known when retention deletes the older ones.
@@ -774,7 +855,7 @@ class Writer:
                     [self._applied_segment],
                 )
                 self._checkpoint()  # (the old one was checkpointed as it was sealed)
-            if retention:
+                # (a sealed file can take a little more than its write-ahead log did)
                 self.partitions.apply_retention(now, self.max_age_s, self.disk_budget)
         except (duckdb.Error, OSError, StoreError) as e:
             log.error("housekeeping failed, will retry: %s", e)
