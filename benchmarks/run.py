@@ -1,6 +1,6 @@
 """Benchmark ophiond: ingest throughput and its ceiling, CPU, memory, disk, and query times.
 
-Run from the repository root, after ``python3 -m pip install '.[test]'``::
+Run from the repository root, after ``python3 -m pip install -c .ci/constraints.txt '.[test]'``::
 
     python3 -m benchmarks.run            # the full run: 10 M spans and 10 M log records
     python3 -m benchmarks.run --quick    # a few minutes: 200 k of each, 10 s replays

@@ -1,13 +1,51 @@
-"""Retention in a running daemon: the disk budget rolls partitions over and drops the oldest."""
+"""Retention: the disk budget rolls partitions over and drops the oldest, in the writer and in
+a running daemon."""
 
 from __future__ import annotations
 
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from test_store import T0, _open, _trace_request
+
+from ophiond.otlp.decode import decode_traces
+from ophiond.store.writer import Writer
+from ophiond.telemetry import Telemetry
+
+
+def test_the_disk_budget_holds_after_every_flush_not_only_every_housekeeping_interval(
+    tmp_path: Path,
+) -> None:
+    budget = 4 << 20
+    partitions = _open(tmp_path)
+    writer = Writer(
+        partitions,
+        Telemetry(),
+        1_000_000,
+        budget,
+        30 * 86400,
+        3600,  # no interval round during the test: the flushes alone must keep the budget
+        clock=lambda: T0,
+        flush_records=1,  # every batch is a flush, and each one passes a partition's share
+    )
+    writer.start()
+    for i in range(30):
+        writer.submit(decode_traces(_trace_request(2000, payload=f"{i}-" + "x" * 200))).wait()
+    writer.stop()  # every flush and the housekeeping after it have run
+    assert len(partitions.partitions) > 2
+    assert partitions.total_size() <= budget
+    payloads = {
+        row[0].split("-")[0]
+        for row in partitions.con.execute(
+            "SELECT DISTINCT attributes->>'$.payload' FROM spans"
+        ).fetchall()
+    }
+    assert "29" in payloads and "0" not in payloads  # the oldest went first
+    partitions.close()
 
 
 def _request(batch: int, spans: int = 500) -> bytes:
@@ -43,9 +81,8 @@ def _post(daemon: Any, body: bytes) -> None:
 @pytest.mark.slow
 def test_disk_budget_keeps_the_newest_data(daemon_factory: Any) -> None:
     budget = 8_000_000
-    daemon = daemon_factory(
-        "--retention-max-disk", str(budget), env={"OPHION_HOUSEKEEPING_INTERVAL": "100ms"}
-    )
+    # At the default housekeeping interval (60 s): every flush is followed by retention.
+    daemon = daemon_factory("--retention-max-disk", str(budget))
     batches = 0
     deadline = time.monotonic() + 120
     while "retention deleted partition" not in daemon.log():
@@ -53,8 +90,9 @@ def test_disk_budget_keeps_the_newest_data(daemon_factory: Any) -> None:
         _post(daemon, _request(batches))
         batches += 1
     _post(daemon, _request(batches))
-    time.sleep(0.5)  # one more housekeeping round
 
+    # No waiting for a housekeeping round: the store never passes its budget by more than a
+    # flush (partitions are 1 MB here, the smallest share; a flush writes up to 1 MB).
     status = daemon.status()
     assert status["storage"]["partitions"] >= 2
     assert status["storage"]["bytes"] <= budget * 1.3
