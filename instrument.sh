@@ -25,7 +25,7 @@ fi
 here=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)
 echo "error: the ophion command is not installed" >&2
 if [ -f "$here/pyproject.toml" ]; then
-    echo "hint: install it from this checkout: python3 -m pip install \"$here\" (or pipx install \"$here\")," >&2
+    echo "hint: install it from this checkout: python3 -m pip install -c \"$here/.ci/constraints.txt\" \"$here\" (or pipx install \"$here\")," >&2
 else
     echo "hint: install it: python3 -m pip install ophion (or pipx install ophion)," >&2
 fi

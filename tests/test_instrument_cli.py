@@ -29,7 +29,7 @@ def test_instrument_sh_says_how_to_install_ophion_when_it_is_missing(tmp_path: P
     result = run_script("my-app", path="/usr/bin:/bin", home=tmp_path)
     assert result.returncode == 127
     assert "the ophion command is not installed" in result.stderr
-    assert f'python3 -m pip install "{REPO}"' in result.stderr
+    assert f'python3 -m pip install -c "{REPO}/.ci/constraints.txt" "{REPO}"' in result.stderr
 
 
 def test_instrument_sh_runs_ophion_instrument(tmp_path: Path) -> None:
