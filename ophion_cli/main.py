@@ -143,14 +143,14 @@ def _sql_without_daemon(query: str, max_rows: int) -> dict[str, Any]:
     partitions = open_read_only(
         settings.paths.data_dir, settings.memory_limit, settings.sql_max_spill
     )
-    # (segments up to the partitions' journal position are in DuckDB, its WAL included)
-    if unstored_bytes(settings.paths.data_dir, partitions.journal_position()):
-        console.print(
-            "[yellow]ophiond stopped without a clean shutdown: records it acknowledged last are "
-            "still in its journal and not in these results; they are stored when it starts "
-            "again[/]"
-        )
     try:
+        # (segments up to the partitions' journal position are in DuckDB, its WAL included)
+        if unstored_bytes(settings.paths.data_dir, partitions.journal_position()):
+            console.print(
+                "[yellow]ophiond stopped without a clean shutdown: records it acknowledged last "
+                "are still in its journal and not in these results; they are stored when it "
+                "starts again[/]"
+            )
         return run_query(partitions, query, max_rows, settings.sql_timeout).to_json()
     finally:
         partitions.close()

@@ -133,6 +133,46 @@ def test_records_after_a_damaged_one_are_stored_and_the_loss_is_named(
     result = ophion("status", env={"OPHION_HOME": str(daemon.home)})
     assert "journal loss" in result.stdout and "acknowledged" in result.stdout
     assert "1 request(s) lost (acknowledged)" in restarted.log()
+    assert path.with_name(path.name + ".damaged").read_bytes() == bytes(data)  # kept for a look
+    # Still named after another restart, until someone deletes data/losses.jsonl.
+    assert restarted.stop() == 0
+    again = daemon_factory(home=daemon.home)
+    assert [x["message"] for x in _storage(again)["journal_losses"]] == [loss["message"]]
+
+
+def test_a_damaged_segment_header_loses_nothing(daemon_factory: Any) -> None:
+    """16 bytes overwritten at the very start of the segment being written: its records are
+    found by their own framing and stored."""
+    daemon = daemon_factory()
+    batches = [make_batch(5, f"request-{i}") for i in range(3)]
+    sent = _send(daemon, *batches)
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    path = _segment_with_records(_journal(daemon))
+    data = bytearray(path.read_bytes())
+    data[0:16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+
+    restarted = daemon_factory(home=daemon.home)
+    assert sorted(stored_span_ids(restarted)) == sorted(sent)
+
+
+def test_a_partition_another_process_holds_is_not_taken_for_damage(daemon_factory: Any) -> None:
+    """A lock is not damage: the daemon refuses to start, says why, and moves nothing."""
+    import duckdb
+
+    daemon = daemon_factory()
+    kept = _send(daemon, make_batch(4, "kept"))
+    assert daemon.stop() == 0
+    [partition] = (daemon.home / "data").glob("*.duckdb")
+    holder = duckdb.connect(str(partition))  # (read-write: DuckDB locks the file)
+    try:
+        with pytest.raises(RuntimeError, match="another ophiond or `ophion sql`"):
+            daemon_factory(home=daemon.home)
+    finally:
+        holder.close()
+    assert partition.exists() and not (daemon.home / "data" / "damaged").exists()
+    restarted = daemon_factory(home=daemon.home)
+    assert sorted(stored_span_ids(restarted)) == sorted(kept)
 
 
 def test_a_deleted_journal_segment_is_reported(daemon_factory: Any) -> None:
@@ -187,6 +227,14 @@ def test_a_damaged_partition_is_set_aside_and_the_rest_served(daemon_factory: An
     assert sorted(stored_span_ids(restarted)) == sorted(kept + more)
     result = ophion("status", env={"OPHION_HOME": str(daemon.home)})
     assert "damaged partition" in result.stdout and broken.name in result.stdout
+
+    # With the daemon down and nothing readable, `ophion sql` says so in one line.
+    assert restarted.stop() == 0
+    for partition in data.glob("*.duckdb"):
+        partition.write_bytes(partition.read_bytes()[:5000])
+    result = ophion("sql", "SELECT count(*) FROM spans", env={"OPHION_HOME": str(daemon.home)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: no partition" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------

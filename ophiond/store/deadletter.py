@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import threading
@@ -21,11 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from ophiond.errors import StoreError
-from ophiond.store.journal import Frame, JournalRecord, pack, single_record, unpack, write_all
+from ophiond.store.journal import (
+    Frame,
+    JournalRecord,
+    header_of,
+    pack,
+    single_record,
+    unpack,
+    write_all,
+)
 
 log = logging.getLogger(__name__)
 
 _SUFFIX = ".journal"
+_HEAD_READ = 64 << 10  # enough for a record's head and its JSON header
 
 
 @dataclass
@@ -66,9 +76,12 @@ class DeadLetters:
         self._requests += 1
         self._last = letter
 
+    def _path(self, segment: int, record: JournalRecord) -> Path:
+        return self.directory / f"{segment:012d}-{record.sequence:08d}{_SUFFIX}"
+
     def put(self, segment: int, record: JournalRecord, reason: str) -> bool:
         """Write ``record`` aside, durably; False when it already was (a flush retried)."""
-        path = self.directory / f"{segment:012d}-{record.sequence:08d}{_SUFFIX}"
+        path = self._path(segment, record)
         if path.exists():
             return False
         letter = DeadLetter(
@@ -106,6 +119,19 @@ class DeadLetters:
             self._count(letter)
         return True
 
+    def withdraw(self, segment: int, record: JournalRecord) -> None:
+        """Take back a dead letter :meth:`put` wrote (its flush failed and is retried whole)."""
+        try:
+            self._path(segment, record).unlink()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.warning("cannot take back dead letter %s: %s", self._path(segment, record), e)
+            return
+        with self._lock:
+            self._tally[record.signal] -= record.records
+            self._requests -= 1
+
     def summary(self) -> dict[str, Any]:
         """What ``ophion status`` shows: counts, the newest reason, where they are."""
         with self._lock:
@@ -118,7 +144,13 @@ class DeadLetters:
             }
 
 
-def read_dead_letter(path: Path) -> DeadLetter:
-    """The header of a dead-letter file."""
-    header, _streams = unpack(single_record(path.read_bytes()))
+def read_dead_letter(path: Path, whole: bool = False) -> DeadLetter:
+    """The header of a dead-letter file: read from its first bytes only (a dead letter can be
+    megabytes), or from the whole record, checked, when ``whole``."""
+    if whole:
+        header, _streams = unpack(single_record(path.read_bytes()))
+    else:
+        with path.open("rb") as f:
+            head = f.read(_HEAD_READ)
+        header = json.loads(header_of(head))
     return DeadLetter(header["signal"], header["records"], header["reason"], header["at"])

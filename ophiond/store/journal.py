@@ -70,7 +70,7 @@ class JournalRecord:
     signal: str
     records: int
     tables: dict[str, pa.Table]
-    sequence: int  # its place in its segment, from 1 (0 in segments of the old format)
+    sequence: int  # its place in its segment, from 1
     streams: dict[str, memoryview]  # the tables' IPC streams, as stored (for a dead letter)
 
 
@@ -223,6 +223,18 @@ def single_record(data: bytes) -> memoryview:
     ):
         raise ValueError("damaged record")
     return view[start : start + length]
+
+
+def header_of(data: bytes) -> bytes:
+    """The JSON header of the record at the start of ``data`` (its first bytes are enough);
+    ValueError when they do not hold one."""
+    if len(data) < _RECORD_HEAD.size + _HEADER_SIZE.size or data[:4] != _RECORD_MAGIC:
+        raise ValueError("not a journal record")
+    (size,) = _HEADER_SIZE.unpack_from(data, _RECORD_HEAD.size)
+    start = _RECORD_HEAD.size + _HEADER_SIZE.size
+    if start + size > len(data):
+        raise ValueError("the record's header is cut short")
+    return data[start : start + size]
 
 
 def _decode_payload(payload: bytes | memoryview, sequence: int) -> JournalRecord:
@@ -436,27 +448,40 @@ def unstored_bytes(data_dir: Path, applied: int = 0) -> int:
 def read_segment(path: Path) -> SegmentContents:
     """Every whole record of one segment, going on past damage, and what was lost."""
     data = path.read_bytes()
-    if len(data) >= _SEGMENT_HEAD.size and data.startswith(_SEGMENT_MAGIC):
-        return _read_records(path.name, data)
-    if len(data) >= len(_SEGMENT_MAGIC) and data[:4] == _SEGMENT_MAGIC[:4]:
-        # A header that does not check out: read the records after it all the same.
-        return _read_records(path.name, data)
+    if data.startswith(_SEGMENT_MAGIC) or not _legacy(data):
+        # (a damaged header included: the records after it are found by their magic)
+        return _read_records(data)
     return _read_legacy(path.name, data)
 
 
-def _read_records(name: str, data: bytes) -> SegmentContents:
+def _legacy(data: bytes) -> bool:
+    """Whether ``data`` starts with a whole record of the old format (no segment header)."""
+    if len(data) < _LEGACY_HEAD.size:
+        return False
+    length, crc = _LEGACY_HEAD.unpack_from(data)
+    payload = memoryview(data)[_LEGACY_HEAD.size : _LEGACY_HEAD.size + length]
+    return bool(
+        length >= _HEADER_SIZE.size and len(payload) == length and zlib.crc32(payload) == crc
+    )
+
+
+def _read_records(data: bytes) -> SegmentContents:
     from pyarrow import ArrowException as ArrowError
 
     view = memoryview(data)  # (the tables point into ``data``: no copies)
-    magic, _number, previous, crc = _SEGMENT_HEAD.unpack_from(data)
     damaged = []
-    if zlib.crc32(view[: _SEGMENT_HEAD.size - 4]) != crc:
+    previous = _UNKNOWN
+    offset = 0
+    if len(data) >= _SEGMENT_HEAD.size:
+        magic, _number, previous, crc = _SEGMENT_HEAD.unpack_from(data)
+        if magic == _SEGMENT_MAGIC and zlib.crc32(view[: _SEGMENT_HEAD.size - 4]) == crc:
+            offset = _SEGMENT_HEAD.size
+    if not offset:
         damaged.append("its header is damaged")
         previous = _UNKNOWN
     records: list[JournalRecord] = []
     lost = 0
     last = 0
-    offset = _SEGMENT_HEAD.size
     end_of_whole = offset
     skipping_from: int | None = None
     while offset + _RECORD_HEAD.size <= len(data):
@@ -518,7 +543,7 @@ def _read_legacy(name: str, data: bytes) -> SegmentContents:
     from pyarrow import ArrowException as ArrowError
 
     view = memoryview(data)
-    records = []
+    records: list[JournalRecord] = []
     offset = 0
     while len(data) - offset >= _LEGACY_HEAD.size:
         length, crc = _LEGACY_HEAD.unpack_from(data, offset)
@@ -528,7 +553,7 @@ def _read_legacy(name: str, data: bytes) -> SegmentContents:
         if length < _HEADER_SIZE.size or len(payload) < length or zlib.crc32(payload) != crc:
             break
         try:
-            records.append(_decode_payload(payload, 0))
+            records.append(_decode_payload(payload, len(records) + 1))
         except (ValueError, KeyError, TypeError, struct.error, ArrowError) as e:
             log.warning("journal %s: a record at byte %d cannot be read: %s", name, offset, e)
             break

@@ -201,13 +201,23 @@ class PartitionSet:
                     try:
                         self._attach(partition)
                         continue
-                    except duckdb.IOException as e:
-                        reason = f"cannot be read: {e}"
                     except duckdb.Error as e:
+                        # (a lock another process holds, or a permission, is no damage: the
+                        # file stays where it is and the start fails, saying why)
                         if not _is_damage(e):
-                            raise StoreError(f"cannot open {partition.path}: {e}") from e
+                            raise StoreError(
+                                f"cannot open {partition.path}: {e}",
+                                hint="another ophiond or `ophion sql` may have it open"
+                                if "lock" in str(e).lower()
+                                else None,
+                            ) from e
                         reason = f"cannot be opened: {e}"
                 self._set_aside(partition, reason)
+            if self.read_only and not self.partitions:
+                raise StoreError(
+                    f"no partition in {self.data_dir} can be read",
+                    hint="`ophion status` with the daemon running names the damaged ones",
+                )
             if not self.read_only and not self.partitions:
                 try:
                     self._create(now or dt.datetime.now(dt.UTC))

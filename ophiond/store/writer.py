@@ -27,8 +27,11 @@ so losing DuckDB's write-ahead log cannot lose an acknowledged record.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
+import json
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -74,7 +77,7 @@ FLUSH_INTERVAL_S = 5.0
 # flushed journal segments deleted. At most this long after a flush, or once the flushed
 # segments waiting for it hold this many bytes (bounds the journal's size on disk).
 CHECKPOINT_INTERVAL_S = 30.0
-CHECKPOINT_BYTES = 128 << 20
+CHECKPOINT_BYTES = 128 << 20  # (or an eighth of the disk budget, when that is less)
 # A request that makes a flush fail is tried alone twice, this far apart, before it is moved
 # to the dead letters: a squeeze on memory that passes must not condemn a good request.
 _CONFIRM_PAUSE_S = 0.2
@@ -129,7 +132,17 @@ class PendingWrite:
 class _Chunk:
     """The records of one journal segment: what one flush reads back and inserts into DuckDB."""
 
-    __slots__ = ("segment", "batches", "records", "by_signal", "size", "since", "last", "closed")
+    __slots__ = (
+        "segment",
+        "batches",
+        "records",
+        "by_signal",
+        "size",
+        "since",
+        "last",
+        "closed",
+        "loss_noted",
+    )
 
     def __init__(self, segment: int) -> None:
         self.segment = segment
@@ -140,6 +153,7 @@ class _Chunk:
         self.since = time.monotonic()
         self.last = 0  # the writer's count of journaled batches when the last one came in
         self.closed = False  # its segment is complete: no more appends go to it
+        self.loss_noted = False  # what the disk lost of it was counted (at a failed flush)
 
     def add(self, signal: str, records: int, size: int, sequence: int) -> None:
         self.batches += 1
@@ -186,8 +200,11 @@ class Writer:
         self.flush_interval = flush_interval
         self.journal = Journal(partitions.data_dir / "journal")
         self.dead_letters = DeadLetters(partitions.data_dir / "dead-letter")
-        # What the journal lost on disk before DuckDB had it, found at start or at a flush.
+        # What the journal lost on disk before DuckDB had it, found at start or at a flush,
+        # this run or an earlier one (kept in losses.jsonl until someone deletes it).
         self.losses: list[JournalLoss] = []
+        self._losses_file = partitions.data_dir / "losses.jsonl"
+        self._load_losses()
         # The last flush's error while storage is failing (None when the last one worked),
         # and since when it has been failing.
         self.storage_error: str | None = None
@@ -277,16 +294,22 @@ class Writer:
         whatever the journal lost on disk is named in the log and in :attr:`losses`.
         """
         applied = self.partitions.journal_position()
-        segments = list(self.journal.replay(after=applied))
-        losses = find_losses(applied, segments)
-        for loss in losses:
+        # First what each segment holds and lacks (its records dropped at once: a backlog
+        # need not fit in memory), then the records, one segment at a time.
+        summaries = [
+            (number, dataclasses.replace(contents, records=[]))
+            for number, contents in self.journal.replay(after=applied)
+        ]
+        for loss in find_losses(applied, summaries):
             self._lost(loss)
+            self._keep_damaged(loss.segment)
         replayed = 0
-        for segment, contents in segments:
-            if not contents.records:
+        for segment, _summary in summaries:
+            records = read_segment(self.journal.path(segment)).records
+            if not records:
                 continue
-            dead = self._store(contents.records, segment)
-            stored = _by_signal(contents.records)
+            dead = self._store(records, segment)
+            stored = _by_signal(records)
             for signal, n in stored.items():
                 self.telemetry.recovered(signal, n - dead.get(signal, 0))
             replayed += sum(stored.values()) - sum(dead.values())
@@ -294,35 +317,61 @@ class Writer:
         # (at least 1: DuckDB then always knows a segment, so the segment opened next, which
         # must exist at the next start, is known to have existed even in a new store)
         last = max([applied, *self.journal.segments(), 1])
-        newest = segments[-1][1].last_sequence if segments and segments[-1][0] == last else None
+        newest = summaries[-1][1].last_sequence if summaries and summaries[-1][0] == last else None
         self._applied_segment = max(self._applied_segment, applied)
         if last > self._applied_segment:  # segments with nothing to store: DuckDB has them all
             self._insert([], last)
             self._applied_segment = last
         self.journal.open(after=last, previous=newest)
         self._checkpoint()
-        for loss in losses:  # (their readable records are stored and checkpointed by now)
-            self._set_aside(loss.segment)
         if replayed:
             log.info("stored %d records from the ingest journal (after an unclean stop)", replayed)
         return replayed
 
     def _lost(self, loss: JournalLoss) -> None:
+        """Count and name a loss: in the log, in :attr:`losses` and in the data directory's
+        ``losses.jsonl``, so that ``ophion status`` still names it after a restart."""
         self.losses.append(loss)
         if loss.acknowledged is False:
             log.info("%s", loss.describe())
         else:
             log.error("%s", loss.describe())
+        entry = {**dataclasses.asdict(loss), "at": dt.datetime.now(dt.UTC).isoformat()}
+        try:
+            with self._losses_file.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+        except OSError as e:
+            log.warning("cannot record the loss in %s: %s", self._losses_file, e)
 
-    def _set_aside(self, segment: int) -> None:
-        """Keep a damaged segment for a look, out of the journal's way."""
+    def _load_losses(self) -> None:
+        try:
+            lines = self._losses_file.read_text().splitlines()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.warning("cannot read %s: %s", self._losses_file, e)
+            return
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                self.losses.append(
+                    JournalLoss(
+                        entry["segment"], entry["requests"], entry["acknowledged"], entry["reason"]
+                    )
+                )
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s: a line cannot be read: %.80s", self._losses_file, line)
+
+    def _keep_damaged(self, segment: int) -> None:
+        """Keep a copy of a damaged segment (a second name for the same file) for a look; the
+        journal deletes its own name as usual once DuckDB has what could be read."""
         path = self.journal.path(segment)
         try:
-            path.rename(path.with_name(path.name + ".damaged"))
-        except FileNotFoundError:
+            os.link(path, path.with_name(path.name + ".damaged"))
+        except (FileNotFoundError, FileExistsError):
             pass
         except OSError as e:
-            log.warning("cannot set aside damaged journal segment %s: %s", path.name, e)
+            log.warning("cannot keep damaged journal segment %s: %s", path.name, e)
 
     def start(self) -> None:
         if not self.journal.segment:
@@ -411,6 +460,9 @@ class Writer:
                     self._journaled += 1
                     # (the IPC bytes: what the tables hold, without asking Arrow to add it up)
                     chunk.add(p.batch.signal.value, p.records, frame.length, self._journaled)
+                    # (counted here, before the flusher can see the chunk: accepted is never
+                    # behind stored)
+                    self.telemetry.accepted(p.batch.signal, p.batch.accepted)
                 full = chunk.records >= self.flush_records or chunk.size >= self.flush_bytes
             if full:  # the next records go to a new segment: this one is a flush's worth
                 try:
@@ -556,13 +608,18 @@ class Writer:
         except OSError as e:
             if not isinstance(e, FileNotFoundError):
                 raise StoreError(f"cannot read journal segment {path}: {e}") from e
-            self._lost(JournalLoss(chunk.segment, chunk.batches, True, "the file is missing"))
+            if not chunk.loss_noted:  # (once, however often the flush is retried)
+                chunk.loss_noted = True
+                self._lost(JournalLoss(chunk.segment, chunk.batches, True, "the file is missing"))
             return []
-        if len(contents.records) < chunk.batches:  # retrying cannot bring them back
+        if len(contents.records) < chunk.batches and not chunk.loss_noted:
+            # Retrying cannot bring them back: said once, however often the flush is retried.
+            chunk.loss_noted = True
             where = "; ".join(contents.damaged) or f"{contents.tail} bytes at its end damaged"
             self._lost(
                 JournalLoss(chunk.segment, chunk.batches - len(contents.records), True, where)
             )
+            self._keep_damaged(chunk.segment)
             log.error(
                 "journal segment %s lost %d of its %d requests on disk after they were "
                 "acknowledged; storing the %d that can be read",
@@ -599,9 +656,11 @@ class Writer:
         if not refused:
             raise failure
         dead: list[JournalRecord] = []
+        written: list[JournalRecord] = []
         for index, reason in refused:
             record = records[index]
-            self.dead_letters.put(segment, record, reason)
+            if self.dead_letters.put(segment, record, reason):
+                written.append(record)
             dead.append(record)
             log.error(
                 "journal segment %012d, request %d (%d %s records) cannot be stored and was "
@@ -615,7 +674,14 @@ class Writer:
             )
         doomed = {index for index, _ in refused}
         keep = [r for i, r in enumerate(records) if i not in doomed]
-        self._insert([r.tables for r in keep], segment, _SLICE_BYTES)
+        try:
+            self._insert([r.tables for r in keep], segment, _SLICE_BYTES)
+        except StoreError:
+            # Retried later from the start, when the records may all go in after all: a dead
+            # letter must never stand for a record that is also stored.
+            for record in written:
+                self.dead_letters.withdraw(segment, record)
+            raise
         return _by_signal(dead)
 
     def _refused(self, records: list[JournalRecord]) -> list[tuple[int, str]]:
@@ -671,9 +737,7 @@ class Writer:
                 self._depth -= sum(p.records for p in group)
                 self._cond.notify_all()
         for pending in group:
-            if error is None:
-                self.telemetry.accepted(pending.batch.signal, pending.batch.accepted)
-            else:
+            if error is not None:  # (accepted ones were counted as they were journaled)
                 self.telemetry.failed(pending.batch.signal, pending.batch.accepted)
             pending.finish(error)
         if error is None and self.on_commit is not None:
@@ -822,7 +886,7 @@ class Writer:
         if not force and (
             self._applied_segment <= self._checkpointed_segment
             or (
-                self._unchecked_bytes < CHECKPOINT_BYTES
+                self._unchecked_bytes < min(CHECKPOINT_BYTES, self.disk_budget // 8)
                 and time.monotonic() - self._checkpointed_at < CHECKPOINT_INTERVAL_S
             )
         ):
