@@ -281,7 +281,7 @@ def test_queries_beyond_sql_max_concurrent_wait_their_turn(daemon_factory: Any) 
     sent = time.monotonic()
     thread = threading.Thread(target=first)
     thread.start()
-    time.sleep(0.5)
+    time.sleep(1.0)  # (the first is in its slot by then; the API shows no running queries)
     second = daemon.api.post("/sql", {"sql": "SELECT 1 AS one"})
     waited = time.monotonic() - sent
     thread.join()
@@ -396,7 +396,10 @@ def test_a_flush_without_memory_stops_the_queries_holding_it_and_stores_its_reco
 
     query = threading.Thread(target=long_query)
     query.start()
-    time.sleep(0.5)  # (running by now)
+    deadline = time.monotonic() + 30
+    while not readers._running:  # (the query runs, holding its reader, before the flush)
+        assert time.monotonic() < deadline, "the query never started"
+        time.sleep(0.01)
     # The flush's insert finds no memory once, as when the query holds it.
     insert_rows = writer._insert_rows
     failures = [duckdb.OutOfMemoryException("Out of Memory Error: could not allocate block")]
