@@ -218,8 +218,9 @@ class Settings:
 
     max_attribute_value_size: str = "64KiB"
     """Largest string or bytes attribute value stored (of any record, resource or scope, also
-    inside arrays and kvlists); a longer one is cut to this size, ending with
-    ``…[truncated N bytes]``, and the client is told in ``partial_success``."""
+    inside arrays and kvlists), and largest name, message or other string field; a longer one is
+    cut to this size, ending with ``…[truncated N bytes]``, and the client is told in
+    ``partial_success``."""
 
     max_attributes_size: str = "1MiB"
     """Largest attributes of one record as stored JSON; attributes that do not fit are dropped,

@@ -171,6 +171,156 @@ def test_within_the_limits_the_slow_path_stores_what_the_fast_one_does() -> None
 
 
 # ---------------------------------------------------------------------------------------------
+# Other strings: names, messages, trace states, units, schema URLs...
+
+
+def rows_of(table: Any) -> list[dict[str, Any]]:
+    """A table's rows, but for its times (1 ns past 1970 has no ``datetime``)."""
+    names = [f.name for f in table.schema if f.type != "timestamp[ns]"]
+    rows: list[dict[str, Any]] = table.select(names).to_pylist()
+    return rows
+
+
+def cut_note(what: str, records: int = 1, noun: str = "span") -> str:
+    counted = f"{records} {noun}s" if records > 1 else f"1 {noun}"
+    return f"{counted}: {what} longer than 1024 bytes; cut (max_attribute_value_size)"
+
+
+def test_a_long_span_name_status_message_and_scope_name_are_cut_and_the_spans_kept() -> None:
+    name = "é" * 3000 + "z"  # two bytes a character: the limit falls inside one
+    message = "boom " * 1000
+    scope_name = "s" * 5000
+    request = trace_request(spans=3, attributes=key_values({"http.route": "/a", "n": 1}))
+    scope_spans = request.resource_spans[0].scope_spans[0]
+    scope_spans.scope.name = scope_name  # shared by the three spans
+    scope_spans.scope.version = "1.2.3"
+    long_span, exact_span = scope_spans.spans[1], scope_spans.spans[2]
+    long_span.name = name
+    long_span.status.code = 2
+    long_span.status.message = message
+    long_span.kind = 2
+    long_span.events.add(time_unix_nano=1_500, name="retry")
+    exact_span.name = "a" * 1024  # at the limit: kept whole
+    batch = decode_traces(request, SMALL)
+
+    rows = rows_of(batch.tables["spans"])
+    assert [row["span_id"] for row in rows] == [f"{i:016x}" for i in (1, 2, 3)]
+    assert_cut(rows[1]["name"], name, 1024)
+    assert rows[1]["name"].startswith("é" * 400)
+    assert_cut(rows[1]["status_message"], message, 1024)
+    assert (rows[0]["name"], rows[2]["name"]) == ("op-0", "a" * 1024)
+    assert (rows[1]["status_code"], rows[1]["kind"]) == ("ERROR", "SERVER")
+    for row in rows:
+        assert_cut(row["scope_name"], scope_name, 1024)
+        assert row["scope_version"] == "1.2.3"
+        assert json.loads(row["attributes"]) == {"http.route": "/a", "n": 1}
+        assert row["http_route"] == "/a"
+        assert row["duration_ns"] == 1_000
+    # The span's name, repeated by its event, is cut the same (and noted once, for the span).
+    event = rows_of(batch.tables["span_events"])[0]
+    assert (event["span_name"], event["name"]) == (rows[1]["name"], "retry")
+    assert (batch.accepted, batch.rejected) == (3, 0)
+    assert batch.problems == [
+        cut_note("name"),
+        cut_note("status message"),
+        cut_note("scope name", 3),
+    ]
+
+
+def test_long_event_names_and_trace_states_are_cut() -> None:
+    request = trace_request(spans=2)
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    span.trace_state = "vendor=" + "v" * 2000
+    span.events.add(time_unix_nano=1_500, name="e" * 2000).attributes.extend(
+        key_values({"ok": "yes"})
+    )
+    span.events.add(time_unix_nano=1_600, name="short")
+    span.links.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, trace_state="t=" + "t" * 2000)
+    batch = decode_traces(request, SMALL)
+
+    spans = rows_of(batch.tables["spans"])
+    assert_cut(spans[0]["trace_state"], "vendor=" + "v" * 2000, 1024)
+    assert spans[1]["trace_state"] is None
+    events = rows_of(batch.tables["span_events"])
+    assert_cut(events[0]["name"], "e" * 2000, 1024)
+    assert json.loads(events[0]["attributes"]) == {"ok": "yes"}
+    assert events[1]["name"] == "short"
+    assert batch.tables["span_events"]["time"].cast("int64").to_pylist() == [1_500, 1_600]
+    link = batch.tables["span_links"].to_pylist()[0]
+    assert_cut(link["trace_state"], "t=" + "t" * 2000, 1024)
+    assert link["linked_span_id"] == "02" * 8
+    assert batch.accepted == 2
+    assert batch.problems == [
+        cut_note("trace_state"),
+        cut_note("event name"),
+        cut_note("link trace_state"),
+    ]
+
+
+def test_long_log_severity_text_event_name_and_schema_url_are_cut() -> None:
+    severity = "WARN" * 1000
+    url = "https://example.com/" + "p" * 3000
+    request = logs_with_bodies(any_value("first"), any_value("second"))
+    resource_logs = request.resource_logs[0]
+    resource_logs.schema_url = url
+    first, second = resource_logs.scope_logs[0].log_records
+    first.severity_text = severity
+    first.severity_number = 13
+    first.event_name = "click." * 500
+    first.attributes.extend(key_values({"user": "u1"}))
+    second.severity_text = "INFO"
+    batch = decode_logs(request, 5, SMALL)
+
+    rows = rows_of(batch.tables["logs"])
+    assert_cut(rows[0]["severity_text"], severity, 1024)
+    assert_cut(rows[0]["event_name"], "click." * 500, 1024)
+    assert (rows[0]["severity_number"], rows[0]["body"]) == (13, "first")
+    assert json.loads(rows[0]["attributes"]) == {"user": "u1"}
+    assert (rows[1]["severity_text"], rows[1]["body"], rows[1]["event_name"]) == (
+        "INFO",
+        "second",
+        None,
+    )
+    for row in rows:
+        assert_cut(row["resource_schema_url"], url, 1024)
+    assert batch.problems == [
+        cut_note("severity text", noun="log record"),
+        cut_note("event name", noun="log record"),
+        cut_note("resource schema_url", 2, noun="log record"),
+    ]
+
+
+def test_long_metric_name_description_and_unit_are_cut_for_each_point() -> None:
+    name = "http.server." + "n" * 2000
+    description = "How long " * 300
+    request = ExportMetricsServiceRequest()
+    scope = request.resource_metrics.add().scope_metrics.add()
+    metric = scope.metrics.add(name=name, description=description, unit="ms" * 600)
+    metric.gauge.data_points.add(time_unix_nano=1, as_int=3)
+    metric.gauge.data_points.add(time_unix_nano=2, as_double=4.5)
+    scope.metrics.add(name="m" * 3000)  # no data: noted with its name shortened
+    scope.metrics.add(name="plain", unit="s").sum.data_points.add(time_unix_nano=3, as_int=7)
+    batch = decode_metrics(request, SMALL)
+
+    table = batch.tables["metric_points"]
+    rows = table.select(["metric_name", "description", "unit", "value"]).to_pylist()
+    for row in rows[:2]:
+        assert_cut(row["metric_name"], name, 1024)
+        assert_cut(row["description"], description, 1024)
+        assert_cut(row["unit"], "ms" * 600, 1024)
+    assert [row["value"] for row in rows] == [3, 4.5, 7]
+    assert table["timestamp"].cast("int64").to_pylist() == [1, 2, 3]
+    assert (rows[2]["metric_name"], rows[2]["description"], rows[2]["unit"]) == ("plain", None, "s")
+    assert batch.accepted == 3
+    assert batch.problems == [
+        f"1 data point: metric {'m' * 60 + '…'!r} has no data; nothing stored for it",
+        cut_note("metric name", 2, noun="data point"),
+        cut_note("metric description", 2, noun="data point"),
+        cut_note("metric unit", 2, noun="data point"),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
 # Events and links
 
 

@@ -98,6 +98,43 @@ def test_grpc_span_with_a_16mib_attribute_is_stored_cut(daemon: RunningDaemon) -
         exporter.shutdown()
 
 
+def test_grpc_span_with_a_16mib_name_is_stored_cut_with_the_rest_of_its_request(
+    daemon: RunningDaemon,
+) -> None:
+    # Before names were bounded, the span was acknowledged, then DuckDB refused the flush and
+    # the whole request went to the dead letters.
+    name = "n" * (16 * MiB)
+    exporter = GrpcSpanExporter(endpoint=daemon.grpc_endpoint, insecure=True, timeout=60)
+    recorder = ResponseRecorder(exporter._client)
+    exporter._client = recorder
+    try:
+        spans = [
+            sdk_span("before-huge-name", {"n": 1}),
+            sdk_span(name, {"http.route": "/upload"}),
+            sdk_span("after-huge-name", {"n": 2}),
+        ]
+        assert exporter.export(spans) == SpanExportResult.SUCCESS
+        partial = recorder.responses[0].partial_success
+        assert (partial.rejected_spans, partial.error_message) == (
+            0,
+            "1 span: name longer than 65536 bytes; cut (max_attribute_value_size)",
+        )
+        rows = daemon.sql(
+            "SELECT name, http_route, service_name FROM spans "
+            "WHERE service_name = 'limits-test' ORDER BY start_time"
+        )
+        assert [row["name"] for row in rows[::2]] == ["before-huge-name", "after-huge-name"]
+        stored = rows[1]["name"]
+        kept = stored.split("…")[0]
+        assert kept == "n" * len(kept) and len(stored.encode()) <= VALUE_LIMIT
+        assert stored.endswith(f"…[truncated {len(name) - len(kept)} bytes]")
+        assert rows[1]["http_route"] == "/upload"  # the rest of the span as sent
+        assert daemon.status()["storage"]["dead_letters"]["requests"] == 0
+        assert_ingest_goes_on(daemon, exporter.export, "after-huge-name-request")
+    finally:
+        exporter.shutdown()
+
+
 def test_http_span_with_a_19mib_attribute_is_stored_cut(daemon: RunningDaemon) -> None:
     blob = "x" * (19 * MiB)  # and a little protobuf around it: within the 20 MiB default
     answers: list[requests.Response] = []

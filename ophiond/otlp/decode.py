@@ -20,7 +20,9 @@ year 2262) are rejected one by one and counted, so the rest of the request is st
 the client gets a ``partial_success`` answer. Values past the limits (``limits.py``) are stored
 cut, with a marker, and noted in the same answer: a record whose attribute JSON is longer than
 a quarter of a limit, or that nests too deep, is read again by ``values.ValueBounds``; the
-others pay one ``len`` per attribute list.
+others pay one ``len`` per attribute list. The other strings (names, messages, units...) are
+not measured one by one: each such column of the finished table is, in one C pass at most
+(:meth:`_Rows.table`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from ophiond.errors import OphionError
-from ophiond.otlp.limits import DEFAULT_LIMITS, MAX_NESTING, IngestLimits, prune_deep_values
+from ophiond.otlp.limits import (
+    DEFAULT_LIMITS,
+    MAX_NESTING,
+    IngestLimits,
+    cut_long_strings,
+    prune_deep_values,
+)
 from ophiond.otlp.values import (
     TooDeep,
     ValueBounds,
@@ -42,6 +50,7 @@ from ophiond.otlp.values import (
     attributes_json,
     encode_chunks,
     json_double,
+    shown,
     to_json,
 )
 
@@ -358,8 +367,8 @@ class _Problems:
         self.rejected += 1
         self.note(reason)
 
-    def note(self, reason: str) -> None:
-        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+    def note(self, reason: str, records: int = 1) -> None:
+        self.reasons[reason] = self.reasons.get(reason, 0) + records
 
     def messages(self, noun: str) -> list[str]:
         out = []
@@ -412,6 +421,77 @@ def _origin(resource_message: Any, scope_message: Any, bounds: ValueBounds) -> t
     )
 
 
+# The string columns whose values are bounded as they are read: ids are the hex of a fixed
+# number of bytes, enums are names, a log body has its own limit, the hot columns and service
+# names are attribute values (cut), and the attribute JSON (also metadata and exemplars) is
+# bounded value by value by ValueBounds (cutting the text would break the JSON). Every other
+# string column is checked as a whole once the table is built (_Rows.table), so that a column
+# added to a schema is bounded without anyone thinking of it.
+_BOUNDED_AS_READ = frozenset(
+    {
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "linked_trace_id",
+        "linked_span_id",
+        "kind",
+        "status_code",
+        "body_type",
+        "metric_type",
+        "temporality",
+        "body",
+        "http_method",
+        "http_route",
+        "db_system",
+        "service_name",
+        "attributes",
+        "resource_attributes",
+        "scope_attributes",
+        "metadata",
+        "exemplars",
+    }
+)
+
+# How the client's note names the field of a checked column (by default, the column's name).
+# None: a copy of a field noted in another table (a span's name, repeated by its events), cut
+# the same way without a note of its own.
+_FIELD_NAMES: dict[tuple[str, str], str | None] = {
+    ("spans", "status_message"): "status message",
+    ("span_events", "span_name"): None,
+    ("span_events", "name"): "event name",
+    ("span_links", "trace_state"): "link trace_state",
+    ("logs", "severity_text"): "severity text",
+    ("logs", "event_name"): "event name",
+    ("metric_points", "metric_name"): "metric name",
+    ("metric_points", "description"): "metric description",
+    ("metric_points", "unit"): "metric unit",
+}
+_ORIGIN_FIELD_NAMES = {
+    "resource_schema_url": "resource schema_url",
+    "scope_name": "scope name",
+    "scope_version": "scope version",
+    "scope_schema_url": "scope schema_url",
+}
+_CHECKED: dict[str, list[tuple[int, str | None]]] = {}
+
+
+def _checked_columns(name: str, schema: pa.Schema) -> list[tuple[int, str | None]]:
+    """(position, field name for the note) of each column of table ``name`` that
+    :meth:`_Rows.table` checks for values past ``max_attribute_value_size``."""
+    checked = _CHECKED.get(name)
+    if checked is None:
+        import pyarrow as pa
+
+        checked = []
+        for i, f in enumerate(schema):
+            value_type = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
+            if pa.types.is_string(value_type) and f.name not in _BOUNDED_AS_READ:
+                default = _ORIGIN_FIELD_NAMES.get(f.name, f.name)
+                checked.append((i, _FIELD_NAMES.get((name, f.name), default)))
+        _CHECKED[name] = checked
+    return checked
+
+
 class _Rows:
     """One table being filled.
 
@@ -442,8 +522,10 @@ class _Rows:
         self.origins.append(origin)
         self.run_starts.append(len(self))
 
-    def table(self) -> pa.Table:
-        """The records as an Arrow table with exactly the store's schema."""
+    def table(self, limit: int, note: Callable[[str, int], None]) -> pa.Table:
+        """The records as an Arrow table with exactly the store's schema, each string not
+        bounded as it was read cut to ``limit`` bytes; ``note`` (reason, records) tells the
+        client what was cut."""
         import pyarrow as pa
 
         values, width, fields = self.values, self.width, list(self.schema)
@@ -460,7 +542,20 @@ class _Rows:
                     for origin, count in zip(self.origins, counts, strict=True)
                 ]
                 arrays.append(pa.concat_arrays(runs) if runs else pa.array([], type=f.type))
-        return pa.Table.from_arrays(arrays, schema=self.schema)
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
+        # Measured here, a column at a time, rather than as each field is read: nearly every
+        # column's buffers are smaller than the limit, which answers for all of its values.
+        for i, field_name in _checked_columns(self.name, self.schema):
+            cut = cut_long_strings(table.column(i), limit)
+            if cut is not None:
+                column, records = cut
+                table = table.set_column(i, fields[i], column)
+                if field_name is not None:
+                    note(
+                        f"{field_name} longer than {limit} bytes; cut (max_attribute_value_size)",
+                        records,
+                    )
+        return table
 
     def _dictionary_column(self, j: int, counts: list[int], type_: pa.DataType) -> pa.Array:
         """Origin column ``j`` with one dictionary entry per run: the resource attributes of a
@@ -638,11 +733,12 @@ def decode_traces(
                                 service,
                             )
                         )
-    tables = {"spans": spans.table()}
+    limit, note = limits.attribute_value_size, problems.note
+    tables = {"spans": spans.table(limit, note)}
     if len(events):
-        tables["span_events"] = events.table()
+        tables["span_events"] = events.table(limit, note)
     if len(links):
-        tables["span_links"] = links.table()
+        tables["span_links"] = links.table(limit, note)
     return DecodedBatch(
         Signal.TRACES, tables, len(spans), problems.rejected, problems.messages("span")
     )
@@ -726,7 +822,7 @@ def decode_logs(
                 )
     return DecodedBatch(
         Signal.LOGS,
-        {"logs": logs.table()},
+        {"logs": logs.table(limits.attribute_value_size, problems.note)},
         len(logs),
         problems.rejected,
         problems.messages("log record"),
@@ -853,7 +949,7 @@ def decode_metrics(
             for metric in scope_metrics.metrics:
                 data_kind = metric.WhichOneof("data")
                 if data_kind is None:
-                    problems.note(f"metric {metric.name!r} has no data; nothing stored for it")
+                    problems.note(f"metric {shown(metric.name)} has no data; nothing stored for it")
                     continue
                 metric_type, point_fields = _METRIC_KINDS[data_kind]
                 data = getattr(metric, data_kind)
@@ -900,7 +996,7 @@ def decode_metrics(
                     )
     return DecodedBatch(
         Signal.METRICS,
-        {"metric_points": points.table()},
+        {"metric_points": points.table(limits.attribute_value_size, problems.note)},
         len(points),
         problems.rejected,
         problems.messages("data point"),

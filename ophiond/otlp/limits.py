@@ -10,14 +10,19 @@ drops what is past a count limit as the OpenTelemetry SDKs do (and counts it in 
 protobuf parser's own depth limit caps it anyway.
 
 The decoder checks sizes on the JSON text it builds for each record anyway (one ``len`` per
-attribute list), so records within the limits pay nothing per value; this module holds the
-parts that only run for records past a limit.
+attribute list), so records within the limits pay nothing per value. The other strings (a span's
+name, a status message, a metric's unit...) are checked once the request's Arrow tables are
+built, a column at a time (:func:`cut_long_strings`), not field by field. This module holds
+that check and the parts that only run for records past a limit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # Arrays and kvlists inside one another, at most; a deeper one is stored as NESTED_MARKER.
 # Real attribute values nest a few levels; protobuf's parser refuses a whole request from
@@ -72,6 +77,53 @@ def cut_bytes(raw: bytes, limit: int) -> str | None:
         return None
     keep = max(limit - len(truncation_marker(len(raw)).encode()), 0)
     return base64.b64encode(raw[:keep]).decode() + truncation_marker(len(raw) - keep)
+
+
+def cut_long_strings(column: pa.ChunkedArray, limit: int) -> tuple[pa.ChunkedArray, int] | None:
+    """``column`` (strings, or a dictionary of strings) with each value past ``limit`` UTF-8
+    bytes cut as :func:`cut_text` cuts it, and the number of records changed; ``None`` when
+    every value fits.
+
+    A column whose buffers hold at most ``limit`` bytes in all cannot hold a longer value, so
+    nearly every column is answered without a pass over it; the others take one C pass (the
+    longest value), and only a column with a value past the limit is rebuilt.
+    """
+    if column.get_total_buffer_size() <= limit:
+        return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    chunks: list[pa.Array] = []
+    changed = 0
+    for chunk in column.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            # A run's value is one dictionary entry, however many records repeat it.
+            cut = _cut_values(chunk.dictionary, limit)
+            if cut is not None:
+                dictionary, long = cut
+                changed += pc.sum(pc.take(long, chunk.indices)).as_py() or 0
+                chunk = pa.DictionaryArray.from_arrays(chunk.indices, dictionary)
+        else:
+            cut = _cut_values(chunk, limit)
+            if cut is not None:
+                chunk, long = cut
+                changed += pc.sum(long).as_py() or 0
+        chunks.append(chunk)
+    return (pa.chunked_array(chunks, column.type), changed) if changed else None
+
+
+def _cut_values(values: pa.Array, limit: int) -> tuple[pa.Array, pa.Array] | None:
+    """(``values`` with the strings past ``limit`` bytes cut, which ones were) or ``None``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lengths = pc.binary_length(values)
+    longest = pc.max(lengths).as_py()
+    if longest is None or longest <= limit:
+        return None
+    long = pc.fill_null(pc.greater(lengths, limit), False)
+    cut = [cut_text(values[int(i)].as_py(), limit) for i in pc.indices_nonzero(long).to_pylist()]
+    return pc.replace_with_mask(values, long, pa.array(cut, values.type)), long
 
 
 # ---------------------------------------------------------------------------------------------

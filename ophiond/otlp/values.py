@@ -121,8 +121,8 @@ def attributes_json(key_values: Iterable[Any], fits: int) -> str | None:
     return text if len(text) <= fits else None
 
 
-def _shown(key: str) -> str:
-    """An attribute key as a message names it (a key can be as long as a value)."""
+def shown(key: str) -> str:
+    """An attribute key or a name as a message shows it (either can be as long as a value)."""
     return repr(key) if len(key) <= 60 else repr(key[:60] + "…")
 
 
@@ -167,7 +167,7 @@ class ValueBounds:
         size = self.limits.attribute_value_size
         cuts: dict[str, None] = {}  # the reasons, once each, in order
         values = {
-            kv.key: self.value(kv.value, size, f"{what} {_shown(kv.key)}", cuts, 0)
+            kv.key: self.value(kv.value, size, f"{what} {shown(kv.key)}", cuts, 0)
             for kv in key_values
         }
         for reason in cuts:  # once per record, however many of its values were cut
