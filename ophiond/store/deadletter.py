@@ -28,6 +28,7 @@ from ophiond.store.journal import (
     header_of,
     pack,
     single_record,
+    sync_directory,
     unpack,
     write_all,
 )
@@ -106,11 +107,7 @@ class DeadLetters:
             finally:
                 os.close(fd)
             os.replace(scratch, path)
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            sync_directory(self.directory)
         except OSError as e:
             with contextlib.suppress(OSError):
                 scratch.unlink()

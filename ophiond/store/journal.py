@@ -196,6 +196,15 @@ def encode_record(signal: str, records: int, streams: Mapping[str, bytes | memor
     return Frame(pack({"signal": signal, "records": records}, streams))
 
 
+def sync_directory(directory: Path) -> None:
+    """Make the names in ``directory`` durable (a file just created or renamed there)."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def write_all(fd: int, parts: list[bytes | memoryview]) -> None:
     """``writev`` every buffer, going on after short writes."""
     views = [memoryview(p).cast("B") for p in parts if len(p)]
@@ -285,11 +294,7 @@ class Journal:
             )
             write_all(fd, [start, struct.pack("<I", zlib.crc32(start))])
             os.fdatasync(fd)
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            sync_directory(self.directory)
         except OSError as e:
             if fd is not None:
                 os.close(fd)
