@@ -5,17 +5,21 @@ who it is (see docs/architecture.md, "Slow and greedy clients"):
 
 - Time. The request line and headers must arrive within ``client_header_timeout`` of the
   connection opening (on a kept-alive connection, of the request's first byte); a body within
-  ``client_body_timeout`` plus one second per ``client_body_min_rate`` bytes received, like
-  Apache's mod_reqtimeout (``body=20,MinRate=500``); no read waits more than 30 s. A late
-  client is answered 408 and disconnected. All reads go through :class:`RequestReader`, which
-  gives each ``recv`` only the time left, so trickling a byte at a time does not stretch it.
+  ``client_body_timeout`` plus one second per ``client_body_min_rate`` bytes received, and
+  within six times ``client_body_timeout`` in all, like Apache's mod_reqtimeout
+  (``body=20-120,MinRate=500``); no read waits more than 30 s. A late client is answered 408
+  and disconnected. All reads go through :class:`RequestReader`, which gives each ``recv``
+  only the time left, so trickling a byte at a time does not stretch it.
 - Connections. At most 256 per server and ``max_connections_per_address`` per client address.
   At a cap, the connection that has waited longest for its next request is closed to make
   room (as nginx reuses idle keep-alive connections); only when none waits is the new one
-  closed. The listen backlog holds 1,024 connections, so a burst of refused ones does not
-  crowd out other clients' connection attempts.
+  closed. A connection whose next request has arrived, read or not, does not wait. The listen
+  backlog holds 1,024 connections, so a burst of refused ones does not crowd out other
+  clients' connection attempts.
 - Memory. :class:`BodyBudget` bounds the bytes of request bodies held at once, in all and per
-  client address (the OTLP receiver reads a whole body before it takes a decode slot).
+  client address (the OTLP receiver reads a whole body before it takes a decode slot). A body
+  counts the bytes it has received, not the length it claims, and when the budget is full the
+  body arriving slowest is cut off, so slow clients cannot keep the budget from fast ones.
 
 A stop does not wait for clients: connections that have not finished sending their request are
 shut at once, and busy ones close right after their answer.
@@ -23,12 +27,16 @@ shut at once, and busy ones close right after their answer.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
 import re
 import socket
+import struct
+import termios
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
 from enum import Enum
@@ -57,6 +65,11 @@ IDLE_TIMEOUT_S = 30.0
 _READ_BUFFER = 64 * 1024
 _DIGITS = re.compile(r"[0-9]+")
 _WARNING_INTERVAL_S = 60.0
+# The longest a body may take in all, as a multiple of client_body_timeout (mod_reqtimeout's
+# maxtimeout: body=20-120). Without it the minimum rate alone lets a client that sends exactly
+# 500 bytes a second hold its connection for 11.6 hours with a 20 MiB body; the SDKs' own
+# export timeouts (10 s by default, 30 s in the Collector) give up long before two minutes.
+BODY_CEILING_FACTOR = 6
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,11 @@ class ClientLimits:
     max_per_address: int
     idle_timeout: float = IDLE_TIMEOUT_S
     max_connections: int = MAX_CONNECTIONS
+
+    @property
+    def body_max_time(self) -> float:
+        """The longest a body may take, however steadily it comes."""
+        return self.body_timeout * BODY_CEILING_FACTOR
 
 
 class Phase(Enum):
@@ -103,6 +121,14 @@ class RequestRefused(OphionError):
     def __init__(self, status: HTTPStatus, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class BodyRefused(RequestRefused):
+    """A body refused, or cut off while it arrived, because the :class:`BodyBudget` is full:
+    503, worth sending again later."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(HTTPStatus.SERVICE_UNAVAILABLE, message)
 
 
 @dataclass(frozen=True)
@@ -161,6 +187,7 @@ class RequestReader(io.RawIOBase):
         self._body_bytes = 0
         self.expired: RequestTimeout | None = None
         self.shut = False  # set before the server shuts the socket under the reader
+        self.cut_reason: str | None = None  # set when the body budget cuts the body off
 
     def readable(self) -> bool:
         return True
@@ -187,32 +214,47 @@ class RequestReader(io.RawIOBase):
             self.phase = Phase.ANSWERING
             self._sock.settimeout(self._limits.idle_timeout)  # for the writes of the answer
 
+    def cut(self, reason: str) -> None:
+        """Stop the body being read, from another thread: the handler's read returns at once
+        and raises :class:`BodyRefused`, and the handler can still answer."""
+        self.cut_reason = reason
+        try:
+            self._sock.shutdown(socket.SHUT_RD)  # wakes a recv waiting on the socket
+        except OSError:
+            pass  # the client closed it meanwhile
+
     def readinto(self, buffer: WriteableBuffer) -> int:
+        if self.cut_reason is not None:
+            raise BodyRefused(self.cut_reason)
         deadline = self._current_deadline()
         left = deadline - time.monotonic()
         if left <= 0:
             raise self._expire()
         self._sock.settimeout(min(left, self._limits.idle_timeout))
         try:
+            if self.phase is Phase.WAITING and self._sock.recv(1, socket.MSG_PEEK):
+                # A request has come: the connection is busy from now on, before its first
+                # bytes leave the socket's buffer (see _Connection.waiting).
+                self.phase = Phase.HEADERS
+                if self._kept_alive:
+                    self._deadline = time.monotonic() + self._limits.header_timeout
             received = self._sock.recv_into(buffer)
         except TimeoutError:
             raise self._expire(stalled=time.monotonic() < deadline) from None
+        if self.cut_reason is not None:
+            raise BodyRefused(self.cut_reason)
         if not received and self.shut:
             # Not the end of the request: a request cut short must not be taken as whole.
             raise ConnectionShut(f"the connection was closed while {self.phase.value}")
         if self.phase is Phase.BODY:
             self._body_bytes += received
-        elif self.phase is Phase.WAITING and received:
-            self.phase = Phase.HEADERS
-            if self._kept_alive:
-                self._deadline = time.monotonic() + self._limits.header_timeout
         return received
 
     def _current_deadline(self) -> float:
         limits = self._limits
         if self.phase is Phase.BODY:
-            allowed = limits.body_timeout + self._body_bytes / limits.body_min_rate
-            return self._body_started + allowed
+            earned = limits.body_timeout + self._body_bytes / limits.body_min_rate
+            return self._body_started + min(earned, limits.body_max_time)
         if self.phase is Phase.ANSWERING:
             return time.monotonic() + limits.idle_timeout
         return self._deadline
@@ -233,7 +275,9 @@ class RequestReader(io.RawIOBase):
             message = (
                 f"the request body came too slowly ({self._body_bytes} bytes in {elapsed:.0f} s): "
                 f"a body may take client_body_timeout ({limits.body_timeout:g} s) plus 1 s per "
-                f"client_body_min_rate ({limits.body_min_rate}) bytes received"
+                f"client_body_min_rate ({limits.body_min_rate}) bytes received, and "
+                f"{limits.body_max_time:g} s at most "
+                f"({BODY_CEILING_FACTOR} times client_body_timeout)"
             )
         self.expired = RequestTimeout(self.phase, message)
         return self.expired
@@ -325,7 +369,20 @@ class _Connection:
     handler: TrackedHandler | None = None
 
     def waiting(self) -> bool:
-        return self.handler is not None and self.handler.reader.phase is Phase.WAITING
+        """Idle: waiting for its next request, of which no byte has arrived.
+
+        Bytes in the socket's buffer that the handler has not read yet (its thread may not
+        have run since they came, on a busy host) are a request the client has sent: closing
+        the connection would drop it, so such a connection is busy.
+        """
+        if self.handler is None or self.handler.reader.phase is not Phase.WAITING:
+            return False
+        if _bytes_pending(self.sock):
+            return False
+        # The phase again, after the bytes: the reader leaves WAITING before it takes a
+        # request's first bytes from the buffer, so a connection seen with none pending and
+        # still WAITING afterwards has none in hand either.
+        return self.handler.reader.phase is Phase.WAITING
 
     def shut(self) -> None:
         if self.handler is not None:
@@ -334,6 +391,16 @@ class _Connection:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # the client closed it meanwhile
+
+
+def _bytes_pending(sock: socket.socket) -> int:
+    """Bytes received on ``sock`` that nothing has read yet (0 at the end of the stream)."""
+    try:
+        answer = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4)
+    except OSError:
+        return 0  # closed meanwhile: nothing to lose by closing it
+    pending: int = struct.unpack("i", answer)[0]
+    return pending
 
 
 class ClientNotices:
@@ -463,12 +530,57 @@ class TrackedServer(BaseServer):
                     connection.shut()
 
 
+class BodyHold:
+    """What one request's body holds of a :class:`BodyBudget`: the bytes received so far.
+
+    The handler calls :meth:`take` after each read, :meth:`received` once the body is whole,
+    and :meth:`release` when the request is done, whatever happened (in a ``finally``: the
+    budget may cut the body off through ``cut`` only until then, while its socket is open).
+    """
+
+    def __init__(self, budget: BodyBudget, address: str, cut: Callable[[str], None]) -> None:
+        self.address = address
+        self.held = 0
+        self.started = time.monotonic()
+        self.cut_reason: str | None = None
+        self._budget = budget
+        self._cut = cut
+
+    def take(self, size: int) -> None:
+        """Count ``size`` more bytes received; :class:`BodyRefused` when there is no room for
+        them, even after cutting off the bodies arriving more slowly than this one."""
+        self._budget._take(self, size)
+
+    def received(self) -> None:
+        """The whole body is in: it waits for a decode slot or its commit and is never cut off
+        now; :class:`BodyRefused` if it was cut off first."""
+        self._budget._received(self)
+
+    def release(self) -> None:
+        """Give back what the body holds."""
+        self._budget._release(self)
+
+    def rate(self, now: float, more: int = 0) -> float:
+        """Bytes per second received since the body began (with ``more`` bytes)."""
+        elapsed = now - self.started
+        return (self.held + more) / elapsed if elapsed > 0 else float("inf")
+
+    def _cut_off(self, reason: str) -> None:
+        self.cut_reason = reason
+        self._cut(reason)
+
+
 class BodyBudget:
     """Bytes of request bodies held at once, in all and per client address.
 
-    A request reserves its body's size before reading it and gives it back when it is done, so
-    the memory of bodies being received stays bounded however many clients send at once, and
-    one address cannot take the share of the others.
+    A body holds the bytes it has received, never the length it announces: a client trickling
+    a body holds only what it has sent, so a few of them claiming ``Content-Length: 20MiB``
+    cannot take the budget for hours. When a body's next bytes do not fit, the body arriving
+    slowest (fewest bytes per second since it began) among those still arriving from the same
+    address (at the per-address bound) or from any (at the total) is cut off, with a 503
+    worth retrying; if that is the one asking, it is refused itself. So a full budget costs
+    the slowest clients, not the fast exporters that come next. Whole bodies waiting for a
+    decode slot or their commit are never cut off.
     """
 
     def __init__(self, total: int, per_address: int) -> None:
@@ -476,29 +588,75 @@ class BodyBudget:
         self.per_address = per_address
         self._held = 0
         self._by_address: dict[str, int] = {}
+        self._receiving: set[BodyHold] = set()
         self._lock = threading.Lock()
 
-    def reserve(self, address: str, size: int) -> bool:
-        """Take ``size`` bytes for ``address``; False when that would pass a bound."""
+    def hold(self, address: str, cut: Callable[[str], None]) -> BodyHold:
+        """A new body from ``address``, holding nothing yet; ``cut(reason)`` stops it being
+        received when the budget cuts it off (from another request's thread)."""
+        hold = BodyHold(self, address, cut)
         with self._lock:
-            mine = self._by_address.get(address, 0)
-            if self._held + size > self.total or mine + size > self.per_address:
-                return False
-            self._held += size
-            self._by_address[address] = mine + size
-            return True
+            self._receiving.add(hold)
+        return hold
 
-    def release(self, address: str, size: int) -> None:
-        """Give back ``size`` bytes that ``address`` reserved."""
-        if not size:
-            return
+    def _take(self, hold: BodyHold, size: int) -> None:
         with self._lock:
-            self._held -= size
-            left = self._by_address[address] - size
-            if left:
-                self._by_address[address] = left
-            else:
-                del self._by_address[address]
+            while True:
+                if hold.cut_reason is not None:
+                    raise BodyRefused(hold.cut_reason)
+                mine = self._by_address.get(hold.address, 0)
+                if mine + size > self.per_address:
+                    bound = f"{self.per_address} bytes from one address"
+                    rivals = [h for h in self._receiving if h.address == hold.address]
+                elif self._held + size > self.total:
+                    bound = f"{self.total} bytes in all"
+                    rivals = list(self._receiving)
+                else:
+                    break
+                now = time.monotonic()
+                holders = [h for h in rivals if h is not hold and h.held]
+                slowest = min(holders, key=lambda h: h.rate(now), default=None)
+                if slowest is None or slowest.rate(now) >= hold.rate(now, size):
+                    hold.cut_reason = (
+                        f"too many request bodies being received at once ({bound}); retry later"
+                    )
+                    self._give_back(hold)
+                    raise BodyRefused(hold.cut_reason)
+                self._cut(slowest, now, bound)
+            hold.held += size
+            self._held += size
+            self._by_address[hold.address] = mine + size
+
+    def _cut(self, hold: BodyHold, now: float, bound: str) -> None:
+        elapsed = now - hold.started
+        reason = (
+            f"too many request bodies being received at once ({bound}): this one was cut off, "
+            f"arriving slowest ({hold.held} bytes in {elapsed:.0f} s); retry later"
+        )
+        self._give_back(hold)
+        hold._cut_off(reason)
+
+    def _received(self, hold: BodyHold) -> None:
+        with self._lock:
+            if hold.cut_reason is not None:
+                raise BodyRefused(hold.cut_reason)
+            self._receiving.discard(hold)
+
+    def _release(self, hold: BodyHold) -> None:
+        with self._lock:
+            self._give_back(hold)
+
+    def _give_back(self, hold: BodyHold) -> None:
+        self._receiving.discard(hold)
+        if not hold.held:
+            return
+        self._held -= hold.held
+        left = self._by_address[hold.address] - hold.held
+        if left:
+            self._by_address[hold.address] = left
+        else:
+            del self._by_address[hold.address]
+        hold.held = 0
 
 
 ServerT = TypeVar("ServerT", bound=TrackedServer)

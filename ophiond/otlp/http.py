@@ -7,8 +7,9 @@ encoding, 503 + Retry-After when the write queue is full or a commit failed (the
 those).
 
 A request's whole body is read before it takes one of the decode slots, so a slow client holds
-only its connection and the bytes it sent (bounded by :class:`~ophiond.serving.BodyBudget`),
-never a slot; the connection itself is bounded in time and number by ``ophiond.serving``.
+only its connection and the bytes it sent (counted as they arrive against
+:class:`~ophiond.serving.BodyBudget`, which cuts off the slowest body when it is full), never a
+slot; the connection itself is bounded in time and number by ``ophiond.serving``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from ophiond.errors import OphionError, StoreError
 from ophiond.otlp.compression import GzipRefused, gunzip
 from ophiond.otlp.decode import InvalidPayload, Signal, encode_response
 from ophiond.otlp.ingest import Ingest, QueueFull, WriterStopped
+from ophiond.otlp.limits import _varint
 from ophiond.serving import (
     BodyBudget,
+    BodyHold,
+    BodyRefused,
     ClientLimits,
     ConnectionShut,
     RequestRefused,
@@ -52,6 +56,7 @@ _UNIMPLEMENTED, _INTERNAL, _UNAVAILABLE, _UNAUTHENTICATED = 12, 13, 14, 16
 _STATUS_CODES = {
     HTTPStatus.REQUEST_TIMEOUT: _DEADLINE_EXCEEDED,
     HTTPStatus.NOT_IMPLEMENTED: _UNIMPLEMENTED,
+    HTTPStatus.SERVICE_UNAVAILABLE: _UNAVAILABLE,
 }
 # Retry-After is spread over a few seconds: SDKs that honour it would otherwise all come back
 # at the same instant and find the queue full again.
@@ -59,13 +64,15 @@ _RETRY_AFTER_S = (1, 3)
 _HEX_RE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 # Requests decoded at once; beyond this the receiver answers 503 instead of piling up memory.
 _MAX_CONCURRENT = 64
-# Bytes of request bodies held at once (being received, or waiting for a slot or their
-# commit), as multiples of max_request_size: in all, and from one client address.
+# Bytes of request bodies held at once (received so far, or whole and waiting for a slot or
+# their commit), as multiples of max_request_size: in all, and from one client address.
 _BODY_BUDGET = 8
 _BODY_BUDGET_PER_ADDRESS = 2
 # A rejected oversized body is read and discarded up to this many times the limit, so the
 # client sees the 413 instead of a reset connection; past it the connection is just closed.
 _DRAIN_FACTOR = 4
+# Bytes of a body read (and counted in the body budget) at a time.
+_READ_SIZE = 64 * 1024
 
 
 class _Reply(Exception):
@@ -85,24 +92,12 @@ def _status_body(code: int, message: str, as_json: bool) -> bytes:
     return b"\x08" + _varint(code) + b"\x12" + _varint(len(text)) + text
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 class _Handler(TrackedHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ophiond"
     server: _Server
     as_json = False  # the request's encoding, which its error answers use too
-    reserved = 0  # bytes of the body budget this request holds
+    body_hold: BodyHold  # what the request's body holds of the server's body budget
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         if log.isEnabledFor(logging.DEBUG):
@@ -119,10 +114,11 @@ class _Handler(TrackedHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         self.as_json = False
-        self.reserved = 0
+        self.body_hold = self.server.bodies.hold(self.client_address[0], self.reader.cut)
         try:
             signal = self._check_headers()
             raw = self._read_body()
+            self.body_hold.received()
             self.request_received()
             # The slot is taken only now that the whole body is here: however slowly a client
             # sends, it never holds one.
@@ -141,6 +137,12 @@ class _Handler(TrackedHandler):
             self._error(reply, self.as_json)
         except RequestTimeout as e:
             self.refuse(HTTPStatus.REQUEST_TIMEOUT, e.message)
+        except BodyRefused as e:
+            self.server.notices.warn(
+                "BODY_BUDGET",
+                f"OTLP/HTTP: refused a request body from {self.client_address[0]}: {e.message}",
+            )
+            self.refuse(e.status, e.message)
         except ConnectionShut:
             self.close_connection = True  # by the server itself: nothing to answer
         except RequestRefused as e:
@@ -160,7 +162,7 @@ class _Handler(TrackedHandler):
             log.warning("OTLP/HTTP request from %s failed: %s", self.client_address[0], e)
             self.close_connection = True
         finally:
-            self.server.bodies.release(self.client_address[0], self.reserved)
+            self.body_hold.release()
 
     def _check_headers(self) -> Signal:
         """What can be refused before the body is read: path, ingest key, media type."""
@@ -208,13 +210,27 @@ class _Handler(TrackedHandler):
         if length > limit:
             self._discard(length)
             raise self._too_large(limit)
-        self._reserve(length)
-        raw = self.rfile.read(length)
+        raw = self._receive(length)
         if len(raw) < length:
             raise _Reply(
                 HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "body shorter than Content-Length", True
             )
         return raw
+
+    def _receive(self, size: int) -> bytes:
+        """Up to ``size`` bytes of the body (fewer if the client stops), each read counted in
+        the body budget as it arrives: the length a client announces takes nothing, so a slow
+        client holds only what it has sent."""
+        parts = []
+        left = size
+        while left:
+            part = self.rfile.read1(min(left, _READ_SIZE))
+            if not part:
+                break
+            self.body_hold.take(len(part))
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts)
 
     def _decompress(self, raw: bytes) -> bytes:
         if self._encoding() != "gzip":
@@ -227,17 +243,6 @@ class _Handler(TrackedHandler):
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _RESOURCE_EXHAUSTED, e.message
                 ) from None
             raise _Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, e.message) from None
-
-    def _reserve(self, size: int) -> None:
-        """Take ``size`` bytes of the body budget, or refuse the request for now (503)."""
-        if not self.server.bodies.reserve(self.client_address[0], size):
-            raise _Reply(
-                HTTPStatus.SERVICE_UNAVAILABLE,
-                _UNAVAILABLE,
-                "too many request bodies being received at once; retry later",
-                close=True,
-            )
-        self.reserved += size
 
     def _too_large(self, limit: int) -> _Reply:
         return _Reply(
@@ -280,8 +285,7 @@ class _Handler(TrackedHandler):
             total += size
             if total > limit or framing > limit:
                 raise self._too_large(limit)
-            self._reserve(size)
-            chunk = self.rfile.read(size)
+            chunk = self._receive(size)
             if len(chunk) != size:
                 raise _Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, "truncated chunk", True)
             parts.append(chunk)
