@@ -289,7 +289,9 @@ class Settings:
     client_body_timeout: str = "20s"
     """Time an HTTP client has to send a request body, plus one second for every
     ``client_body_min_rate`` bytes it has sent (Apache's ``RequestReadTimeout body=20,MinRate=500``);
-    a slower one is answered 408 and disconnected. No read waits more than 30 s either way."""
+    a slower one is answered 408 and disconnected. However fast it keeps coming, a body must
+    arrive within six times this (Apache's maximum, ``body=20-120``). No read waits more than
+    30 s either way."""
 
     client_body_min_rate: int = 500
     """Bytes of a request body that earn its client one more second past
