@@ -392,3 +392,38 @@ def test_a_screen_asks_once_when_shown_and_a_trace_keeps_its_tree_across_help() 
             assert screen.query_one(Tree).root.children[0].is_collapsed
 
     asyncio.run(scenario())
+
+
+def test_a_row_drawn_before_its_columns_are_measured_is_drawn_again_at_their_widths() -> None:
+    """Textual measures a table's columns when the table is next idle; a busy machine can draw
+    the screen before that (the first row is drawn at once, to show the cursor on it). Once the
+    columns are measured the row is drawn at their widths, not kept cut to the header's."""
+    from textual.app import App, ComposeResult
+
+    from ophion_cli.tui.screen import Table
+
+    class OneTable(App[None]):
+        # (As high as the screens' tables: one that grows with its rows is resized, and a
+        # resize draws it again anyway.)
+        CSS = "Table { height: 1fr; }"
+
+        def compose(self) -> ComposeResult:
+            yield Table(cursor_type="row")
+
+    async def scenario() -> None:
+        app = OneTable()
+        async with app.run_test(size=(60, 5)) as pilot:
+            table = app.query_one(Table)
+            table.add_column("service", key="service")
+            await pilot.pause()
+            table.add_row("checkout-service", key="checkout")
+            assert table.render_line(1).text.split() == ["checkou"]  # (the screen drawn now)
+            await until(pilot, lambda: table.columns["service"].content_width > len("service"))
+            assert table.render_line(1).text.split() == ["checkout-service"]
+            # The same when a refresh widens a cell in place.
+            table.update_cell("checkout", "service", "checkout-service-eu", update_width=True)
+            assert table.render_line(1).text.split() == ["checkout-service"]
+            await until(pilot, lambda: table.columns["service"].content_width > 16)
+            assert table.render_line(1).text.split() == ["checkout-service-eu"]
+
+    asyncio.run(scenario())

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from rich.text import Text
 from textual.css.query import NoMatches
 from textual.pilot import Pilot
 from textual.widgets import DataTable
@@ -30,13 +31,21 @@ def _app(down: bool = False) -> OphionTui:
 
 
 async def _settle(pilot: Pilot[None], ready: Callable[[], bool]) -> None:
-    """Wait until ``ready``, then until the screen stops changing: on a busy machine a column
-    can still be widening or a chart redrawing when the data is there."""
-    for _ in range(200):
-        if ready():
+    """Wait until ``ready``, the status bar has the daemon's first answer and the screen's
+    tables have measured their rows, then until the screen stops changing (what they set off
+    can still be on its way to the screen)."""
+    app = pilot.app
+    assert isinstance(app, OphionTui)
+    for _ in range(400):
+        if (
+            ready()
+            and (app.daemon_version or app.daemon_error is not None)
+            and all(_measured(table) for table in app.screen.query(DataTable))
+        ):
             break
         await pilot.pause(0.05)
-    await pilot.pause(0.2)
+    else:
+        raise AssertionError("the screen did not get ready")
     previous = pilot.app.export_screenshot()
     for _ in range(40):
         await pilot.pause(0.25)
@@ -54,12 +63,7 @@ def _open(
         # The services screen first, laid out with its rows: a screen pushed over it (help is
         # drawn over it) must not catch it half done when the machine is busy.
         await _settle(
-            pilot,
-            lambda: (
-                isinstance(app.screen, ServicesScreen)
-                and _rows(app.screen) == 3
-                and _widths_settled(app.screen)
-            ),
+            pilot, lambda: isinstance(app.screen, ServicesScreen) and _rows(app.screen) == 3
         )
         pushed = screen()
         if pushed is not None:
@@ -76,14 +80,18 @@ def _rows(screen: Any) -> int:
         return -1
 
 
-def _widths_settled(screen: Any) -> bool:
-    """The columns have been measured against their rows (not only their labels)."""
-    table = screen.query_one(DataTable)
-    return bool(table.columns["service"].content_width >= len("checkout"))
+def _measured(table: DataTable[Any]) -> bool:
+    """Each column is as wide as its widest cell: the table measured its rows (it does so when
+    next idle after they came), so the widths the snapshot shows are the final ones."""
+    for key, column in table.columns.items():
+        cells = (Text.from_markup(c) if isinstance(c, str) else c for c in table.get_column(key))
+        if any(cell.cell_len > column.content_width for cell in cells):
+            return False
+    return True
 
 
 CASES: dict[str, Callable[[Pilot[None]], Awaitable[None]]] = {
-    "services": _open(lambda: None, lambda s: _rows(s) == 3 and _widths_settled(s)),
+    "services": _open(lambda: None, lambda s: _rows(s) == 3),
     "traces": _open(lambda: TracesScreen(service="checkout"), lambda s: _rows(s) == 29),
     "trace": _open(lambda: TraceScreen(TRACE_ID), lambda s: bool(getattr(s, "nodes", None))),
     "logs": _open(LogsScreen, lambda s: _rows(s) == len(LOGS) and not s.incoming),
@@ -106,14 +114,14 @@ def test_logs_paused_with_a_search(snap_compare: Any) -> None:
         await CASES["logs"](pilot)
         await pilot.press("space")
         await pilot.press("slash", *"card", "enter")
-        await pilot.pause(0.3)
+        await _settle(pilot, lambda: getattr(pilot.app.screen, "search", None) == "card")
 
     assert snap_compare(_app(), terminal_size=(80, 24), run_before=run_before)
 
 
 def test_daemon_down(snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[None]) -> None:
-        await pilot.pause(0.5)
+        await _settle(pilot, lambda: isinstance(pilot.app.screen, ServicesScreen))
 
     assert snap_compare(_app(down=True), terminal_size=(80, 24), run_before=run_before)
 

@@ -22,7 +22,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Input
 from textual.worker import get_current_worker
 
-from ophion_cli.tui.screen import Dialog, FormScreen, TuiScreen
+from ophion_cli.tui.screen import Dialog, FormScreen, Table, TuiScreen
 from ophion_cli.views import clock_time, service_colors, severity
 from ophiond.errors import DaemonNotRunning, OphionError
 
@@ -105,7 +105,7 @@ class LogsScreen(TuiScreen):
         self._next_row = 0
 
     def body(self) -> Iterable[Widget]:
-        yield DataTable(cursor_type="row")
+        yield Table(cursor_type="row")
 
     def prepare(self) -> None:
         table = self.query_one(DataTable)

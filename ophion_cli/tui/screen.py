@@ -15,6 +15,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input, Label, Static
+from textual.widgets.data_table import RowKey
 
 from ophiond.errors import OphionError
 
@@ -53,6 +54,31 @@ class StatusBar(Static):
         self.update(text)
 
 
+class Table(DataTable[Any]):
+    """The UI's tables: a ``DataTable`` that never keeps showing a row cut to its columns' old
+    widths.
+
+    Textual measures the columns when the table is next idle, after rows are added or cells
+    updated, and caches each row as drawn until its update counter moves; the measuring does
+    not move it (textual#4470, still so in 8.2.8). On a busy machine the screen can be drawn
+    before that idle moment (the first row is drawn at once, to show the cursor on it): that
+    row then stays cut to the header's widths, even after the next full repaint. So the
+    counter moves here whenever the measuring changed a width.
+    """
+
+    _measured_widths: tuple[int, ...] = ()
+
+    def _update_dimensions(self, new_rows: Iterable[RowKey]) -> None:
+        # (Textual's private hook: it runs once the columns are measured, for added rows and
+        # updated cells alike; the textual pin and a test in tests/test_tui.py watch it.)
+        super()._update_dimensions(new_rows)
+        widths = tuple(column.get_render_width(self) for column in self.columns.values())
+        if widths != self._measured_widths:
+            self._measured_widths = widths
+            self._update_count += 1  # (every render cache is keyed by it)
+            self.refresh()
+
+
 class TuiScreen(Screen[None]):
     """A screen of ``ophion tui``: its title line, ``body()``, the footer and the status bar.
 
@@ -73,7 +99,7 @@ class TuiScreen(Screen[None]):
         yield StatusBar()
 
     def body(self) -> Iterable[Widget]:
-        yield DataTable(cursor_type="row", zebra_stripes=True)
+        yield Table(cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
         self._asked = False

@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Static, Tree
 from textual.widgets.tree import TreeNode
 
 from ophion_cli.tui.logs import record_cells
-from ophion_cli.tui.screen import TuiScreen
+from ophion_cli.tui.screen import Table, TuiScreen
 from ophion_cli.views import human_ns, service_colors
 
 # Columns of a span's line in the tree before its bar: name (indented) and duration.
@@ -135,7 +135,7 @@ class TraceScreen(TuiScreen):
             Tree[dict[str, Any]]("trace", id="spans"),
             Vertical(
                 VerticalScroll(Static(id="span"), id="details"),
-                DataTable(id="trace-logs", cursor_type="row"),
+                Table(id="trace-logs", cursor_type="row"),
                 id="side",
             ),
             id="panes",
