@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
 import threading
 import time
@@ -19,7 +18,7 @@ from ophiond.config import load_settings
 from ophiond.errors import ApiError, ConfigError
 from ophiond.store.partitions import PartitionSet, connect
 from ophiond.store.query import QueryNotRun, QuerySlots, run_query
-from ophiond.store.readers import ReaderLimits, limit_readers
+from ophiond.store.readers import ReaderLimits, directory_size, limit_readers
 from ophiond.store.sqlpolicy import SqlRefused, check_read_only
 from ophiond.store.writer import Writer
 from ophiond.telemetry import Telemetry
@@ -103,23 +102,10 @@ class TempWatch:
 
     def _poll(self) -> None:
         while not self._done.is_set():
-            self.peak = max(self.peak, _directory_size(self.directory))
+            self.peak = max(self.peak, directory_size(self.directory))
             if self.peak > self.kill_above and self.daemon.process.poll() is None:
                 self.daemon.process.send_signal(signal.SIGKILL)
             time.sleep(0.002)
-
-
-def _directory_size(directory: Path) -> int:
-    total = 0
-    try:
-        for entry in os.scandir(directory):
-            try:
-                total += entry.stat().st_size
-            except FileNotFoundError:
-                pass
-    except FileNotFoundError:
-        return 0
-    return total
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from ophiond.errors import OphionError, StoreError
 from ophiond.otlp.compression import GzipRefused, gunzip
 from ophiond.otlp.decode import InvalidPayload, Signal, encode_response
 from ophiond.otlp.ingest import Ingest, QueueFull, WriterStopped
-from ophiond.otlp.limits import _varint
+from ophiond.otlp.limits import varint
 from ophiond.serving import (
     BodyBudget,
     BodyHold,
@@ -89,7 +89,7 @@ def _status_body(code: int, message: str, as_json: bool) -> bytes:
     # google.rpc.Status { int32 code = 1; string message = 2; } written by hand: the message
     # type is not part of opentelemetry-proto, and it is two fields.
     text = message.encode()
-    return b"\x08" + _varint(code) + b"\x12" + _varint(len(text)) + text
+    return b"\x08" + varint(code) + b"\x12" + varint(len(text)) + text
 
 
 class _Handler(TrackedHandler):

@@ -186,7 +186,7 @@ def _prune(data: bytes, descriptor: Any, levels: int) -> bytes | None:
             else:
                 new = b"" if length else None  # past the limit: kept, but empty
             if new is not None:
-                pieces += [data[copied:length_start], _varint(len(new)), new]
+                pieces += [data[copied:length_start], varint(len(new)), new]
                 copied = pos
         else:
             raise _Malformed  # groups (deprecated, never in OTLP) or garbage
@@ -238,7 +238,7 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
             raise _Malformed
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
     out = bytearray()
     while n > 0x7F:
         out.append(n & 0x7F | 0x80)

@@ -84,6 +84,21 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, duckdb.TransactionException) and bool(_NO_MEMORY_RE.search(str(error)))
 
 
+def directory_size(directory: str | os.PathLike[str]) -> int:
+    """Bytes in the files directly in ``directory`` (0 when it does not exist)."""
+    total = 0
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    total += entry.stat().st_size
+                except FileNotFoundError:
+                    pass  # (a file deleted meanwhile)
+    except FileNotFoundError:
+        return 0
+    return total
+
+
 def human_size(amount: int) -> str:
     """Bytes as the settings write them: 64 MB, 1.5 GB."""
     for unit, scale in (("GB", 1000**3), ("MB", 1000**2), ("kB", 1000)):
@@ -221,17 +236,7 @@ class Readers:
     def _spilled(self) -> int:
         """Bytes in the temporary directory (read from the file system: asking DuckDB needs
         memory, which is what may be missing)."""
-        total = 0
-        try:
-            with os.scandir(self.limits.temp_dir or ".") as entries:
-                for entry in entries:
-                    try:
-                        total += entry.stat().st_size
-                    except FileNotFoundError:
-                        pass
-        except FileNotFoundError:
-            return 0
-        return total
+        return directory_size(self.limits.temp_dir or ".")
 
     def _per_query(self, metric: str) -> dict[int, int]:
         """One of DuckDB's live counters by connection (empty when it cannot say)."""
