@@ -349,9 +349,11 @@ def test_a_full_body_budget_cuts_off_the_slowest_body_not_a_fast_export(
         for _ in _every_half_second(FLOOD_S):
             reply = send_http(daemon, good_body(), timeout=30)
             assert reply.status == 200, (reply.status, reply.body[:300])
+    # Every trickler answered was refused for the budget, worth retrying; a trickler asking for
+    # more when it is itself the slowest is refused outright, so not every answer names a cut.
     cut = [a for a in flood.answers if _unavailable(a)]
-    assert b"arriving slowest" in cut[0], cut[0]
-    assert b"Retry-After: " in cut[0]
+    assert all(b"too many request bodies" in a and b"Retry-After: " in a for a in cut), cut
+    assert any(b"this one was cut off, arriving slowest" in a for a in cut), cut
 
 
 def _unavailable(answer: bytes) -> bool:
