@@ -253,7 +253,9 @@ def _load(home: Path, pools: dict[str, Path], signal: str, settings: Settings) -
         hwm = peak_rss_bytes(daemon.pid)
     say(f"   {signal}: {describe(result)}; VmHWM {_mb(hwm)}")
     if stored != result.acknowledged:
-        say(f"   WARNING: {result.acknowledged:,} acknowledged but /status says {stored:,} accepted")
+        say(
+            f"   WARNING: {result.acknowledged:,} acknowledged but /status says {stored:,} accepted"
+        )
     return {"replay": asdict(result), "stored": stored, "vm_hwm_bytes": hwm}
 
 

@@ -10,7 +10,7 @@ import typer
 from ophion_cli.options import ApiOption, TokenOption
 
 if TYPE_CHECKING:
-    from ophion_cli.instrument.operation import Outcome, Plan, Removal
+    from ophiond.containers.operation import Outcome, Plan, Removal
 
 LANGUAGE_HELP = "python, nodejs, java, dotnet, go or php; detected when omitted."
 
@@ -86,9 +86,9 @@ def instrument(
     """Add OpenTelemetry to a running Docker container; keep it only when its telemetry arrives."""
     from rich.console import Console
 
-    from ophion_cli.instrument.engine import connect
-    from ophion_cli.instrument.inject import parse_attributes
-    from ophion_cli.instrument.operation import Request, apply, plan
+    from ophiond.containers.engine import connect
+    from ophiond.containers.inject import parse_attributes
+    from ophiond.containers.operation import Request, apply, plan
 
     console = Console(highlight=False)
     request = Request(
@@ -124,8 +124,8 @@ def uninstrument(
     """Take ophion's injection out of a container: recreate it as it was before."""
     from rich.console import Console
 
-    from ophion_cli.instrument.engine import connect
-    from ophion_cli.instrument.operation import plan_removal, remove
+    from ophiond.containers.engine import connect
+    from ophiond.containers.operation import plan_removal, remove
 
     console = Console(highlight=False)
     docker = connect()

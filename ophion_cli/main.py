@@ -166,7 +166,7 @@ def _sql_without_daemon(query: str, max_rows: int) -> dict[str, Any]:
 )
 def daemon_run(ctx: typer.Context) -> None:
     """Run ophiond in the foreground (what systemd runs). Extra flags go to ophiond."""
-    from ophion_cli.daemon_control import ophiond_command
+    from ophiond.control import ophiond_command
 
     command = ophiond_command()
     os.execv(command[0], [*command, *ctx.args])
@@ -184,7 +184,7 @@ def daemon_start(
 
     Extra flags go to ophiond, e.g. ophion daemon start --grpc-listen 127.0.0.1:14317.
     """
-    from ophion_cli.daemon_control import start
+    from ophiond.control import start
 
     paths = _paths()
     running = start(paths, list(ctx.args), timeout)
@@ -198,7 +198,7 @@ def daemon_stop(
     ] = 60.0,
 ) -> None:
     """Stop the background ophiond: it commits what it accepted, then exits."""
-    from ophion_cli.daemon_control import stop
+    from ophiond.control import stop
 
     pid = stop(_paths(), timeout)
     if pid is None:
@@ -241,7 +241,7 @@ def daemon_install(
     now: Annotated[bool, typer.Option("--now", help="Also enable and start it.")] = False,
 ) -> None:
     """Install ophiond as a systemd service (system-wide needs root; --user for your user)."""
-    from ophion_cli.daemon_control import install_unit
+    from ophiond.systemd import install_unit
 
     result = install_unit(user, now)
     render.installed(result, user, now)
@@ -251,9 +251,10 @@ def daemon_install(
 
 
 def run() -> None:
-    """Console-script entry point: expected failures become one line on stderr, exit 1."""
+    """Console-script entry point: expected failures become one line on stderr and end with
+    the error's exit code (1)."""
     try:
         app()  # click's standalone mode handles usage errors (exit 2) and Ctrl-C itself
     except OphionError as e:
         error_line(e)
-        sys.exit(1)
+        sys.exit(e.exit_code)

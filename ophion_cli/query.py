@@ -25,7 +25,8 @@ ServiceOption = Annotated[str | None, typer.Option("--service", "-s", help="Only
 
 
 def _check_since(value: str) -> str:
-    from ophiond.timespec import TimeSpecError, parse_since
+    from ophiond.errors import TimeSpecError
+    from ophiond.timespec import parse_since
 
     try:
         parse_since(value)
@@ -37,7 +38,8 @@ def _check_since(value: str) -> str:
 def _check_duration(value: str | None, option: str) -> str | None:
     if value is None:
         return None
-    from ophiond.timespec import TimeSpecError, parse_duration_ns
+    from ophiond.errors import TimeSpecError
+    from ophiond.timespec import parse_duration_ns
 
     try:
         parse_duration_ns(value)

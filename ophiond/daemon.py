@@ -353,7 +353,8 @@ class Daemon:
         }
 
     def sql(self, request: Any) -> dict[str, Any]:
-        from ophiond.store.query import QueryError, run_query
+        from ophiond.errors import QueryError
+        from ophiond.store.query import run_query
 
         body = request.body
         sql = body.get("sql")

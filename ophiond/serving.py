@@ -46,7 +46,7 @@ from socketserver import BaseServer
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ophiond.config import ListenAddress
-from ophiond.errors import OphionError
+from ophiond.errors import BodyRefused, OphionError, RequestRefused
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -113,22 +113,6 @@ class RequestTimeout(TimeoutError):
 
 class ConnectionShut(ConnectionAbortedError):
     """The server shut the connection itself: to make room for another, or to stop."""
-
-
-class RequestRefused(OphionError):
-    """A request refused before its body is read, with the HTTP status to answer."""
-
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class BodyRefused(RequestRefused):
-    """A body refused, or cut off while it arrived, because the :class:`BodyBudget` is full:
-    503, worth sending again later."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(HTTPStatus.SERVICE_UNAVAILABLE, message)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ophiond.otlp.decode import Signal
+from ophiond.model import Signal
 
 _COUNTERS = (
     "requests",

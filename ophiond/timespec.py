@@ -5,14 +5,10 @@ from __future__ import annotations
 import datetime as dt
 
 from ophiond.config import parse_duration
-from ophiond.errors import OphionError
+from ophiond.errors import OphionError, TimeSpecError
 
 SINCE_FORMS = "a duration back from now (30s, 15m, 2h, 1d, 1w) or an ISO time (2026-11-23T10:00)"
 DURATION_FORMS = "a number and a unit: 250ms, 1.5s, 2m, 1h"
-
-
-class TimeSpecError(OphionError):
-    """A time or duration the user typed is not one of the accepted forms."""
 
 
 def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:

@@ -23,16 +23,16 @@ from typing import Any
 import docker.errors
 import pytest
 
-from ophion_cli.instrument.agents import Bundle, Target
-from ophion_cli.instrument.agents.dotnet import DotnetAgent
-from ophion_cli.instrument.agents.fetch import download
-from ophion_cli.instrument.agents.go import IMAGE, GoAgent
-from ophion_cli.instrument.agents.java import JavaAgent
-from ophion_cli.instrument.agents.php import PhpAgent
-from ophion_cli.instrument.detect import Detection
-from ophion_cli.instrument.engine import InstrumentError
-from ophion_cli.instrument.inject import EnvPlanner, Settings
 from ophion_cli.instrument_cmd import _local
+from ophiond.containers.agents import Bundle, Target
+from ophiond.containers.agents.dotnet import DotnetAgent
+from ophiond.containers.agents.fetch import download
+from ophiond.containers.agents.go import IMAGE, GoAgent
+from ophiond.containers.agents.java import JavaAgent
+from ophiond.containers.agents.php import PhpAgent
+from ophiond.containers.detect import Detection
+from ophiond.containers.inject import EnvPlanner, Settings
+from ophiond.errors import ContainerError
 
 SETTINGS = Settings("shop", "http://127.0.0.1:4318", "0123456789abcdef")
 APP_ID = "a" * 64
@@ -183,7 +183,7 @@ def test_java_from_a_local_jar_loads_it_after_the_users_options(tmp_path: Path) 
 def test_java_refuses_a_file_that_is_not_an_agent(tmp_path: Path, make: Any, message: str) -> None:
     path = tmp_path / "agent.jar"
     make(path)
-    with pytest.raises(InstrumentError, match=message):
+    with pytest.raises(ContainerError, match=message):
         JavaAgent().prepare(make_target(tmp_path, source=path), dry_run=False)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
@@ -192,7 +192,7 @@ def test_java_refuses_a_container_that_already_loads_an_opentelemetry_agent(
     tmp_path: Path,
 ) -> None:
     env = {"JAVA_TOOL_OPTIONS": "-javaagent:/otel/opentelemetry-javaagent.jar"}
-    with pytest.raises(InstrumentError, match="already loads an OpenTelemetry Java agent"):
+    with pytest.raises(ContainerError, match="already loads an OpenTelemetry Java agent"):
         JavaAgent().prepare(make_target(tmp_path, env=env), dry_run=True)
 
 
@@ -219,17 +219,17 @@ def test_a_download_that_fails_leaves_no_file_and_names_from(
     tmp_path: Path, server: Server
 ) -> None:
     dest = tmp_path / "dl" / "agent.jar"
-    with pytest.raises(InstrumentError, match="404") as missing:
+    with pytest.raises(ContainerError, match="404") as missing:
         download(f"{server.base}/nothing.jar", dest, lambda _m: None, hint="or pass --from")
     assert "--from" in (missing.value.hint or "")
 
     server.files["/releases/cut.jar"] = b"x" * 1000
     server.short_by = 500
-    with pytest.raises(InstrumentError, match="cut short|failed"):
+    with pytest.raises(ContainerError, match="cut short|failed"):
         download(f"{server.base}/cut.jar", dest, lambda _m: None, hint="or pass --from")
     assert list(dest.parent.iterdir()) == []  # neither the file nor a partial one
 
-    with pytest.raises(InstrumentError, match="failed") as refused:
+    with pytest.raises(ContainerError, match="failed") as refused:
         download("http://127.0.0.1:9/agent.jar", dest, lambda _m: None, hint="or pass --from")
     assert "--from" in (refused.value.hint or "")
 
@@ -296,7 +296,7 @@ def test_dotnet_keeps_the_users_startup_hooks_after_its_own(tmp_path: Path) -> N
 def test_dotnet_refuses_a_zip_for_another_libc(tmp_path: Path) -> None:
     archive = make_dotnet_zip(tmp_path / "glibc.zip", "linux-x64")
     target = make_target(tmp_path, dotnet_container("amd64", musl=True), source=archive)
-    with pytest.raises(InstrumentError, match="linux-musl-x64") as refused:
+    with pytest.raises(ContainerError, match="linux-musl-x64") as refused:
         DotnetAgent().prepare(target, dry_run=False)
     assert "opentelemetry-dotnet-instrumentation-linux-musl-x64.zip" in str(refused.value)
     assert list((tmp_path / "cache").iterdir()) == []
@@ -304,7 +304,7 @@ def test_dotnet_refuses_a_zip_for_another_libc(tmp_path: Path) -> None:
 
 def test_dotnet_refuses_a_zip_that_writes_outside_the_bundle(tmp_path: Path) -> None:
     archive = make_dotnet_zip(tmp_path / "evil.zip", "linux-x64", {"../../escaped.txt": b"x"})
-    with pytest.raises(InstrumentError, match="outside"):
+    with pytest.raises(ContainerError, match="outside"):
         DotnetAgent().prepare(make_target(tmp_path, source=archive), dry_run=False)
     assert not (tmp_path / "escaped.txt").exists()
 
@@ -320,7 +320,7 @@ def test_dotnet_refuses_a_zip_that_writes_outside_the_bundle(tmp_path: Path) -> 
 def test_dotnet_refuses_a_container_instrumented_by_other_means(
     tmp_path: Path, env: dict[str, str], message: str
 ) -> None:
-    with pytest.raises(InstrumentError, match=message):
+    with pytest.raises(ContainerError, match=message):
         DotnetAgent().prepare(make_target(tmp_path, env=env), dry_run=True)
 
 
@@ -415,7 +415,7 @@ def test_go_refuses_without_the_executables_path(
     tmp_path: Path, executable: str | None, message: str
 ) -> None:
     target = make_target(tmp_path, executable=executable, client=FakeClient(FakeImages({IMAGE})))
-    with pytest.raises(InstrumentError, match=message):
+    with pytest.raises(ContainerError, match=message):
         GoAgent().prepare(target, dry_run=True)
 
 
@@ -434,7 +434,7 @@ def test_go_pull_failure_and_a_missing_local_image_name_from(
 ) -> None:
     failing = FakeImages(set(), pull_error=docker.errors.APIError("denied", explanation="denied"))
     target = make_target(tmp_path, executable="/app/server", client=FakeClient(failing))
-    with pytest.raises(InstrumentError, match="pulling .*denied") as pull:
+    with pytest.raises(ContainerError, match="pulling .*denied") as pull:
         GoAgent().prepare(target, dry_run=False)
     assert "--from" in (pull.value.hint or "")
 
@@ -450,7 +450,7 @@ def test_go_pull_failure_and_a_missing_local_image_name_from(
     missing = make_target(
         tmp_path, executable="/app/server", client=FakeClient(FakeImages(set())), source=source
     )
-    with pytest.raises(InstrumentError, match="no such image"):
+    with pytest.raises(ContainerError, match="no such image"):
         GoAgent().prepare(missing, dry_run=False)
 
 
@@ -503,7 +503,7 @@ def test_php_refusals(
     tmp_path: Path, container: FakeContainer, make_source: Any, message: str
 ) -> None:
     source = make_source(tmp_path / "empty") if make_source else None
-    with pytest.raises(InstrumentError, match=message):
+    with pytest.raises(ContainerError, match=message):
         PhpAgent().prepare(make_target(tmp_path, container, source=source), dry_run=True)
 
 
@@ -564,7 +564,7 @@ def test_php_helper_failure_reports_its_last_lines(tmp_path: Path) -> None:
     log = b"ophion: building the opentelemetry extension 1.2.1 with pecl\nNo releases available\n"
     client = FakeHelperClient(status=1, log=log)
     target = make_target(tmp_path, php_container(), client=client)
-    with pytest.raises(InstrumentError, match="No releases available") as failed:
+    with pytest.raises(ContainerError, match="No releases available") as failed:
         PhpAgent().prepare(target, dry_run=False)
     assert "exit 1" in str(failed.value) and "--from" in (failed.value.hint or "")
     assert client.helpers[0].removed

@@ -18,8 +18,9 @@ import pytest
 from conftest import RunningDaemon, ophion
 from test_durability import Batch, export_grpc, make_batch, stored_span_ids
 
+from ophiond.batchio import encode_tables
 from ophiond.otlp.decode import decode_traces
-from ophiond.store.journal import Journal, encode_record, encode_tables
+from ophiond.store.journal import Journal, encode_record
 
 
 def _stub(daemon: RunningDaemon) -> Any:

@@ -21,8 +21,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from ophiond.model import arrow_schemas
 from ophiond.otlp.decode import decode_logs, decode_metrics, decode_traces
-from ophiond.store.schema import arrow_schemas
 
 NASTY = 'naïve ✓ "quoted" back\\slash\x00\x01\x1f\n\t\u2028 🐍 %s'
 

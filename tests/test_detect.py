@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ophion_cli.instrument.detect import detect, libc
+from ophiond.containers.detect import detect, libc
 
 FIXTURES = Path(__file__).parent / "fixtures" / "inspect"
 

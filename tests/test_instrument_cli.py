@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ophion_cli.instrument.engine import _unreachable
+from ophiond.containers.engine import _unreachable
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "instrument.sh"

@@ -375,8 +375,8 @@ def test_go_runs_as_a_sidecar_in_the_apps_process_namespace(
     """The sidecar path, in process: this sandbox's engine cannot start privileged containers
     (runc cannot apply every capability here), so the sidecar the Go agent asks for is checked
     to be privileged and then started without it; the stand-in needs no more."""
-    from ophion_cli.instrument import operation
-    from ophion_cli.instrument.agents.go import GoAgent
+    from ophiond.containers import operation
+    from ophiond.containers.agents.go import GoAgent
 
     asked: list[dict[str, Any]] = []
     original = GoAgent.sidecar_config

@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-from ophion_cli.instrument.agents.nodejs import supported
-from ophion_cli.instrument.agents.python import matching_instrumentations
-from ophion_cli.instrument.engine import InstrumentError
-from ophion_cli.instrument.inject import (
+from ophiond.containers.agents.nodejs import supported
+from ophiond.containers.agents.python import matching_instrumentations
+from ophiond.containers.inject import (
     EnvPlanner,
     Record,
     Settings,
@@ -21,8 +20,9 @@ from ophion_cli.instrument.inject import (
     original_env,
     parse_attributes,
 )
-from ophion_cli.instrument.operation import choose_endpoint, choose_service_name
-from ophion_cli.instrument.recreate import spec_from_inspect
+from ophiond.containers.operation import choose_endpoint, choose_service_name
+from ophiond.containers.recreate import spec_from_inspect
+from ophiond.errors import ContainerError
 
 OLD_ID = "3f2a9c1e5b7d" + "0" * 52
 IMAGE_ID = "sha256:" + "a" * 64
@@ -122,7 +122,7 @@ def test_attributes_must_be_key_value() -> None:
         "k": "a=b",
     }
     for bad in ("novalue", "=x", "a b=c", "k=a,b"):
-        with pytest.raises(InstrumentError, match="is not KEY=VALUE"):
+        with pytest.raises(ContainerError, match="is not KEY=VALUE"):
             parse_attributes([bad])
 
 
@@ -179,7 +179,7 @@ def test_endpoint_on_a_bridge_is_the_gateway_when_ophiond_listens_there() -> Non
 
 
 def test_endpoint_on_a_bridge_refuses_a_loopback_only_ophiond() -> None:
-    with pytest.raises(InstrumentError, match="cannot reach") as caught:
+    with pytest.raises(ContainerError, match="cannot reach") as caught:
         choose_endpoint(None, inspect_doc(), None, "127.0.0.1:4318")
     assert "--http-listen 172.18.0.1:4318" in (caught.value.hint or "")
 
@@ -187,9 +187,9 @@ def test_endpoint_on_a_bridge_refuses_a_loopback_only_ophiond() -> None:
 def test_endpoint_refusals_and_the_explicit_one() -> None:
     attrs = inspect_doc()
     attrs["HostConfig"]["NetworkMode"] = "none"
-    with pytest.raises(InstrumentError, match="no network"):
+    with pytest.raises(ContainerError, match="no network"):
         choose_endpoint(None, attrs, None, "127.0.0.1:4318")
-    with pytest.raises(InstrumentError, match="OTLP/HTTP"):
+    with pytest.raises(ContainerError, match="OTLP/HTTP"):
         choose_endpoint(None, inspect_doc(), None, None)
     assert choose_endpoint(None, attrs, "http://collector:4318/", None) == (
         "http://collector:4318",

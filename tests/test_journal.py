@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from test_store import T0, _open, _trace_request
 
+from ophiond.batchio import encode_tables
 from ophiond.errors import StoreError
 from ophiond.otlp.decode import decode_traces
 from ophiond.store.journal import (
     Frame,
     Journal,
     encode_record,
-    encode_tables,
     find_losses,
     read_segment,
 )

@@ -15,7 +15,8 @@ def _modules_after(statement: str) -> set[str]:
 def test_import_ophiond_does_not_load_typer_rich_or_textual() -> None:
     loaded = _modules_after(
         "import ophiond, ophiond.daemon, ophiond.otlp.grpc, ophiond.otlp.http, ophiond.store.writer, "
-        "ophiond.store.query, ophiond.api.server, ophiond.api.client"
+        "ophiond.store.query, ophiond.api.server, ophiond.api.client, ophiond.containers.operation, "
+        "ophiond.containers.recreate, ophiond.control, ophiond.systemd"
     )
     assert not {m for m in loaded if m.split(".")[0] in ("typer", "rich", "textual", "ophion_cli")}
 

@@ -15,11 +15,11 @@ import pytest
 from conftest import RunningDaemon, make_sdk_spans, ophion
 
 from ophiond.config import load_settings
-from ophiond.errors import ApiError, ConfigError
+from ophiond.errors import ApiError, ConfigError, QueryNotRun, SqlRefused
 from ophiond.store.partitions import PartitionSet, connect
-from ophiond.store.query import QueryNotRun, QuerySlots, run_query
+from ophiond.store.query import QuerySlots, run_query
 from ophiond.store.readers import ReaderLimits, directory_size, limit_readers
-from ophiond.store.sqlpolicy import SqlRefused, check_read_only
+from ophiond.store.sqlpolicy import check_read_only
 from ophiond.store.writer import Writer
 from ophiond.telemetry import Telemetry
 

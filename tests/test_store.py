@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from ophiond.errors import StoreError
+from ophiond.errors import QueryError, QueueFull, StoreError
+from ophiond.model import arrow_schemas
 from ophiond.otlp.decode import decode_traces
 from ophiond.store import schema
 from ophiond.store.partitions import PartitionSet, connect, list_partitions
-from ophiond.store.query import QueryError, open_read_only, run_query
-from ophiond.store.writer import QueueFull, Writer
+from ophiond.store.query import open_read_only, run_query
+from ophiond.store.writer import Writer
 from ophiond.telemetry import Telemetry
 
 T0 = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.UTC)
@@ -64,7 +65,7 @@ def _writer(partitions: PartitionSet, capacity: int = 1_000_000, budget: int = 1
 def test_every_arrow_column_exists_in_the_migrated_tables(tmp_path: Path) -> None:
     partitions = _open(tmp_path)
     alias = partitions.current.alias
-    for table, arrow_schema in schema.arrow_schemas().items():
+    for table, arrow_schema in arrow_schemas().items():
         columns = {
             row[0]
             for row in partitions.con.execute(
@@ -290,7 +291,7 @@ def test_time_zone_values_come_back(tmp_path: Path) -> None:
 def test_a_crashed_writer_fails_waiting_requests_and_refuses_new_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ophiond.store.writer import WriterStopped
+    from ophiond.errors import WriterStopped
 
     partitions = _open(tmp_path)
     writer = _writer(partitions)

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from test_store import _trace_request
 
+from ophiond.errors import DecodeFailed, InvalidPayload
+from ophiond.model import Signal
 from ophiond.otlp import workers
-from ophiond.otlp.decode import InvalidPayload, Signal
-from ophiond.otlp.workers import DecodeFailed, DecodePool
+from ophiond.otlp.workers import DecodePool
 
 
 def _body(spans: int) -> bytes:

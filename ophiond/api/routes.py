@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ophiond.api.server import ApiRequest, Role, Route
-from ophiond.errors import OphionError
+from ophiond.errors import NotFound, OphionError, TimeSpecError
 from ophiond.store.metricseries import metric_series
-from ophiond.store.queries import LogSearch, NotFound, Queries, TraceSearch, severity_floor
-from ophiond.timespec import TimeSpecError, parse_duration_ns, parse_since
+from ophiond.store.queries import LogSearch, Queries, TraceSearch, severity_floor
+from ophiond.timespec import parse_duration_ns, parse_since
 
 if TYPE_CHECKING:
     from ophiond.store.feed import LogFeed

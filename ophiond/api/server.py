@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ophiond.errors import OphionError
+from ophiond.errors import OphionError, RequestRefused
 from ophiond.serving import (
     ClientLimits,
-    RequestRefused,
     RequestTimeout,
     ServerThread,
     TrackedHandler,
@@ -157,7 +156,7 @@ class ApiHandler(TrackedHandler):
                 raise RequestRefused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request too large")
             raw = self.rfile.read(length)
         except RequestRefused as e:
-            self.refuse(e.status, e.message)
+            self.refuse(e.http_status, e.message)
             return None
         except RequestTimeout as e:
             self.refuse(HTTPStatus.REQUEST_TIMEOUT, e.message)
@@ -200,8 +199,7 @@ class ApiHandler(TrackedHandler):
         try:
             result = route.handler(request)
         except OphionError as e:
-            status = getattr(e, "http_status", HTTPStatus.BAD_REQUEST)
-            self.reply(status, {"error": e.message, "hint": e.hint})
+            self.reply(e.http_status, {"error": e.message, "hint": e.hint})
             return
         except Exception:
             log.exception("API %s %s failed", method, url.path)
@@ -215,8 +213,7 @@ class ApiHandler(TrackedHandler):
         try:
             self.reply(HTTPStatus.OK, result)
         except OphionError as e:
-            status = getattr(e, "http_status", HTTPStatus.BAD_REQUEST)
-            self.reply(status, {"error": e.message, "hint": e.hint})
+            self.reply(e.http_status, {"error": e.message, "hint": e.hint})
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception:

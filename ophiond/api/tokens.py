@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ophiond.api.server import ApiRequest, Role, Route
-from ophiond.errors import OphionError
+from ophiond.errors import OphionError, TokenError
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +37,6 @@ TOKEN_PREFIX = "oph_"
 _MIN_TOKEN_LENGTH = 16
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ROLE_NAMES = tuple(role.name.lower() for role in Role)
-
-
-class TokenError(OphionError):
-    """A token cannot be created, found or revoked; ``http_status`` is the API's answer."""
-
-    def __init__(
-        self,
-        message: str,
-        hint: str | None = None,
-        http_status: HTTPStatus = HTTPStatus.BAD_REQUEST,
-    ) -> None:
-        super().__init__(message, hint)
-        self.http_status = http_status
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 
-from ophiond.errors import OphionError
+from ophiond.errors import GzipRefused
 
 # Gzip members one body may hold. Clients send one; a few come from concatenated streams.
 MAX_GZIP_MEMBERS = 100
@@ -24,14 +24,6 @@ _EXPANSION_CHECKED_FROM = 1 << 20
 # asked of it at a time (so the expansion is checked before a bomb has inflated much).
 _SLICE = 64 * 1024
 _STEP = 4 << 20
-
-
-class GzipRefused(OphionError):
-    """A gzip body that is not taken: malformed (400) or too large once inflated (413)."""
-
-    def __init__(self, message: str, too_large: bool = False) -> None:
-        super().__init__(message)
-        self.too_large = too_large
 
 
 def gunzip(body: bytes, limit: int) -> bytes:

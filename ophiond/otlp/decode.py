@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
-from ophiond.errors import OphionError
+from ophiond.errors import InvalidPayload
+from ophiond.model import DecodedBatch, Signal
 from ophiond.otlp.limits import (
     DEFAULT_LIMITS,
     MAX_NESTING,
@@ -56,35 +56,6 @@ from ophiond.otlp.values import (
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-
-class Signal(StrEnum):
-    TRACES = "traces"
-    METRICS = "metrics"
-    LOGS = "logs"
-
-
-class InvalidPayload(OphionError):
-    """The request body cannot be decoded at all: HTTP 400 / gRPC INVALID_ARGUMENT."""
-
-
-@dataclass
-class DecodedBatch:
-    """What one request became: Arrow tables to append, and what had to be rejected."""
-
-    signal: Signal
-    tables: Mapping[str, pa.Table]
-    accepted: int
-    rejected: int = 0
-    problems: list[str] = field(default_factory=list)
-    # The tables as Arrow IPC streams, when a decode worker already made them (the journal
-    # stores these bytes as they are).
-    streams: Mapping[str, bytes | memoryview] | None = None
-
-    @property
-    def message(self) -> str:
-        """The ``partial_success.error_message`` for the client ('' when all was well)."""
-        return "; ".join(self.problems)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,7 +473,7 @@ class _Rows:
     """
 
     def __init__(self, name: str, with_origin: bool = True) -> None:
-        from ophiond.store.schema import arrow_schemas
+        from ophiond.model import arrow_schemas
 
         self.name = name
         self.schema = arrow_schemas()[name]

@@ -14,9 +14,10 @@ from typing import Any
 import grpc
 
 from ophiond.config import ListenAddress
-from ophiond.errors import OphionError, StoreError
-from ophiond.otlp.decode import InvalidPayload, Signal, encode_response
-from ophiond.otlp.ingest import Ingest, QueueFull, WriterStopped
+from ophiond.errors import InvalidPayload, OphionError, QueueFull, StoreError, WriterStopped
+from ophiond.model import Signal
+from ophiond.otlp.decode import encode_response
+from ophiond.otlp.ingest import Ingest
 
 log = logging.getLogger(__name__)
 

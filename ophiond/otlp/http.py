@@ -25,18 +25,26 @@ from http.server import ThreadingHTTPServer
 from typing import Any
 
 from ophiond.config import ListenAddress
-from ophiond.errors import OphionError, StoreError
-from ophiond.otlp.compression import GzipRefused, gunzip
-from ophiond.otlp.decode import InvalidPayload, Signal, encode_response
-from ophiond.otlp.ingest import Ingest, QueueFull, WriterStopped
+from ophiond.errors import (
+    BodyRefused,
+    GzipRefused,
+    InvalidPayload,
+    OphionError,
+    QueueFull,
+    RequestRefused,
+    StoreError,
+    WriterStopped,
+)
+from ophiond.model import Signal
+from ophiond.otlp.compression import gunzip
+from ophiond.otlp.decode import encode_response
+from ophiond.otlp.ingest import Ingest
 from ophiond.otlp.limits import varint
 from ophiond.serving import (
     BodyBudget,
     BodyHold,
-    BodyRefused,
     ClientLimits,
     ConnectionShut,
-    RequestRefused,
     RequestTimeout,
     ServerThread,
     TrackedHandler,
@@ -142,11 +150,11 @@ class _Handler(TrackedHandler):
                 "BODY_BUDGET",
                 f"OTLP/HTTP: refused a request body from {self.client_address[0]}: {e.message}",
             )
-            self.refuse(e.status, e.message)
+            self.refuse(e.http_status, e.message)
         except ConnectionShut:
             self.close_connection = True  # by the server itself: nothing to answer
         except RequestRefused as e:
-            self.refuse(e.status, e.message)
+            self.refuse(e.http_status, e.message)
         except InvalidPayload as e:
             self._error(_Reply(HTTPStatus.BAD_REQUEST, _INVALID_ARGUMENT, e.message), self.as_json)
         except (QueueFull, WriterStopped) as e:

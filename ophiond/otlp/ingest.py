@@ -5,21 +5,19 @@ from __future__ import annotations
 import hmac
 import time
 
-from ophiond.otlp.decode import DecodedBatch, InvalidPayload, Signal
+from ophiond.errors import InvalidPayload, QueueFull, WriterStopped
+from ophiond.model import BatchSink, DecodedBatch, Signal
 from ophiond.otlp.limits import DEFAULT_LIMITS, IngestLimits
 from ophiond.otlp.workers import DecodePool, decode_body
-from ophiond.store.writer import QueueFull, Writer, WriterStopped
 from ophiond.telemetry import Telemetry
-
-__all__ = ["Ingest", "InvalidPayload", "QueueFull", "WriterStopped"]
 
 
 class Ingest:
-    """The receivers' entry into the store; one instance shared by gRPC and HTTP."""
+    """The receivers' entry into the store (``writer``); one instance shared by gRPC and HTTP."""
 
     def __init__(
         self,
-        writer: Writer,
+        writer: BatchSink,
         telemetry: Telemetry,
         ingest_key: str = "",
         pool: DecodePool | None = None,

@@ -31,19 +31,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ophiond.errors import StoreError
-from ophiond.otlp.decode import DecodedBatch, InvalidPayload, Signal
+from ophiond.batchio import write_all
+from ophiond.errors import DecodeFailed, InvalidPayload
+from ophiond.model import DecodedBatch, Signal
 from ophiond.otlp.limits import DEFAULT_LIMITS, IngestLimits
-from ophiond.store.journal import write_all
 
 log = logging.getLogger(__name__)
 
 _SIGNALS = tuple(Signal)
 _REQUEST_HEAD = struct.Struct("<BBq")  # signal index, JSON (1) or protobuf (0), received ns
-
-
-class DecodeFailed(StoreError):
-    """A worker died while decoding: not the client's fault, so a retryable error."""
 
 
 def default_workers() -> int:
@@ -130,7 +126,7 @@ def worker_main(argv: list[str]) -> None:
 
     ``argv`` holds the :class:`IngestLimits` as JSON, when not the defaults.
     """
-    from ophiond.store.journal import encode_tables, pack
+    from ophiond.batchio import encode_tables, pack
 
     limits = IngestLimits(**json.loads(argv[0])) if argv else DEFAULT_LIMITS
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -239,7 +235,7 @@ class DecodePool:
 
     def decode(self, signal_: Signal, body: bytes, as_json: bool, received_ns: int) -> DecodedBatch:
         """Decode in a worker; raise :class:`InvalidPayload` or :class:`DecodeFailed`."""
-        from ophiond.store.journal import LazyTables, unpack
+        from ophiond.batchio import LazyTables, unpack
 
         self._top_up()
         try:

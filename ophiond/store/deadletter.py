@@ -21,16 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ophiond.batchio import pack, unpack, write_all
 from ophiond.errors import StoreError
 from ophiond.store.journal import (
     Frame,
     JournalRecord,
     header_of,
-    pack,
     single_record,
     sync_directory,
-    unpack,
-    write_all,
 )
 
 log = logging.getLogger(__name__)

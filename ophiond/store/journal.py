@@ -32,7 +32,6 @@ the reader cannot tell which, and says so. Segments written before this format (
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -41,8 +40,16 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ophiond.batchio import (
+    PREFIX_SIZE,
+    decode_tables,
+    pack,
+    packed_header,
+    unpack,
+    write_all,
+)
 from ophiond.errors import StoreError
 
 if TYPE_CHECKING:
@@ -58,8 +65,6 @@ _RECORD_MAGIC = b"\xa7OPR"
 # magic, sequence in the segment (from 1), payload length, payload crc32, crc32 of these 16 bytes
 _RECORD_HEAD = struct.Struct("<4sIIII")
 _LEGACY_HEAD = struct.Struct("<II")  # segments before the format above: length, crc32
-_HEADER_SIZE = struct.Struct("<I")
-_MAX_BUFFERS = 512  # per writev call (Linux allows 1024)
 _NAME_RE = re.compile(r"^(\d{12})\.journal$")
 
 
@@ -127,70 +132,6 @@ class Frame:
         return start + struct.pack("<I", zlib.crc32(start))
 
 
-def encode_tables(tables: Mapping[str, pa.Table]) -> dict[str, bytes]:
-    """Each table as an Arrow IPC stream (what decode workers send and the journal stores)."""
-    import pyarrow as pa
-
-    out = {}
-    for name, table in tables.items():
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as stream:
-            stream.write_table(table)
-        out[name] = sink.getvalue().to_pybytes()
-    return out
-
-
-def decode_tables(streams: Mapping[str, bytes | memoryview]) -> dict[str, pa.Table]:
-    """The tables back from their IPC streams (zero-copy: the tables share the bytes)."""
-    import pyarrow as pa
-
-    return {name: pa.ipc.open_stream(pa.py_buffer(d)).read_all() for name, d in streams.items()}
-
-
-class LazyTables(Mapping[str, "pa.Table"]):
-    """Tables from IPC streams, each decoded when first asked for: a receiver hands a worker's
-    streams to the journal as they are, and only the live log feed looks at a table."""
-
-    def __init__(self, streams: Mapping[str, bytes | memoryview]) -> None:
-        self._streams = streams
-        self._tables: dict[str, pa.Table] = {}
-
-    def __getitem__(self, name: str) -> pa.Table:
-        table = self._tables.get(name)
-        if table is None:
-            table = self._tables[name] = decode_tables({name: self._streams[name]})[name]
-        return table
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._streams)
-
-    def __len__(self) -> int:
-        return len(self._streams)
-
-
-def pack(
-    header: dict[str, Any], streams: Mapping[str, bytes | memoryview]
-) -> list[bytes | memoryview]:
-    """A JSON header (listing each stream's name and length) followed by the streams: the
-    format of journal records and of decode workers' answers, as buffers to write (the streams
-    are not copied)."""
-    head = json.dumps({**header, "tables": [[n, len(d)] for n, d in streams.items()]}).encode()
-    return [_HEADER_SIZE.pack(len(head)), head, *streams.values()]
-
-
-def unpack(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], dict[str, memoryview]]:
-    """The header and the streams (views into ``data``, not copies) of :func:`pack`'s output."""
-    view = memoryview(data)
-    (size,) = _HEADER_SIZE.unpack_from(view)
-    offset = _HEADER_SIZE.size + size
-    header = json.loads(bytes(view[_HEADER_SIZE.size : offset]))
-    streams = {}
-    for name, length in header.pop("tables"):
-        streams[name] = view[offset : offset + length]
-        offset += length
-    return header, streams
-
-
 def encode_record(signal: str, records: int, streams: Mapping[str, bytes | memoryview]) -> Frame:
     """One journal record's payload (the streams are not copied), ready to append."""
     return Frame(pack({"signal": signal, "records": records}, streams))
@@ -203,19 +144,6 @@ def sync_directory(directory: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def write_all(fd: int, parts: list[bytes | memoryview]) -> None:
-    """``writev`` every buffer, going on after short writes."""
-    views = [memoryview(p).cast("B") for p in parts if len(p)]
-    while views:
-        written = os.writev(fd, views[:_MAX_BUFFERS])
-        while written:
-            if written >= len(views[0]):
-                written -= len(views.pop(0))
-            else:
-                views[0] = views[0][written:]
-                written = 0
 
 
 def single_record(data: bytes) -> memoryview:
@@ -237,13 +165,9 @@ def single_record(data: bytes) -> memoryview:
 def header_of(data: bytes) -> bytes:
     """The JSON header of the record at the start of ``data`` (its first bytes are enough);
     ValueError when they do not hold one."""
-    if len(data) < _RECORD_HEAD.size + _HEADER_SIZE.size or data[:4] != _RECORD_MAGIC:
+    if len(data) < _RECORD_HEAD.size + PREFIX_SIZE or data[:4] != _RECORD_MAGIC:
         raise ValueError("not a journal record")
-    (size,) = _HEADER_SIZE.unpack_from(data, _RECORD_HEAD.size)
-    start = _RECORD_HEAD.size + _HEADER_SIZE.size
-    if start + size > len(data):
-        raise ValueError("the record's header is cut short")
-    return data[start : start + size]
+    return packed_header(memoryview(data)[_RECORD_HEAD.size :])
 
 
 def _decode_payload(payload: bytes | memoryview, sequence: int) -> JournalRecord:
@@ -465,9 +389,7 @@ def _legacy(data: bytes) -> bool:
         return False
     length, crc = _LEGACY_HEAD.unpack_from(data)
     payload = memoryview(data)[_LEGACY_HEAD.size : _LEGACY_HEAD.size + length]
-    return bool(
-        length >= _HEADER_SIZE.size and len(payload) == length and zlib.crc32(payload) == crc
-    )
+    return bool(length >= PREFIX_SIZE and len(payload) == length and zlib.crc32(payload) == crc)
 
 
 def _read_records(data: bytes) -> SegmentContents:
@@ -555,7 +477,7 @@ def _read_legacy(name: str, data: bytes) -> SegmentContents:
         start = offset + _LEGACY_HEAD.size
         payload = view[start : start + length]
         # (a tail of zeros, which a power loss can leave, reads as an empty record: not one)
-        if length < _HEADER_SIZE.size or len(payload) < length or zlib.crc32(payload) != crc:
+        if length < PREFIX_SIZE or len(payload) < length or zlib.crc32(payload) != crc:
             break
         try:
             records.append(_decode_payload(payload, len(records) + 1))

@@ -14,19 +14,12 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ophiond.errors import OphionError
+from ophiond.errors import NotFound, OphionError, QueryError
 from ophiond.store import tracefilter
-from ophiond.store.query import QueryError
 from ophiond.timespec import to_ns
 
 if TYPE_CHECKING:
     from ophiond.store.partitions import PartitionSet
-
-
-class NotFound(OphionError):
-    """What was asked for is not in the store (HTTP 404)."""
-
-    http_status = 404
 
 
 # Severity numbers of the OpenTelemetry log data model: each level's lowest number.

@@ -23,10 +23,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from ophiond.errors import OphionError, StoreError
+from ophiond.errors import QueryError, QueryNotRun, StoreError
 from ophiond.store.readers import Reader, ReaderLimits, human_size, readers_of
 
 if TYPE_CHECKING:
@@ -35,18 +34,8 @@ if TYPE_CHECKING:
     from ophiond.store.partitions import PartitionSet
 
 
-class QueryError(OphionError):
-    """The user's SQL was refused or failed: a usage problem, not a daemon fault."""
-
-
 class _CatalogError(QueryError):
     """A table or schema the statement names does not exist (or no longer does)."""
-
-
-class QueryNotRun(QueryError):
-    """The query was not started or was stopped for others' sake: worth trying again."""
-
-    http_status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 @dataclass

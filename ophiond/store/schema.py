@@ -4,8 +4,9 @@ Each partition file (see :mod:`ophiond.store.partitions`) holds the five base ta
 a ``schema_migrations`` table recording which migrations ran on it. Migrations are never edited
 or reordered once released: a change is a new entry at the end of :data:`MIGRATIONS`.
 
-The Arrow schemas are what the decoder produces; ``INSERT ... BY NAME`` maps them onto the
-tables, and a test checks that every Arrow column exists in the migrated tables.
+The Arrow schemas of the batches the decoder produces are in :mod:`ophiond.model`;
+``INSERT ... BY NAME`` maps them onto the tables, and a test checks that every Arrow column
+exists in the migrated tables.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import duckdb
-    import pyarrow as pa
 
 # Columns shared by every signal: where the record came from.
 _ORIGIN = """
@@ -264,149 +264,3 @@ def view_statements(schemas: list[str]) -> list[str]:
             f"(SELECT COLUMNS(lambda c: c <> 'flush') FROM ({union}))"
         )
     return statements
-
-
-# ---------------------------------------------------------------------------------------------
-# Arrow schemas of the batches the decoder produces.
-
-
-def arrow_schemas() -> dict[str, pa.Schema]:
-    """The Arrow schema of each table's batches, built on first use (pyarrow loads lazily)."""
-    global _ARROW
-    if _ARROW is None:
-        _ARROW = _build_arrow_schemas()
-    return _ARROW
-
-
-_ARROW: dict[str, pa.Schema] | None = None
-
-
-def _build_arrow_schemas() -> dict[str, pa.Schema]:
-    import pyarrow as pa
-
-    s, u32, i32, i64, u64, f64 = (
-        pa.string(),
-        pa.uint32(),
-        pa.int32(),
-        pa.int64(),
-        pa.uint64(),
-        pa.float64(),
-    )
-    ts = pa.timestamp("ns")
-    # The same for every record of a (resource, scope) run: dictionary-encoded, so that a batch
-    # carries each run's values once.
-    d = pa.dictionary(pa.int32(), pa.string())
-    origin = [
-        ("service_name", d),
-        ("resource_attributes", d),
-        ("resource_dropped_attributes_count", u32),
-        ("resource_schema_url", d),
-        ("scope_name", d),
-        ("scope_version", d),
-        ("scope_attributes", d),
-        ("scope_dropped_attributes_count", u32),
-        ("scope_schema_url", d),
-    ]
-    return {
-        "spans": pa.schema(
-            [
-                ("trace_id", s),
-                ("span_id", s),
-                ("parent_span_id", s),
-                ("trace_state", s),
-                ("flags", u32),
-                ("name", s),
-                ("kind", s),
-                ("start_time", ts),
-                ("end_time", ts),
-                ("duration_ns", i64),
-                ("status_code", s),
-                ("status_message", s),
-                ("http_method", s),
-                ("http_route", s),
-                ("http_status_code", i32),
-                ("db_system", s),
-                ("attributes", s),
-                ("dropped_attributes_count", u32),
-                ("dropped_events_count", u32),
-                ("dropped_links_count", u32),
-                *origin,
-            ]
-        ),
-        "span_events": pa.schema(
-            [
-                ("trace_id", s),
-                ("span_id", s),
-                ("span_name", s),
-                ("time", ts),
-                ("name", s),
-                ("attributes", s),
-                ("dropped_attributes_count", u32),
-                ("service_name", s),
-            ]
-        ),
-        "span_links": pa.schema(
-            [
-                ("trace_id", s),
-                ("span_id", s),
-                ("linked_trace_id", s),
-                ("linked_span_id", s),
-                ("trace_state", s),
-                ("flags", u32),
-                ("attributes", s),
-                ("dropped_attributes_count", u32),
-                ("service_name", s),
-            ]
-        ),
-        "logs": pa.schema(
-            [
-                ("timestamp", ts),
-                ("observed_timestamp", ts),
-                ("severity_number", i32),
-                ("severity_text", s),
-                ("body", s),
-                ("body_type", s),
-                ("trace_id", s),
-                ("span_id", s),
-                ("flags", u32),
-                ("event_name", s),
-                ("attributes", s),
-                ("dropped_attributes_count", u32),
-                *origin,
-            ]
-        ),
-        "metric_points": pa.schema(
-            [
-                ("metric_name", s),
-                ("description", s),
-                ("unit", s),
-                ("metric_type", s),
-                ("temporality", s),
-                ("is_monotonic", pa.bool_()),
-                ("metadata", s),
-                ("start_time", ts),
-                ("timestamp", ts),
-                ("attributes", s),
-                ("value", f64),
-                ("value_int", i64),
-                ("count", u64),
-                ("sum", f64),
-                ("min", f64),
-                ("max", f64),
-                ("bucket_counts", pa.list_(u64)),
-                ("explicit_bounds", pa.list_(f64)),
-                ("scale", i32),
-                ("zero_count", u64),
-                ("zero_threshold", f64),
-                ("positive_offset", i32),
-                ("positive_bucket_counts", pa.list_(u64)),
-                ("negative_offset", i32),
-                ("negative_bucket_counts", pa.list_(u64)),
-                ("quantiles", pa.list_(f64)),
-                ("quantile_values", pa.list_(f64)),
-                ("flags", u32),
-                ("exemplars", s),
-                *origin,
-            ]
-        ),
-    }

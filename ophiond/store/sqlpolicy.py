@@ -34,14 +34,10 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ophiond.store.query import QueryError
+from ophiond.errors import SqlRefused
 
 if TYPE_CHECKING:
     import duckdb
-
-
-class SqlRefused(QueryError):
-    """The statement is not one ``ophion sql`` runs: it writes, acts, or is not one SELECT."""
 
 
 # Table functions a query may read from. Everything else in a FROM clause that is a function

@@ -38,7 +38,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ophiond.errors import OphionError, StoreError
+from ophiond.batchio import encode_tables
+from ophiond.errors import QueueFull, StoreError, WriterStopped
 from ophiond.store import tracefilter
 from ophiond.store.deadletter import DeadLetters
 from ophiond.store.journal import (
@@ -46,7 +47,6 @@ from ophiond.store.journal import (
     JournalLoss,
     JournalRecord,
     encode_record,
-    encode_tables,
     find_losses,
     read_segment,
 )
@@ -57,7 +57,7 @@ from ophiond.store.schema import FLUSH_TAGGED
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from ophiond.otlp.decode import DecodedBatch
+    from ophiond.model import DecodedBatch
     from ophiond.store.partitions import PartitionSet
     from ophiond.telemetry import Telemetry
 
@@ -95,14 +95,6 @@ _SORT_KEYS = {
     "span_links": "trace_id",
     "logs": "timestamp",
 }
-
-
-class QueueFull(OphionError):
-    """The write queue has no room: the client should retry later."""
-
-
-class WriterStopped(OphionError):
-    """The daemon is shutting down and takes no more writes."""
 
 
 class PendingWrite:

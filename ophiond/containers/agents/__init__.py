@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ophion_cli.instrument.detect import Detection
-from ophion_cli.instrument.engine import InstrumentError
-from ophion_cli.instrument.inject import EnvPlanner, Settings
+from ophiond.containers.detect import Detection
+from ophiond.containers.inject import EnvPlanner, Settings
+from ophiond.errors import ContainerError
 
 # Written last into a bundle's directory: a directory without it is an interrupted build.
 MANIFEST = "ophion-bundle.json"
@@ -87,7 +87,7 @@ def agent_for(language: str) -> Agent:
     import importlib
 
     module_name, class_name = _AGENTS[language]
-    module = importlib.import_module(f"ophion_cli.instrument.agents.{module_name}")
+    module = importlib.import_module(f"ophiond.containers.agents.{module_name}")
     agent: Agent = getattr(module, class_name)()
     return agent
 
@@ -166,13 +166,13 @@ def run_tool(
             check=False,
         )
     except FileNotFoundError:
-        raise InstrumentError(
+        raise ContainerError(
             f"{doing}: {argv[0]} is not installed on this host", hint=hint
         ) from None
     if done.returncode != 0:
         lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
         reason = next((line for line in reversed(lines) if "ERROR" in line or "ERR!" in line), None)
-        raise InstrumentError(
+        raise ContainerError(
             f"{doing} failed: {reason or (lines[-1] if lines else f'exit {done.returncode}')}",
             hint=hint,
         )

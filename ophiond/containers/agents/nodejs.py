@@ -8,7 +8,7 @@ import posixpath
 import re
 from pathlib import Path
 
-from ophion_cli.instrument.agents import (
+from ophiond.containers.agents import (
     Bundle,
     Target,
     cache_key,
@@ -16,8 +16,9 @@ from ophion_cli.instrument.agents import (
     run_tool,
     write_manifest,
 )
-from ophion_cli.instrument.engine import InstrumentError, exec_json
-from ophion_cli.instrument.inject import EnvPlanner, Settings
+from ophiond.containers.engine import exec_json
+from ophiond.containers.inject import EnvPlanner, Settings
+from ophiond.errors import ContainerError
 
 PACKAGE = "@opentelemetry/auto-instrumentations-node"
 VERSION = "0.81.2"
@@ -35,7 +36,7 @@ class NodeAgent:
     def prepare(self, target: Target, dry_run: bool) -> Bundle:
         version = target.detection.version or self._version(target)
         if not supported(version):
-            raise InstrumentError(
+            raise ContainerError(
                 f"the container runs Node.js {version}; {PACKAGE} {VERSION} needs {_SUPPORTED}"
             )
         key = cache_key("nodejs", VERSION)
@@ -69,7 +70,7 @@ class NodeAgent:
         if target.source is not None:
             tarballs = sorted(target.source.glob("*.tgz")) if target.source.is_dir() else []
             if not tarballs:
-                raise InstrumentError(
+                raise ContainerError(
                     f"--from {target.source}: no .tgz files there",
                     hint="for Node.js, --from names a directory of npm tarballs "
                     f"(npm pack {PACKAGE}@{VERSION} and each of its dependencies)",
@@ -96,7 +97,7 @@ class NodeAgent:
             "pass --from with a directory of npm tarballs",
         )
         if not Path(scratch, REGISTER).is_file():
-            raise InstrumentError(f"the npm install has no {REGISTER}: not {PACKAGE}?")
+            raise ContainerError(f"the npm install has no {REGISTER}: not {PACKAGE}?")
         write_manifest(scratch, {"language": "nodejs", "package": PACKAGE, "version": VERSION})
 
     def environment(self, planner: EnvPlanner, bundle: Bundle, settings: Settings) -> None:

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from ophion_cli.instrument.agents import (
+from ophiond.containers.agents import (
     Bundle,
     Target,
     cache_key,
@@ -22,8 +22,9 @@ from ophion_cli.instrument.agents import (
     run_tool,
     write_manifest,
 )
-from ophion_cli.instrument.engine import InstrumentError, exec_json
-from ophion_cli.instrument.inject import EnvPlanner, Settings
+from ophiond.containers.engine import exec_json
+from ophiond.containers.inject import EnvPlanner, Settings
+from ophiond.errors import ContainerError
 
 # The contrib release the bundles are built from (it pins the SDK it was released with).
 # Changing it changes every bundle's cache key, so containers move to new bundles only when
@@ -58,7 +59,7 @@ class PythonAgent:
         version = tuple(runtime["version"][:2])
         if runtime.get("implementation") != "cpython" or version < OLDEST_PYTHON:
             found = ".".join(map(str, runtime["version"]))
-            raise InstrumentError(
+            raise ContainerError(
                 f"the container runs {runtime.get('implementation')} {found}; the Python agent "
                 f"needs CPython {'.'.join(map(str, OLDEST_PYTHON))} or newer"
             )
@@ -96,14 +97,14 @@ class PythonAgent:
         executable = target.detection.executable
         candidates = [executable] if executable and _is_python(executable) else []
         candidates += ["python3", "python"]
-        last: InstrumentError | None = None
+        last: ContainerError | None = None
         for candidate in candidates:
             try:
                 runtime: dict[str, Any] = exec_json(
                     target.container, [candidate, "-c", _INSPECT], "asking the container's Python"
                 )
                 return runtime
-            except InstrumentError as e:
+            except ContainerError as e:
                 last = e
         assert last is not None
         raise last
@@ -182,7 +183,7 @@ def _source_args(source: Path | None) -> list[str]:
     if source is None:
         return []
     if not source.is_dir():
-        raise InstrumentError(
+        raise ContainerError(
             f"--from {source}: not a directory",
             hint="for Python, --from names a wheelhouse: a directory of .whl files",
         )

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ophion_cli.instrument.agents import MANIFEST, Bundle
-from ophion_cli.instrument.engine import docker_errors, read_file
+from ophiond.containers.agents import MANIFEST, Bundle
+from ophiond.containers.engine import docker_errors, read_file
 
 LABEL = "io.ophion.bundle"
 

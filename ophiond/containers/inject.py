@@ -76,14 +76,14 @@ def apply_env(env: Sequence[str], changes: Sequence[EnvChange]) -> list[str]:
 
 def parse_attributes(items: Sequence[str]) -> dict[str, str]:
     """``--attr KEY=VALUE`` options as a mapping; a malformed one is refused."""
-    from ophion_cli.instrument.engine import InstrumentError
+    from ophiond.errors import ContainerError
 
     result: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not _ATTRIBUTE_KEY.match(key) or "," in value:
-            raise InstrumentError(
+            raise ContainerError(
                 f"--attr {item!r} is not KEY=VALUE",
                 hint="for example --attr deployment.environment=staging (no commas in the value)",
             )

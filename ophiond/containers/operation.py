@@ -11,16 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ophion_cli.instrument import detect as detection
-from ophion_cli.instrument.agents import Agent, Bundle, Target, agent_for
-from ophion_cli.instrument.engine import (
-    InstrumentError,
-    find_container,
-    processes,
-    read_file,
-    require_running,
-)
-from ophion_cli.instrument.inject import (
+from ophiond.containers import detect as detection
+from ophiond.containers.agents import Agent, Bundle, Target, agent_for
+from ophiond.containers.engine import find_container, processes, read_file, require_running
+from ophiond.containers.inject import (
     LABEL,
     EnvChange,
     EnvPlanner,
@@ -31,15 +25,15 @@ from ophion_cli.instrument.inject import (
     env_dict,
     original_env,
 )
-from ophion_cli.instrument.recreate import (
+from ophiond.containers.recreate import (
     PREVIOUS_SUFFIX,
     ContainerSpec,
-    RolledBack,
     Swap,
     current_image_id,
     spec_from_inspect,
 )
-from ophion_cli.instrument.verify import Arrival, wait_for_telemetry
+from ophiond.containers.verify import Arrival, wait_for_telemetry
+from ophiond.errors import ContainerError, RolledBack
 
 # A sidecar (Go) points back at its application with this label.
 SIDECAR_LABEL = "io.ophion.sidecar-for"
@@ -130,18 +124,18 @@ def plan(
     if (previous or sidecar) and not request.force:
         what = previous.language if previous else "go"
         since = f" since {previous.instrumented_at}" if previous else ""
-        raise InstrumentError(
+        raise ContainerError(
             f"{container.name} is already instrumented by ophion ({what}{since})",
             hint=f"pass --force to redo it, or take it out: ophion uninstrument {container.name}",
         )
     if sidecar is not None:
-        raise InstrumentError(
+        raise ContainerError(
             f"{container.name} has an ophion sidecar ({sidecar.name}); --force cannot redo a "
             "sidecar in place",
             hint=f"take it out first: ophion uninstrument {container.name}",
         )
     if request.language is not None and request.language not in detection.LANGUAGES:
-        raise InstrumentError(
+        raise ContainerError(
             f"unsupported language {request.language!r}",
             hint="one of: " + ", ".join(detection.LANGUAGES),
         )
@@ -153,7 +147,7 @@ def plan(
     )
     language = request.language or seen.language
     if language is None:
-        raise InstrumentError(
+        raise ContainerError(
             f"could not tell which language {container.name} runs; seen: "
             + ("; ".join(seen.evidence) or "nothing"),
             hint=f"name it: ophion instrument {container.name} python (one of "
@@ -202,7 +196,7 @@ def plan(
         spec.config["Env"] = apply_env(env, planner.changes)
         spec.config["Labels"] = {**spec.labels, LABEL: record.to_label()}
         mounts = [m for m in spec.mounts if not previous or m.get("Target") != previous.target]
-        from ophion_cli.instrument.volume import mount
+        from ophiond.containers.volume import mount
 
         spec.config["HostConfig"]["Mounts"] = [*mounts, mount(bundle)]
     return Plan(
@@ -231,7 +225,7 @@ def refuse_leftover(client: Any, name: str) -> None:
         client.api.inspect_container(previous)
     except docker.errors.NotFound:
         return
-    raise InstrumentError(
+    raise ContainerError(
         f"{previous} exists: an earlier instrument or uninstrument of {name} was interrupted",
         hint=f"if {name} works, remove the old one (docker rm {previous}); otherwise put it back: "
         f"docker rm -f {name} && docker rename {previous} {name} && docker start {name}",
@@ -261,7 +255,7 @@ def choose_endpoint(
     if given:
         return given.rstrip("/"), "given with --endpoint"
     if listen_http is None:
-        raise InstrumentError(
+        raise ContainerError(
             "ophiond does not listen for OTLP/HTTP (http_listen is off)",
             hint="start it with --http-listen, or pass --endpoint URL",
         )
@@ -272,7 +266,7 @@ def choose_endpoint(
         other = client.api.inspect_container(mode.partition(":")[2])
         return choose_endpoint(client, other, None, listen_http)
     if mode == "none":
-        raise InstrumentError(
+        raise ContainerError(
             f"{attrs['Name'].lstrip('/')} has no network (--network none): it cannot send "
             "telemetry anywhere"
         )
@@ -286,20 +280,20 @@ def choose_endpoint(
     networks = attrs.get("NetworkSettings", {}).get("Networks") or {}
     gateways = [(n, s.get("Gateway")) for n, s in networks.items() if s.get("Gateway")]
     if not gateways:
-        raise InstrumentError(
+        raise ContainerError(
             f"cannot tell the host's address on {attrs['Name'].lstrip('/')}'s network ({mode})",
             hint="pass --endpoint http://HOST:PORT, an address where the container reaches ophiond",
         )
     network, gateway = gateways[0]
     if loopback:
-        raise InstrumentError(
+        raise ContainerError(
             f"ophiond listens for OTLP/HTTP on {listen_http} only, which the container on network "
             f"{network!r} cannot reach (the host is {gateway} there)",
             hint=f"run ophiond with --http-listen {gateway}:{port} (or 0.0.0.0:{port}), or pass "
             "--endpoint",
         )
     if host not in ("0.0.0.0", "::", gateway):
-        raise InstrumentError(
+        raise ContainerError(
             f"ophiond listens for OTLP/HTTP on {listen_http}, not on {gateway}, the host's "
             f"address on network {network!r}",
             hint=f"run ophiond with --http-listen {gateway}:{port} or 0.0.0.0:{port}, or pass "
@@ -326,7 +320,7 @@ def apply(
     progress: Callable[[str], None],
 ) -> Outcome:
     """Swap (or start the sidecar), verify unless ``api`` is None, then keep or roll back."""
-    from ophion_cli.instrument.volume import ensure_volume
+    from ophiond.containers.volume import ensure_volume
 
     if the_plan.bundle.path is not None:
         ensure_volume(client, the_plan.bundle, the_plan.container.attrs["Image"], progress)
@@ -400,7 +394,7 @@ def _apply_sidecar(
     since: str,
     progress: Callable[[str], None],
 ) -> Outcome:
-    from ophion_cli.instrument.engine import docker_errors, last_log_lines
+    from ophiond.containers.engine import docker_errors, last_log_lines
 
     assert the_plan.sidecar is not None
     name = f"{the_plan.name}-otel-go"
@@ -451,7 +445,7 @@ def plan_removal(client: Any, name: str) -> Removal:
     if sidecar is not None:
         record = Record.from_labels(sidecar.attrs["Config"].get("Labels"))
         if record is None:
-            raise InstrumentError(
+            raise ContainerError(
                 f"the sidecar {sidecar.name} has no readable {LABEL} label",
                 hint=f"remove it yourself: docker rm -f {sidecar.name}",
             )
@@ -459,7 +453,7 @@ def plan_removal(client: Any, name: str) -> Removal:
     attrs = container.attrs
     record = Record.from_labels(attrs["Config"].get("Labels"))
     if record is None:
-        raise InstrumentError(
+        raise ContainerError(
             f"{container.name} is not instrumented by ophion (it has no {LABEL} label)",
         )
     spec = spec_from_inspect(attrs, current_image_id(client, attrs["Config"]["Image"]))

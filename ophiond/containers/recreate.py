@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ophion_cli.instrument.engine import InstrumentError, docker_errors, last_log_lines
+from ophiond.containers.engine import docker_errors, last_log_lines
+from ophiond.errors import ContainerError, RolledBack
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +133,6 @@ def current_image_id(client: Any, reference: str) -> str | None:
         return None
 
 
-class RolledBack(InstrumentError):
-    """The new container did not prove itself and the original is back; ``details`` holds the
-    new container's last log lines."""
-
-    def __init__(self, message: str, hint: str | None, logs: Sequence[str]) -> None:
-        super().__init__(message, hint, details=logs)
-
-
 class Swap:
     """Old container out, new container in, reversible until :meth:`commit`."""
 
@@ -235,7 +228,7 @@ class Swap:
         try:
             self.client.api.remove_container(self.old_id, v=False, force=True)
         except docker.errors.APIError as e:
-            raise InstrumentError(
+            raise ContainerError(
                 f"the new {self.old_name} runs, but the old container could not be removed: "
                 f"{e.explanation}",
                 hint=f"remove it yourself: docker rm {self.previous_name}",
@@ -273,7 +266,7 @@ class Swap:
                 problems.append(f"{doing}: {e.explanation}")
         self._renamed = False
         if problems:
-            raise InstrumentError(
+            raise ContainerError(
                 f"putting the old {self.old_name} back failed: " + "; ".join(problems),
                 hint=f"look at docker ps -a; the original container is {self.old_id[:12]}",
             )

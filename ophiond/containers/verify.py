@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ophion_cli.instrument.inject import ID_ATTRIBUTE
+from ophiond.containers.inject import ID_ATTRIBUTE
 
 _ID = re.compile(r"^[0-9a-f]{8,64}$")
 

@@ -13,17 +13,18 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from ophion_cli.instrument.agents import (
+from ophiond.containers.agents import (
     Bundle,
     Target,
     cache_key,
     reuse_or_build,
     write_manifest,
 )
-from ophion_cli.instrument.agents.fetch import download, sha256_file, unpack_zip
-from ophion_cli.instrument.detect import libc
-from ophion_cli.instrument.engine import InstrumentError, read_file
-from ophion_cli.instrument.inject import EnvPlanner, Settings
+from ophiond.containers.agents.fetch import download, sha256_file, unpack_zip
+from ophiond.containers.detect import libc
+from ophiond.containers.engine import read_file
+from ophiond.containers.inject import EnvPlanner, Settings
+from ophiond.errors import ContainerError
 
 VERSION = "1.13.0"
 RELEASES = (
@@ -55,7 +56,7 @@ class DotnetAgent:
         refuse_other_instrumentation(target.env)
         machine = _MACHINES.get(target.arch.split("/")[0])
         if machine is None:
-            raise InstrumentError(
+            raise ContainerError(
                 f"the container's machine is {target.arch}; OpenTelemetry .NET Automatic "
                 "Instrumentation is built for amd64 and arm64 only"
             )
@@ -65,7 +66,7 @@ class DotnetAgent:
         native_dir = f"linux-musl-{machine}" if libc_name == "musl" else f"linux-{machine}"
         if target.source is not None:
             if not zipfile.is_zipfile(target.source):
-                raise InstrumentError(
+                raise ContainerError(
                     f"--from {target.source}: not a zip file",
                     hint=f"for .NET, --from names the release's {asset}",
                 )
@@ -101,7 +102,7 @@ class DotnetAgent:
                 what = url
             for needed in (f"{native_dir}/{NATIVE}", STARTUP_HOOK):
                 if not (scratch / needed).is_file():
-                    raise InstrumentError(
+                    raise ContainerError(
                         f"{what} has no {needed}: it is not {asset} (the container runs "
                         f"{libc_name} on {machine})",
                         hint=f"for .NET, --from names the release's {asset}",
@@ -126,14 +127,14 @@ class DotnetAgent:
 def refuse_other_instrumentation(env: Mapping[str, str]) -> None:
     """Refuse a container that is already instrumented by other means, or has a profiler."""
     if "OTEL_DOTNET_AUTO_HOME" in env:
-        raise InstrumentError(
+        raise ContainerError(
             "the container is already instrumented by OpenTelemetry .NET Automatic "
             f"Instrumentation (OTEL_DOTNET_AUTO_HOME={env['OTEL_DOTNET_AUTO_HOME']})",
             hint="keep that instrumentation, or remove its variables from the container first",
         )
     for variable in _PROFILER_VARIABLES:
         if variable in env:
-            raise InstrumentError(
+            raise ContainerError(
                 f"the container sets {variable}={env[variable]}: another CLR profiler is "
                 "configured, and .NET loads only one",
                 hint="remove the other profiler's CORECLR_* variables first",

@@ -13,16 +13,16 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from ophion_cli.instrument.agents import (
+from ophiond.containers.agents import (
     Bundle,
     Target,
     cache_key,
     reuse_or_build,
     write_manifest,
 )
-from ophion_cli.instrument.agents.fetch import download, sha256_file
-from ophion_cli.instrument.engine import InstrumentError
-from ophion_cli.instrument.inject import EnvPlanner, Settings
+from ophiond.containers.agents.fetch import download, sha256_file
+from ophiond.containers.inject import EnvPlanner, Settings
+from ophiond.errors import ContainerError
 
 # Changing it changes the bundle's cache key: containers move to the new agent only when they
 # are instrumented again.
@@ -53,7 +53,7 @@ class JavaAgent:
         for variable in _OPTION_VARIABLES:
             found = _OTEL_AGENT.search(target.env.get(variable, ""))
             if found:
-                raise InstrumentError(
+                raise ContainerError(
                     f"the container already loads an OpenTelemetry Java agent ({variable} has "
                     f"{found[0]})",
                     hint=f"remove it from {variable} first, or keep that agent",
@@ -100,18 +100,16 @@ def agent_version(jar: Path, what: str) -> str | None:
         with zipfile.ZipFile(jar) as archive:
             text = archive.read("META-INF/MANIFEST.MF").decode("utf-8", errors="replace")
     except FileNotFoundError:
-        raise InstrumentError(f"{what}: no such file") from None
+        raise ContainerError(f"{what}: no such file") from None
     except IsADirectoryError:
-        raise InstrumentError(f"{what} is a directory", hint=_HINT) from None
+        raise ContainerError(f"{what} is a directory", hint=_HINT) from None
     except (zipfile.BadZipFile, KeyError):
-        raise InstrumentError(
-            f"{what} is not a jar (no META-INF/MANIFEST.MF)", hint=_HINT
-        ) from None
+        raise ContainerError(f"{what} is not a jar (no META-INF/MANIFEST.MF)", hint=_HINT) from None
     except OSError as e:
-        raise InstrumentError(f"{what}: {e.strerror or e}") from None
+        raise ContainerError(f"{what}: {e.strerror or e}") from None
     attributes = manifest_attributes(text)
     if "Premain-Class" not in attributes:
-        raise InstrumentError(
+        raise ContainerError(
             f"{what} is a jar but not a Java agent (its manifest has no Premain-Class)",
             hint=_HINT,
         )

@@ -1,4 +1,4 @@
-"""The Docker engine as ``ophion instrument`` sees it: one connection, containers found by name,
+"""The Docker engine as ophion sees it (``ophion instrument`` now, auto-healing next): one connection, containers found by name,
 their processes and files read without a shell, and Docker's errors turned into ours."""
 
 from __future__ import annotations
@@ -11,18 +11,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ophiond.errors import OphionError
+from ophiond.errors import ContainerError
 
 # The Docker SDK is imported where it is used: ``ophion --help`` must not pay for it.
 
 
-class InstrumentError(OphionError):
-    """Instrumenting a container was refused or failed; nothing was left half changed."""
-
-
 @contextmanager
 def docker_errors(doing: str) -> Iterator[None]:
-    """Turn an unexpected Docker API error into an :class:`InstrumentError` naming the step."""
+    """Turn an unexpected Docker API error into a :class:`ContainerError` naming the step."""
     import docker.errors
     import requests.exceptions
 
@@ -30,9 +26,9 @@ def docker_errors(doing: str) -> Iterator[None]:
         yield
     except docker.errors.APIError as e:
         explanation = e.explanation if isinstance(e.explanation, str) else str(e)
-        raise InstrumentError(f"{doing}: Docker said: {explanation}") from e
+        raise ContainerError(f"{doing}: Docker said: {explanation}") from e
     except (requests.exceptions.ConnectionError, docker.errors.DockerException) as e:
-        raise InstrumentError(f"{doing}: lost the Docker engine: {e}") from e
+        raise ContainerError(f"{doing}: lost the Docker engine: {e}") from e
 
 
 def connect() -> Any:
@@ -48,15 +44,15 @@ def connect() -> Any:
     return client
 
 
-def _unreachable(error: Exception) -> InstrumentError:
+def _unreachable(error: Exception) -> ContainerError:
     text = str(error)
     if "Permission denied" in text or "PermissionError" in text:
-        return InstrumentError(
+        return ContainerError(
             "permission denied on the Docker socket",
             hint="add yourself to the docker group (sudo usermod -aG docker $USER, then log in "
             "again), or run the command with sudo",
         )
-    return InstrumentError(
+    return ContainerError(
         f"Docker is not reachable: {text}",
         hint="start the engine (sudo systemctl start docker), or point DOCKER_HOST at it",
     )
@@ -69,12 +65,12 @@ def find_container(client: Any, name: str) -> Any:
     try:
         return client.containers.get(name)
     except docker.errors.NotFound:
-        raise InstrumentError(
+        raise ContainerError(
             f"no container named {name!r}",
             hint="docker ps lists the running containers and their names",
         ) from None
     except docker.errors.APIError as e:
-        raise InstrumentError(f"could not inspect {name!r}: {e.explanation}") from e
+        raise ContainerError(f"could not inspect {name!r}: {e.explanation}") from e
 
 
 def require_running(container: Any) -> None:
@@ -82,7 +78,7 @@ def require_running(container: Any) -> None:
     state = container.attrs["State"]
     if not state.get("Running") or state.get("Paused") or state.get("Restarting"):
         status = state.get("Status", "stopped")
-        raise InstrumentError(
+        raise ContainerError(
             f"container {container.name!r} is not running (it is {status})",
             hint=f"start it first: docker start {container.name}",
         )
@@ -144,16 +140,16 @@ def exec_json(container: Any, argv: Sequence[str], doing: str) -> Any:
     try:
         code, (out, err) = container.exec_run(list(argv), demux=True)
     except docker.errors.APIError as e:
-        raise InstrumentError(f"{doing}: {e.explanation}") from e
+        raise ContainerError(f"{doing}: {e.explanation}") from e
     if code != 0:
         detail = (err or out or b"").decode(errors="replace").strip().splitlines()
-        raise InstrumentError(
+        raise ContainerError(
             f"{doing}: {argv[0]} exited with {code}" + (f": {detail[-1]}" if detail else "")
         )
     try:
         return json.loads(out or b"")
     except ValueError as e:
-        raise InstrumentError(f"{doing}: {argv[0]} printed no JSON") from e
+        raise ContainerError(f"{doing}: {argv[0]} printed no JSON") from e
 
 
 def last_log_lines(client: Any, container_id: str, lines: int = 20) -> list[str]:

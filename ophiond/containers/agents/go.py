@@ -15,9 +15,9 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from ophion_cli.instrument.agents import Bundle, Target, cache_key
-from ophion_cli.instrument.engine import InstrumentError
-from ophion_cli.instrument.inject import EnvPlanner, Settings
+from ophiond.containers.agents import Bundle, Target, cache_key
+from ophiond.containers.inject import EnvPlanner, Settings
+from ophiond.errors import ContainerError
 
 VERSION = "v0.22.1"
 IMAGE = f"ghcr.io/open-telemetry/opentelemetry-go-instrumentation/autoinstrumentation-go:{VERSION}"
@@ -40,7 +40,7 @@ class GoAgent:
         state = "present"
         if not self._has_image(target.client, reference):
             if target.source is not None:
-                raise InstrumentError(
+                raise ContainerError(
                     f"--from {reference}: the engine has no such image", hint=_HINT
                 )
             state = "to be pulled"
@@ -91,18 +91,18 @@ class GoAgent:
     def _executable(self, target: Target) -> str:
         executable = target.detection.executable
         if not executable:
-            raise InstrumentError(
+            raise ContainerError(
                 "could not tell which program the container runs: the Go agent needs its path",
                 hint="the process list (docker top) shows it while the container runs; start it",
             )
         if posixpath.basename(executable) == "go":
-            raise InstrumentError(
+            raise ContainerError(
                 "the container runs its program with `go run`, which builds it into a temporary "
                 "file on every start",
                 hint="build the program (go build) and run the binary",
             )
         if not executable.startswith("/"):
-            raise InstrumentError(
+            raise ContainerError(
                 f"the container runs {executable!r}, whose absolute path could not be found; "
                 "the Go agent finds the process by it",
                 hint="run the program by its absolute path (for example /app/server)",
@@ -118,7 +118,7 @@ class GoAgent:
         except docker.errors.ImageNotFound:
             return False
         except docker.errors.APIError as e:
-            raise InstrumentError(f"looking for the image {reference}: {e.explanation}") from e
+            raise ContainerError(f"looking for the image {reference}: {e.explanation}") from e
         return True
 
     @staticmethod
@@ -129,9 +129,9 @@ class GoAgent:
         try:
             client.images.pull(reference)
         except docker.errors.APIError as e:
-            raise InstrumentError(f"pulling {reference}: {e.explanation}", hint=_HINT) from e
+            raise ContainerError(f"pulling {reference}: {e.explanation}", hint=_HINT) from e
         except requests.exceptions.RequestException as e:
-            raise InstrumentError(f"pulling {reference}: {e}", hint=_HINT) from e
+            raise ContainerError(f"pulling {reference}: {e}", hint=_HINT) from e
 
 
 def real_path(container: Any, path: str, hops: int = 8) -> str:

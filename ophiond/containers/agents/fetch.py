@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ophion_cli.instrument.engine import InstrumentError
+from ophiond.errors import ContainerError
 
 _CHUNK = 1 << 20
 # Long enough for a slow mirror to start answering, short enough that a dead network fails
@@ -43,17 +43,17 @@ def download(
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
         e.close()
-        raise InstrumentError(
+        raise ContainerError(
             f"downloading {url}: the server answered {e.code} {e.reason}", hint=hint
         ) from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         reason = getattr(e, "reason", None) or e
-        raise InstrumentError(f"downloading {url} failed: {reason}", hint=hint) from None
+        raise ContainerError(f"downloading {url} failed: {reason}", hint=hint) from None
     with response:
         # urlopen follows redirects and raises for 4xx/5xx; anything else but 200 (a 204, a
         # 206 from a proxy) is still not the whole file.
         if response.status != 200:
-            raise InstrumentError(
+            raise ContainerError(
                 f"downloading {url}: the server answered {response.status} {response.reason}",
                 hint=hint,
             )
@@ -66,7 +66,7 @@ def download(
         try:
             received = _copy(response, fd, url, dest, hint)
             if expected is not None and received != expected:
-                raise InstrumentError(
+                raise ContainerError(
                     f"downloading {url} was cut short ({received} of {expected} bytes)",
                     hint=hint,
                 )
@@ -84,13 +84,13 @@ def _copy(response: http.client.HTTPResponse, fd: int, url: str, dest: Path, hin
             try:
                 chunk = response.read(_CHUNK)
             except (http.client.HTTPException, OSError) as e:
-                raise InstrumentError(f"downloading {url} failed: {e}", hint=hint) from None
+                raise ContainerError(f"downloading {url} failed: {e}", hint=hint) from None
             if not chunk:
                 return received
             try:
                 out.write(chunk)
             except OSError as e:
-                raise InstrumentError(f"writing {dest}: {e.strerror or e}") from None
+                raise ContainerError(f"writing {dest}: {e.strerror or e}") from None
             received += len(chunk)
 
 
@@ -108,7 +108,7 @@ def member_path(root: Path, name: str, archive: str) -> Path:
     put it anywhere else (an absolute path, ``..``), as a malicious archive's would."""
     clean = posixpath.normpath(name.replace("\\", "/"))
     if clean.startswith("/") or clean == ".." or clean.startswith("../"):
-        raise InstrumentError(f"{archive} holds a file outside its own directory: {name!r}")
+        raise ContainerError(f"{archive} holds a file outside its own directory: {name!r}")
     return root / clean
 
 
@@ -122,9 +122,9 @@ def unpack_zip(archive: Path, dest: Path, what: str) -> None:
             for member in members:
                 zipped.extract(member, dest)
     except zipfile.BadZipFile as e:
-        raise InstrumentError(f"{what} is not a readable zip: {e}") from None
+        raise ContainerError(f"{what} is not a readable zip: {e}") from None
     except OSError as e:
-        raise InstrumentError(f"unpacking {what}: {e.strerror or e}") from None
+        raise ContainerError(f"unpacking {what}: {e.strerror or e}") from None
 
 
 def unpack_tar(stream: Any, dest: Path, what: str) -> None:
@@ -143,7 +143,7 @@ def unpack_tar(stream: Any, dest: Path, what: str) -> None:
                 path = member_path(dest, relative, what)
                 # Links already unpacked could lead a name that looks inside to outside.
                 if not path.parent.resolve().is_relative_to(root) or path.is_symlink():
-                    raise InstrumentError(f"{what} holds a file behind a link: {member.name!r}")
+                    raise ContainerError(f"{what} holds a file behind a link: {member.name!r}")
                 if member.isdir():
                     path.mkdir(parents=True, exist_ok=True)
                 elif member.isfile():

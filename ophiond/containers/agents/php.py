@@ -29,17 +29,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ophion_cli.instrument.agents import Bundle, Target, cache_key, reuse_or_build, write_manifest
-from ophion_cli.instrument.agents.fetch import sha256_file, unpack_tar
-from ophion_cli.instrument.detect import libc
-from ophion_cli.instrument.engine import (
-    InstrumentError,
-    docker_errors,
-    exec_json,
-    last_log_lines,
-    read_file,
-)
-from ophion_cli.instrument.inject import EnvPlanner, Settings
+from ophiond.containers.agents import Bundle, Target, cache_key, reuse_or_build, write_manifest
+from ophiond.containers.agents.fetch import sha256_file, unpack_tar
+from ophiond.containers.detect import libc
+from ophiond.containers.engine import docker_errors, exec_json, last_log_lines, read_file
+from ophiond.containers.inject import EnvPlanner, Settings
+from ophiond.errors import ContainerError
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +103,7 @@ class PhpAgent:
         else:
             match = re.match(r"(\d+)\.(\d+)", version)
             if match and (int(match[1]), int(match[2])) < OLDEST_PHP:
-                raise InstrumentError(
+                raise ContainerError(
                     f"the container runs PHP {version}; the opentelemetry extension "
                     f"{EXTENSION_VERSION} needs PHP {'.'.join(map(str, OLDEST_PHP))} or newer"
                 )
@@ -151,13 +146,13 @@ class PhpAgent:
             version, prepend = exec_json(
                 target.container, ["php", "-r", _INSPECT], "asking the container's PHP"
             )
-        except InstrumentError:
+        except ContainerError:
             if target.detection.version:
                 return target.detection.version
             raise
         # A previous injection's own file is not the app's (its environment is still in force).
         if prepend and not prepend.startswith("/otel-auto-instrumentation-php/"):
-            raise InstrumentError(
+            raise ContainerError(
                 f"the app sets auto_prepend_file={prepend}, and PHP prepends only one file; the "
                 "OpenTelemetry autoloader needs it"
             )
@@ -195,7 +190,7 @@ class PhpAgent:
             _remove(helper)
         for needed in ("ext/opentelemetry.so", "vendor/autoload.php"):
             if not (scratch / needed).is_file():
-                raise InstrumentError(f"the PHP build helper made no {needed}", hint=_HINT)
+                raise ContainerError(f"the PHP build helper made no {needed}", hint=_HINT)
 
     @staticmethod
     def _run(client: Any, helper: Any) -> None:
@@ -206,13 +201,13 @@ class PhpAgent:
         try:
             status = helper.wait(timeout=HELPER_TIMEOUT).get("StatusCode")
         except requests.exceptions.RequestException as e:
-            raise InstrumentError(
+            raise ContainerError(
                 f"the PHP build helper did not finish within {HELPER_TIMEOUT // 60} minutes: {e}",
                 hint=_HINT,
             ) from None
         if status != 0:
             lines = last_log_lines(client, helper.id, 12)
-            raise InstrumentError(
+            raise ContainerError(
                 f"building the PHP bundle failed (exit {status})"
                 + (":\n  " + "\n  ".join(lines) if lines else ""),
                 hint=_HINT,
@@ -242,7 +237,7 @@ def _bundle_digest(source: Path) -> str:
     """A digest of a ``--from`` bundle directory, refused unless it is laid out as a bundle."""
     for needed in ("ext/opentelemetry.so", "vendor/autoload.php"):
         if not (source / needed).is_file():
-            raise InstrumentError(
+            raise ContainerError(
                 f"--from {source}: no {needed} there",
                 hint="for PHP, --from names a bundle directory: ext/opentelemetry.so built for "
                 "the container's PHP, and vendor/ from composer require open-telemetry/sdk ...",

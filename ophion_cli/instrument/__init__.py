@@ -1,1 +1,0 @@
-"""ophion instrument: add OpenTelemetry to a running Docker container."""
