@@ -12,16 +12,13 @@ from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import DataTable, Input, Static, Tree
 
-from ophion_cli.tui.app import (
-    FilterScreen,
-    HelpScreen,
-    OphionTui,
-    ServicesScreen,
-    StatusBar,
-    TracesScreen,
-)
+from ophion_cli.tui.app import OphionTui
+from ophion_cli.tui.screens.help import HelpScreen
+from ophion_cli.tui.screens.services import ServicesScreen
+from ophion_cli.tui.screens.trace import TraceScreen
+from ophion_cli.tui.screens.traces import FilterScreen, TracesScreen
 from ophion_cli.tui.source import ApiSource
-from ophion_cli.tui.trace import TraceScreen
+from ophion_cli.tui.widgets.status_bar import StatusBar
 
 
 async def until(pilot: Pilot[None], done: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -132,7 +129,7 @@ def test_the_app_says_when_the_daemon_is_down_and_reconnects(
 def test_every_key_in_the_help_screen_is_in_tui_md() -> None:
     from pathlib import Path
 
-    from ophion_cli.tui.app import KEYS
+    from ophion_cli.tui.screens.help import KEYS
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "tui.md").read_text()
     rows = {
@@ -149,7 +146,7 @@ def test_a_trace_as_a_waterfall_and_from_a_log_record_to_its_span(daemon: Runnin
     from opentelemetry._logs import SeverityNumber
     from otel_senders import KNOWN_TRACE, Record, send_known_trace, send_records, span_hex
 
-    from ophion_cli.tui.trace import TraceScreen
+    from ophion_cli.tui.screens.trace import TraceScreen
 
     known = send_known_trace(daemon)
     charge = int(span_hex(known.charge), 16)
@@ -203,7 +200,7 @@ def test_a_histogram_charted_as_p50_p95_p99(daemon: RunningDaemon) -> None:
     from otel_senders import send_shop_metrics
     from textual.widgets import SelectionList
 
-    from ophion_cli.tui.metrics import MetricScreen, MetricsScreen
+    from ophion_cli.tui.screens.metrics import MetricScreen, MetricsScreen
 
     send_shop_metrics(daemon)
 
@@ -246,7 +243,7 @@ def test_a_histogram_charted_as_p50_p95_p99(daemon: RunningDaemon) -> None:
 
 
 def test_the_service_map_drawn_with_labelled_edges(daemon: RunningDaemon) -> None:
-    from ophion_cli.tui.service_map import MapScreen
+    from ophion_cli.tui.screens.service_map import MapScreen
 
     send_shop(daemon)
 
@@ -274,8 +271,8 @@ def test_the_live_log_tail_pauses_resumes_and_opens_a_trace(daemon: RunningDaemo
     from opentelemetry._logs import SeverityNumber
     from otel_senders import RECORDS, TRACE_ONE, Record, S, send_records
 
-    from ophion_cli.tui.logs import LogFilterScreen, LogsScreen
-    from ophion_cli.tui.trace import TraceScreen
+    from ophion_cli.tui.screens.logs import LogFilterScreen, LogsScreen
+    from ophion_cli.tui.screens.trace import TraceScreen
 
     send_records(daemon, RECORDS, time.time_ns() - 60 * S)
 
@@ -400,7 +397,7 @@ def test_a_row_drawn_before_its_columns_are_measured_is_drawn_again_at_their_wid
     columns are measured the row is drawn at their widths, not kept cut to the header's."""
     from textual.app import App, ComposeResult
 
-    from ophion_cli.tui.screen import Table
+    from ophion_cli.tui.widgets.table import Table
 
     class OneTable(App[None]):
         # (As high as the screens' tables: one that grows with its rows is resized, and a

@@ -16,11 +16,14 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable
 from tui_fixture import LOGS, TRACE_ID, FixtureSource
 
-from ophion_cli.tui.app import HelpScreen, OphionTui, ServicesScreen, TracesScreen
-from ophion_cli.tui.logs import LogsScreen
-from ophion_cli.tui.metrics import MetricScreen
-from ophion_cli.tui.service_map import MapScreen
-from ophion_cli.tui.trace import TraceScreen
+from ophion_cli.tui.app import OphionTui
+from ophion_cli.tui.screens.help import HelpScreen
+from ophion_cli.tui.screens.logs import LogsScreen
+from ophion_cli.tui.screens.metrics import MetricScreen
+from ophion_cli.tui.screens.service_map import MapScreen
+from ophion_cli.tui.screens.services import ServicesScreen
+from ophion_cli.tui.screens.trace import TraceScreen
+from ophion_cli.tui.screens.traces import TracesScreen
 
 SIZES = [(80, 24), (160, 48)]
 

@@ -14,8 +14,8 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Static, Tree
 from textual.widgets.tree import TreeNode
 
-from ophion_cli.tui.logs import record_cells
-from ophion_cli.tui.screen import Table, TuiScreen
+from ophion_cli.tui.screens.base import TuiScreen
+from ophion_cli.tui.widgets.table import Table, record_cells
 from ophion_cli.views import human_ns, service_colors
 
 # Columns of a span's line in the tree before its bar: name (indented) and duration.

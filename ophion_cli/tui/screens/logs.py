@@ -22,31 +22,15 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Input
 from textual.worker import get_current_worker
 
-from ophion_cli.tui.screen import Dialog, FormScreen, Table, TuiScreen
-from ophion_cli.views import clock_time, service_colors, severity
+from ophion_cli.tui.screens.base import Dialog, FormScreen, TuiScreen
+from ophion_cli.tui.widgets.table import Table, record_cells
+from ophion_cli.views import service_colors
 from ophiond.errors import DaemonNotRunning, OphionError
 
 # Rows the table keeps (the oldest go first), and how often arriving records are shown.
 KEEP = 2000
 _BATCH_S = 0.1
 _LEVELS = ("trace", "debug", "info", "warn", "error", "fatal")
-
-
-def record_cells(
-    record: dict[str, Any], palette: dict[str, str], search: str = ""
-) -> tuple[Any, ...]:
-    """A log record as a table row: time, severity in its colour, service, body (``search``
-    highlighted); the trace screen lists its records the same way."""
-    body = Text((record.get("body") or "").replace("\n", " ⏎ "))
-    if search:
-        body.highlight_words([search], style="reverse", case_sensitive=False)
-    service = record.get("service") or ""
-    return (
-        clock_time(record.get("time")),
-        Text(*severity(record.get("severity_number"), record.get("severity"))),
-        Text(service, style=palette.get(service, "")),
-        body,
-    )
 
 
 def _key(record: dict[str, Any]) -> tuple[Any, ...]:
@@ -268,12 +252,10 @@ class LogsScreen(TuiScreen):
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         """Enter on a record with a trace id: that trace."""
-        from ophion_cli.tui.trace import TraceScreen
-
         row = self.query_one(DataTable).get_row_index(event.row_key)
         record = list(self.records)[row]
         if record.get("trace_id"):
-            self.app.push_screen(TraceScreen(record["trace_id"]))
+            self.tui.open_trace(record["trace_id"])
         else:
             self.notify("this record belongs to no trace")
 

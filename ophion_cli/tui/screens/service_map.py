@@ -12,7 +12,7 @@ from textual.containers import ScrollableContainer
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
-from ophion_cli.tui.screen import DataScreen
+from ophion_cli.tui.screens.base import DataScreen
 from ophion_cli.views import human_ns, service_colors
 
 
@@ -130,7 +130,5 @@ class MapScreen(DataScreen):
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         """Enter on an edge: the traces of the called service."""
-        from ophion_cli.tui.app import TracesScreen
-
         target = (event.row_key.value or "").split("\x00")[-1]
-        self.app.push_screen(TracesScreen(service=target or None))
+        self.tui.open_traces(target or None)

@@ -1,0 +1,1 @@
+"""The widgets the terminal UI's screens share: its tables, the status bar and the line chart."""
