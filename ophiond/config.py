@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ophiond.errors import ConfigError
-from ophiond.otlp.limits import IngestLimits
+from ophiond.model import IngestLimits
 
 if TYPE_CHECKING:
     from ophiond.serving import ClientLimits
@@ -444,11 +444,18 @@ def _query_memory(text: str, memory_limit: int) -> int:
     return amount
 
 
+def default_workers() -> int:
+    """One worker per CPU this process may run on, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
 def _decode_workers(text: str) -> int:
     value = text.strip().lower()
     if value == "auto":
-        from ophiond.otlp.workers import default_workers
-
         return default_workers()
     if not value.isdigit() or int(value) > 64:
         raise ConfigError(

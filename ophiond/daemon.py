@@ -114,6 +114,9 @@ class Daemon:
         from ophiond.api.server import ApiServer
         from ophiond.api.tokens import TokenStore
         from ophiond.otlp.ingest import Ingest
+        from ophiond.scheduler import Scheduler
+        from ophiond.state.audit import AuditLog
+        from ophiond.state.store import StateStore
         from ophiond.store.feed import LogFeed
         from ophiond.store.partitions import PartitionSet, connect
         from ophiond.store.query import QuerySlots
@@ -132,12 +135,16 @@ class Daemon:
         signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         try:
             paths.data_dir.mkdir(parents=True, exist_ok=True)
+            self.state = StateStore.open(paths.data_dir)
+            self.audit = AuditLog(self.state)
             self.telemetry = Telemetry()
             self.partitions = PartitionSet(
                 connect(settings.memory_limit, paths.data_dir, max_spill=settings.sql_max_spill),
                 paths.data_dir,
             )
             self.partitions.open()
+            for damaged in self.partitions.damaged:
+                self.audit.record("ophiond", "partition.set_aside", damaged["partition"], **damaged)
             readers = limit_readers(
                 self.partitions,
                 ReaderLimits(
@@ -153,15 +160,24 @@ class Daemon:
                 capacity=settings.queue_size,
                 disk_budget=settings.retention_max_disk,
                 max_age_s=settings.retention_max_age,
-                housekeeping_interval=settings.housekeeping_interval,
             )
             self.feed = LogFeed()
             self.writer.on_commit = self._publish
             self.writer.make_room = readers.stop
+            self.writer.audit = self.audit
             self.sql_slots = QuerySlots(settings.sql_max_concurrent)
             self.writer.recover()
             self.writer.start()
             self.partitions.before_read = self.writer.sync
+            self.scheduler = Scheduler()
+            self.scheduler.every(
+                "housekeeping",
+                settings.housekeeping_interval,
+                self.writer.housekeep,
+                "retention by age and disk budget, partition roll-over, checkpoint when idle",
+                first_run_in_s=settings.housekeeping_interval,  # (the writer ran one at start)
+            )
+            self.scheduler.start()
             if settings.decode_workers:
                 from ophiond.otlp.workers import DecodePool
 
@@ -211,6 +227,14 @@ class Daemon:
                 started.append(self.http)
 
             self._write_state_files()
+            self.audit.record(
+                "ophiond",
+                "daemon.start",
+                None,
+                version=__version__,
+                pid=os.getpid(),
+                listen=self._listen(),
+            )
             sd_notify("READY=1\nSTATUS=receiving OTLP")
             log.info(
                 "ophiond %s ready (pid %d, data in %s)", __version__, os.getpid(), paths.data_dir
@@ -260,10 +284,18 @@ class Daemon:
                 log.warning("stopping %s: %s", type(part).__name__, e)
         if self.decode_pool is not None:
             self.decode_pool.stop()
+        if hasattr(self, "scheduler"):
+            self.scheduler.stop()
         if hasattr(self, "writer"):
             self.writer.stop()
         if hasattr(self, "partitions"):
             self.partitions.close()
+        if hasattr(self, "state"):
+            if hasattr(self, "writer"):
+                self.audit.record(
+                    "ophiond", "daemon.stop", None, pid=os.getpid(), **self.telemetry.snapshot()
+                )
+            self.state.close()
         for path in (self.paths.pid_file, self.paths.listen_file):
             try:
                 path.unlink()
@@ -303,7 +335,7 @@ class Daemon:
         return [
             Route("GET", "/api/v1/status", Role.READ, self.status),
             Route("POST", "/api/v1/sql", Role.READ, self.sql),
-            *token_routes(self.tokens),
+            *token_routes(self.tokens, self.audit),
             *query_routes(self.partitions, self.feed, self.settings.sql_timeout),
         ]
 
@@ -317,6 +349,12 @@ class Daemon:
             "listen": self._listen(),
             "signals": self.telemetry.snapshot(),
             "queue": {"depth": self.writer.depth, "capacity": self.settings.queue_size},
+            "jobs": self.scheduler.jobs(),
+            "state": {
+                "path": str(self.state.path),
+                "bytes": self.state.size(),
+                "schema": self.state.version,
+            },
             "storage": {
                 "data_dir": str(self.paths.data_dir),
                 "bytes": sum(p.size() for p in partitions),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -45,6 +45,26 @@ class DecodedBatch:
         return "; ".join(self.problems)
 
 
+@dataclass(frozen=True)
+class IngestLimits:
+    """The most ingest stores of one record (set by the configuration, applied by the
+    receivers); the settings of the same names say why."""
+
+    attribute_value_size: int = 64 << 10
+    """Bytes of one string or bytes attribute value (``max_attribute_value_size``)."""
+    attributes_size: int = 1 << 20
+    """Bytes of one record's attributes as stored JSON (``max_attributes_size``)."""
+    log_body_size: int = 256 << 10
+    """Bytes of one log body (``max_log_body_size``)."""
+    events_per_span: int = 128
+    """Events kept per span (``max_span_events``)."""
+    links_per_span: int = 128
+    """Links kept per span (``max_span_links``)."""
+
+
+DEFAULT_LIMITS = IngestLimits()
+
+
 class Commit(Protocol):
     """A batch handed to the store, to be waited on until it is durable."""
 
@@ -57,6 +77,14 @@ class BatchSink(Protocol):
 
     def submit(self, batch: DecodedBatch) -> Commit:
         """Queue ``batch``; raise ``QueueFull`` or ``WriterStopped`` when it cannot be taken."""
+
+
+class Recorder(Protocol):
+    """Where a part of the daemon records what it did that changed something (the audit log,
+    :class:`ophiond.state.audit.AuditLog`)."""
+
+    def record(self, actor: str, action: str, subject: str | None = None, **detail: Any) -> None:
+        """Append an entry; never raises."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from ophion_cli.instrument_cmd import _local
+from ophion_cli.commands.instrument import _local
 from ophiond.containers.agents import Bundle, Target
 from ophiond.containers.agents.dotnet import DotnetAgent
 from ophiond.containers.agents.fetch import download

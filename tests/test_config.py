@@ -16,7 +16,7 @@ from ophiond.config import (
     settings_reference,
 )
 from ophiond.errors import ConfigError
-from ophiond.otlp.limits import IngestLimits
+from ophiond.model import IngestLimits
 
 REPO = Path(__file__).resolve().parent.parent
 

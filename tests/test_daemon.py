@@ -140,6 +140,6 @@ def test_data_and_state_are_private_to_the_daemon_user(daemon: Any) -> None:
 
     for path in (daemon.home / "data", daemon.home / "state"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700
-    for path in (daemon.home / "data").glob("*.duckdb"):
+    for path in (daemon.home / "data").glob("[0-9]*.duckdb"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE((daemon.home / "state" / "api.sock").stat().st_mode) == 0o600

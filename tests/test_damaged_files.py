@@ -164,7 +164,7 @@ def test_a_partition_another_process_holds_is_not_taken_for_damage(daemon_factor
     daemon = daemon_factory()
     kept = _send(daemon, make_batch(4, "kept"))
     assert daemon.stop() == 0
-    [partition] = (daemon.home / "data").glob("*.duckdb")
+    [partition] = (daemon.home / "data").glob("[0-9]*.duckdb")
     holder = duckdb.connect(str(partition))  # (read-write: DuckDB locks the file)
     try:
         with pytest.raises(RuntimeError, match="another ophiond or `ophion sql`"):
@@ -198,7 +198,7 @@ def test_a_lost_write_ahead_log_loses_no_acknowledged_record(
     sent = _send(daemon, make_batch(20, "flushed"))
     assert len(stored_span_ids(daemon)) == 20  # a query flushes them into DuckDB
     assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
-    [wal] = (daemon.home / "data").glob("*.duckdb.wal")
+    [wal] = (daemon.home / "data").glob("[0-9]*.duckdb.wal")
     if damage == "deleted":
         wal.unlink()
     else:
@@ -215,7 +215,7 @@ def test_a_damaged_partition_is_set_aside_and_the_rest_served(daemon_factory: An
     kept = _send(daemon, make_batch(10, "kept"))
     assert daemon.stop() == 0
     data = daemon.home / "data"
-    [good] = data.glob("*.duckdb")
+    [good] = data.glob("[0-9]*.duckdb")
     broken = data / "20200101T000000Z.duckdb"  # an older partition
     broken.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
 
@@ -231,7 +231,7 @@ def test_a_damaged_partition_is_set_aside_and_the_rest_served(daemon_factory: An
 
     # With the daemon down and nothing readable, `ophion sql` says so in one line.
     assert restarted.stop() == 0
-    for partition in data.glob("*.duckdb"):
+    for partition in data.glob("[0-9]*.duckdb"):
         partition.write_bytes(partition.read_bytes()[:5000])
     result = ophion("sql", "SELECT count(*) FROM spans", env={"OPHION_HOME": str(daemon.home)})
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -21,9 +21,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from test_decode_fast import EVERY_KIND, any_value, json_text, key_values, trace_request
 
 from ophiond.errors import InvalidPayload
-from ophiond.model import Signal
+from ophiond.model import IngestLimits, Signal
 from ophiond.otlp.decode import decode_logs, decode_metrics, decode_traces
-from ophiond.otlp.limits import MAX_NESTING, NESTED_MARKER, IngestLimits, cut_text
+from ophiond.otlp.limits import MAX_NESTING, NESTED_MARKER, cut_text
 from ophiond.otlp.workers import DecodePool, decode_body
 
 SMALL = IngestLimits(

@@ -27,7 +27,7 @@ from ophiond.telemetry import Telemetry
 
 
 def _writer(partitions: PartitionSet, **kwargs: object) -> Writer:
-    return Writer(partitions, Telemetry(), 1_000_000, 10**12, 7 * 86400, 3600, **kwargs)  # type: ignore[arg-type]
+    return Writer(partitions, Telemetry(), 1_000_000, 10**12, 7 * 86400, **kwargs)  # type: ignore[arg-type]
 
 
 def _frame(spans: int, service: str = "checkout") -> Frame:

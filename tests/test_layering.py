@@ -1,4 +1,9 @@
-"""The daemon never loads the front ends, and the CLI stays quick to start."""
+"""The daemon never loads the front ends, and the CLI stays quick to start.
+
+import-linter (`lint-imports` in .ci/run, contracts in pyproject.toml) checks the static import
+graph: who may import whom, imports inside functions included. These tests check what that
+graph cannot: which modules a start-up actually loads, so that the heavy imports stay lazy.
+"""
 
 from __future__ import annotations
 

@@ -27,8 +27,7 @@ def test_the_disk_budget_holds_after_every_flush_not_only_every_housekeeping_int
         Telemetry(),
         1_000_000,
         budget,
-        30 * 86400,
-        3600,  # no interval round during the test: the flushes alone must keep the budget
+        30 * 86400,  # no scheduled round during the test: the flushes alone keep the budget
         clock=lambda: T0,
         flush_records=1,  # every batch is a flush, and each one passes a partition's share
     )

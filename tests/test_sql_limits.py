@@ -67,7 +67,7 @@ def export_spans(daemon: RunningDaemon, count: int, service: str) -> float:
 
 
 def partition_alias(daemon: RunningDaemon) -> str:
-    (path,) = (daemon.home / "data").glob("*.duckdb")
+    (path,) = (daemon.home / "data").glob("[0-9]*.duckdb")
     return "p_" + path.stem.replace("-", "_").lower()
 
 
@@ -344,7 +344,7 @@ def test_exports_are_acknowledged_and_stored_while_heavy_queries_run(daemon: Run
 def _store(data_dir: Path) -> tuple[PartitionSet, Writer]:
     partitions = PartitionSet(connect(256 << 20, data_dir), data_dir)
     partitions.open()
-    writer = Writer(partitions, Telemetry(), 1_000_000, 10**12, 7 * 86400, 3600, flush_records=1)
+    writer = Writer(partitions, Telemetry(), 1_000_000, 10**12, 7 * 86400, flush_records=1)
     return partitions, writer
 
 

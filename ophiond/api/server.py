@@ -56,6 +56,8 @@ class ApiRequest:
     path_params: dict[str, str] = field(default_factory=dict)
     # Set when the daemon stops or the client leaves; streaming handlers end when it is set.
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # Who is calling, for the audit log: "socket" (the daemon's own user) or "token:NAME".
+    caller: str = "socket"
 
     def param(self, name: str, default: str | None = None) -> str | None:
         """The last value of a query parameter, else the body's value, else ``default``."""
@@ -104,7 +106,7 @@ class Route:
 
 
 class ApiHandler(TrackedHandler):
-    """Serves the routes of its server; :meth:`caller_role` says who is calling."""
+    """Serves the routes of its server; :meth:`caller` says who is calling."""
 
     protocol_version = "HTTP/1.1"
     server_version = "ophiond"
@@ -114,10 +116,11 @@ class ApiHandler(TrackedHandler):
         if log.isEnabledFor(logging.DEBUG):
             log.debug("api %s", format % args)
 
-    def caller_role(self) -> Role | None:
-        """The role of this caller; ``None`` refuses the request (401). The Unix socket's
-        callers passed its 0600 permission: they are the daemon's user."""
-        return Role.ADMIN
+    def caller(self) -> tuple[Role, str] | None:
+        """The role of this caller and its name for the audit log; ``None`` refuses the
+        request (answered 401). The Unix socket's callers passed its 0600 permission: they
+        are the daemon's user."""
+        return Role.ADMIN, "socket"
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         if self._read_body() is not None:
@@ -173,9 +176,10 @@ class ApiHandler(TrackedHandler):
         self.reply(status, {"error": message}, {"Connection": "close"})
 
     def _dispatch(self, method: str, body: dict[str, Any]) -> None:
-        role = self.caller_role()
-        if role is None:
-            return  # caller_role has answered (401 or 429)
+        caller = self.caller()
+        if caller is None:
+            return  # caller() has answered (401 or 429)
+        role, name = caller
         url = urlsplit(self.path)
         for route in self.server.routes:
             params = route.match(method, url.path)
@@ -194,7 +198,14 @@ class ApiHandler(TrackedHandler):
             )
             return
         request = ApiRequest(
-            method, url.path, parse_qs(url.query), body, role, params, self.server.stopping_event
+            method,
+            url.path,
+            parse_qs(url.query),
+            body,
+            role,
+            params,
+            self.server.stopping_event,
+            caller=name,
         )
         try:
             result = route.handler(request)

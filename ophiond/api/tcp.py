@@ -69,7 +69,7 @@ class RateLimiter:
 class _TcpHandler(ApiHandler):
     server: _TcpServer
 
-    def caller_role(self) -> Role | None:
+    def caller(self) -> tuple[Role, str] | None:
         # The body of a POST (at most 1 MiB) has been read by now: answering before reading it
         # would leave it unread, and closing such a connection resets it under the client.
         address = str(self.client_address[0])
@@ -92,10 +92,11 @@ class _TcpHandler(ApiHandler):
         if scheme.lower() != "bearer" or not token:
             self._unauthorized("no bearer token: the TCP API needs 'Authorization: Bearer TOKEN'")
             return None
-        role = self.server.tokens.role_of(token)
-        if role is None:
+        record = self.server.tokens.record_of(token)
+        if record is None:
             self._unauthorized("unknown or revoked token", invalid=True)
-        return role
+            return None
+        return record.role, f"token:{record.name}"
 
     def _unauthorized(self, error: str, invalid: bool = False) -> None:
         challenge = 'Bearer realm="ophion"' + (', error="invalid_token"' if invalid else "")

@@ -24,10 +24,13 @@ import threading
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ophiond.api.server import ApiRequest, Role, Route
 from ophiond.errors import OphionError, TokenError
+
+if TYPE_CHECKING:
+    from ophiond.model import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -157,16 +160,17 @@ class TokenStore:
             )
             self._save()
 
-    def role_of(self, token: str) -> Role | None:
-        """The role of ``token``, or ``None`` when it is unknown or revoked."""
+    def record_of(self, token: str) -> TokenRecord | None:
+        """The record of ``token`` (its name and role), or ``None`` when it is unknown or
+        revoked."""
         digest = _digest(token).encode()
         with self._lock:
             records = list(self._tokens.values())
-        role = None
+        found = None
         for record in records:  # every record is compared: the time does not tell which matched
             if hmac.compare_digest(digest, record.sha256.encode()):
-                role = record.role
-        return role
+                found = record
+        return found
 
     def create(self, name: str, role: Role) -> tuple[TokenRecord, str]:
         """A new token named ``name``; the token itself is returned here and never again."""
@@ -227,14 +231,15 @@ class TokenStore:
         log.info("API token %r revoked", name)
 
 
-def token_routes(store: TokenStore) -> list[Route]:
-    """The admin endpoints ``/api/v1/tokens``: create, list, revoke."""
+def token_routes(store: TokenStore, audit: Recorder) -> list[Route]:
+    """The admin endpoints ``/api/v1/tokens``: create, list, revoke (recorded in ``audit``)."""
 
     def create(request: ApiRequest) -> dict[str, Any]:
         name = request.body.get("name")
         if not isinstance(name, str) or not name:
             raise TokenError('give the token a name: {"name": ..., "role": ...}')
         record, token = store.create(name, parse_role(request.body.get("role")))
+        audit.record(request.caller, "token.create", name, role=record.role.name.lower())
         return {**record.public(), "token": token}
 
     def list_tokens(_request: ApiRequest) -> dict[str, Any]:
@@ -243,6 +248,7 @@ def token_routes(store: TokenStore) -> list[Route]:
     def revoke(request: ApiRequest) -> dict[str, Any]:
         name = request.path_params["name"]
         store.revoke(name)
+        audit.record(request.caller, "token.revoke", name)
         return {"revoked": name}
 
     return [

@@ -35,14 +35,8 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from ophiond.errors import InvalidPayload
-from ophiond.model import DecodedBatch, Signal
-from ophiond.otlp.limits import (
-    DEFAULT_LIMITS,
-    MAX_NESTING,
-    IngestLimits,
-    cut_long_strings,
-    prune_deep_values,
-)
+from ophiond.model import DEFAULT_LIMITS, DecodedBatch, IngestLimits, Signal
+from ophiond.otlp.limits import MAX_NESTING, cut_long_strings, prune_deep_values
 from ophiond.otlp.values import (
     TooDeep,
     ValueBounds,

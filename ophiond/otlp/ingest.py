@@ -6,8 +6,7 @@ import hmac
 import time
 
 from ophiond.errors import InvalidPayload, QueueFull, WriterStopped
-from ophiond.model import BatchSink, DecodedBatch, Signal
-from ophiond.otlp.limits import DEFAULT_LIMITS, IngestLimits
+from ophiond.model import DEFAULT_LIMITS, BatchSink, DecodedBatch, IngestLimits, Signal
 from ophiond.otlp.workers import DecodePool, decode_body
 from ophiond.telemetry import Telemetry
 

@@ -18,7 +18,6 @@ that check and the parts that only run for records past a limit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,25 +28,6 @@ if TYPE_CHECKING:
 # about 30 kvlist levels (its depth limit of 100 messages), and this stays well inside that.
 MAX_NESTING = 16
 NESTED_MARKER = f"…[truncated: nested deeper than {MAX_NESTING} levels]"
-
-
-@dataclass(frozen=True)
-class IngestLimits:
-    """The most ingest stores of one record; the settings of the same names say why."""
-
-    attribute_value_size: int = 64 << 10
-    """Bytes of one string or bytes attribute value (``max_attribute_value_size``)."""
-    attributes_size: int = 1 << 20
-    """Bytes of one record's attributes as stored JSON (``max_attributes_size``)."""
-    log_body_size: int = 256 << 10
-    """Bytes of one log body (``max_log_body_size``)."""
-    events_per_span: int = 128
-    """Events kept per span (``max_span_events``)."""
-    links_per_span: int = 128
-    """Links kept per span (``max_span_links``)."""
-
-
-DEFAULT_LIMITS = IngestLimits()
 
 
 def truncation_marker(cut: int) -> str:

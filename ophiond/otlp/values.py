@@ -16,7 +16,8 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ophiond.otlp.limits import MAX_NESTING, NESTED_MARKER, IngestLimits, cut_bytes, cut_text
+from ophiond.model import IngestLimits
+from ophiond.otlp.limits import MAX_NESTING, NESTED_MARKER, cut_bytes, cut_text
 
 # A log body's ``body_type``, by the AnyValue field that is set.
 BODY_TYPES = {

@@ -33,22 +33,12 @@ from pathlib import Path
 
 from ophiond.batchio import write_all
 from ophiond.errors import DecodeFailed, InvalidPayload
-from ophiond.model import DecodedBatch, Signal
-from ophiond.otlp.limits import DEFAULT_LIMITS, IngestLimits
+from ophiond.model import DEFAULT_LIMITS, DecodedBatch, IngestLimits, Signal
 
 log = logging.getLogger(__name__)
 
 _SIGNALS = tuple(Signal)
 _REQUEST_HEAD = struct.Struct("<BBq")  # signal index, JSON (1) or protobuf (0), received ns
-
-
-def default_workers() -> int:
-    """One worker per CPU this process may run on, at most 8."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 8))
 
 
 def decode_body(

@@ -47,6 +47,15 @@ _MIN_PARTITION_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
+class Retired:
+    """A partition retention deleted: which, why (``age`` or ``disk budget``), its size."""
+
+    path: Path
+    reason: str
+    bytes: int
+
+
+@dataclass(frozen=True)
 class Partition:
     """One DuckDB file of the store."""
 
@@ -319,24 +328,26 @@ class PartitionSet:
             self._rebuild_views()
         return partition
 
-    def apply_retention(self, now: dt.datetime, max_age_s: float, disk_budget: int) -> list[Path]:
+    def apply_retention(
+        self, now: dt.datetime, max_age_s: float, disk_budget: int
+    ) -> list[Retired]:
         """Delete whole partitions, oldest first, that are past ``max_age_s`` or over budget.
 
         A sealed partition's data is no newer than the next partition's opening time, which is
         what its age is measured from. The current partition is never deleted.
         """
-        doomed: list[Partition] = []
+        doomed: dict[Partition, str] = {}
         sealed = self.partitions[:-1]
         cutoff = now - dt.timedelta(seconds=max_age_s)
         for partition, successor in zip(sealed, self.partitions[1:], strict=False):
             if successor.opened_at <= cutoff:
-                doomed.append(partition)
+                doomed[partition] = "age"
         total = self.total_size() - sum(p.size() for p in doomed)
         for partition in sealed:
             if total <= disk_budget:
                 break
             if partition not in doomed:
-                doomed.append(partition)
+                doomed[partition] = "disk budget"
                 total -= partition.size()
         if not doomed:
             return []
@@ -347,7 +358,8 @@ class PartitionSet:
             # Out of the views first, so that no new statement reads them; then detached.
             self._leaving.update(p.alias for p in doomed)
             self._rebuild_views()
-            for partition in doomed:
+            for partition, reason in doomed.items():
+                size = partition.size()
                 try:
                     self.con.execute(f"DETACH {partition.alias}")
                 except duckdb.Error as e:
@@ -360,9 +372,9 @@ class PartitionSet:
                         p.unlink()
                     except FileNotFoundError:
                         pass
-                removed.append(partition.path)
-        for path in removed:
-            log.info("retention deleted partition %s", path.name)
+                removed.append(Retired(partition.path, reason, size))
+        for retired in removed:
+            log.info("retention deleted partition %s (%s)", retired.path.name, retired.reason)
         return removed
 
     def close(self) -> None:

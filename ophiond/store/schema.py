@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import duckdb
 
+    from ophiond.migrations import Migration
+
 # Columns shared by every signal: where the record came from.
 _ORIGIN = """
     service_name VARCHAR,
@@ -185,7 +187,7 @@ def _migration_4(con: duckdb.DuckDBPyConnection, schema: str) -> None:
 
 
 # (version, description, function). Append only.
-MIGRATIONS: list[tuple[int, str, Callable[[duckdb.DuckDBPyConnection, str], None]]] = [
+MIGRATIONS: list[Migration] = [
     (1, "spans, span events, span links, logs and metric points", _sql(_MIGRATION_1)),
     (2, "the last ingest-journal segment stored here", _sql(_MIGRATION_2)),
     (3, "attributes compressed with zstd (new partitions)", _migration_3),
@@ -196,31 +198,10 @@ TABLES = ("spans", "span_events", "span_links", "logs", "metric_points")
 
 
 def migrate(con: duckdb.DuckDBPyConnection, schema: str) -> list[int]:
-    """Run the migrations not yet recorded in the attached database ``schema``; return them."""
-    con.execute(
-        f"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations "
-        "(version INTEGER PRIMARY KEY, description VARCHAR, applied_at TIMESTAMP)"
-    )
-    done = {
-        row[0] for row in con.execute(f"SELECT version FROM {schema}.schema_migrations").fetchall()
-    }
-    ran = []
-    for version, description, apply in MIGRATIONS:
-        if version in done:
-            continue
-        con.execute("BEGIN")
-        try:
-            apply(con, schema)
-            con.execute(
-                f"INSERT INTO {schema}.schema_migrations VALUES (?, ?, now()::TIMESTAMP)",
-                [version, description],
-            )
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
-        ran.append(version)
-    return ran
+    """Run the migrations not yet recorded in the attached partition ``schema``; return them."""
+    from ophiond import migrations
+
+    return migrations.migrate(con, schema, MIGRATIONS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ from ophiond.store.schema import FLUSH_TAGGED
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from ophiond.model import DecodedBatch
+    from ophiond.model import DecodedBatch, Recorder
     from ophiond.store.partitions import PartitionSet
     from ophiond.telemetry import Telemetry
 
@@ -163,7 +163,8 @@ def _by_signal(records: list[JournalRecord]) -> dict[str, int]:
 
 
 class Writer:
-    """Owns all writes to the store; runs housekeeping (roll-over, retention) between flushes."""
+    """Owns all writes to the store; runs housekeeping (roll-over, retention) after every
+    flush and when asked (:meth:`housekeep`, the daemon's scheduled job)."""
 
     def __init__(
         self,
@@ -172,7 +173,6 @@ class Writer:
         capacity: int,
         disk_budget: int,
         max_age_s: float,
-        housekeeping_interval: float,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         flush_records: int = FLUSH_RECORDS,
         flush_interval: float = FLUSH_INTERVAL_S,
@@ -182,7 +182,6 @@ class Writer:
         self.capacity = capacity
         self.disk_budget = disk_budget
         self.max_age_s = max_age_s
-        self.housekeeping_interval = housekeeping_interval
         self.clock = clock
         # Half the bound, so that a flush can run while as many records arrive.
         self.flush_records = max(1, min(flush_records, capacity // 2))
@@ -208,6 +207,8 @@ class Writer:
         # Called when DuckDB has no memory for an insert: stops the queries holding it (ingest
         # goes first) and returns how many there were (query.stop_readers).
         self.make_room: Callable[[], int] | None = None
+        # The audit log: partitions retention deletes, requests dead-lettered or lost.
+        self.audit: Recorder | None = None
         self._cond = threading.Condition()
         self._journal_lock = threading.Lock()  # appends vs. the flusher's rotation
         self._queue: deque[PendingWrite] = deque()
@@ -221,6 +222,10 @@ class Writer:
         self._flushed = 0
         self._wanted = 0
         self._flush_failures = 0
+        # Housekeeping rounds asked for (housekeep()) and done, and the last round's error.
+        self._housekeeping_asked = 0
+        self._housekeeping_done = 0
+        self._housekeeping_error: str | None = None
         self._applied_segment = 0
         # The last segment a checkpoint made durable in a partition file, when that was, and
         # the journal bytes flushed since (deleted at the next checkpoint).
@@ -329,6 +334,15 @@ class Writer:
         else:
             log.error("%s", loss.describe())
         entry = {**dataclasses.asdict(loss), "at": dt.datetime.now(dt.UTC).isoformat()}
+        if self.audit is not None:
+            self.audit.record(
+                "ophiond",
+                "journal.loss",
+                f"segment {loss.segment:012d}",
+                requests=loss.requests,
+                acknowledged=loss.acknowledged,
+                reason=loss.reason,
+            )
         try:
             with self._losses_file.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
@@ -366,8 +380,11 @@ class Writer:
             log.warning("cannot keep damaged journal segment %s: %s", path.name, e)
 
     def start(self) -> None:
+        """Start the writer's threads; the flusher's first work is a housekeeping round (a
+        daemon started on a new day rolls over before it writes)."""
         if not self.journal.segment:
             self.recover()
+        self._housekeeping_asked = 1
         self._thread.start()
         self._flusher.start()
 
@@ -385,6 +402,25 @@ class Writer:
             self._flusher.join()
         self._checkpoint()
         self.journal.close()
+
+    def housekeep(self, timeout: float = 300.0) -> None:
+        """Have the flusher run a housekeeping round (retention, roll-over, and a checkpoint
+        when idle) and wait for it: what the daemon's ``housekeeping`` job does, so that age
+        limits and roll-over happen while no data comes. Raises :class:`StoreError` when the
+        round failed or did not run within ``timeout``."""
+        with self._cond:
+            self._housekeeping_asked += 1
+            ticket = self._housekeeping_asked
+            self._cond.notify_all()
+            ended = self._cond.wait_for(
+                lambda: self._housekeeping_done >= ticket or self._journal_done, timeout
+            )
+            error = self._housekeeping_error
+            done = self._housekeeping_done >= ticket
+        if not ended:
+            raise StoreError(f"housekeeping did not run within {timeout:g} s (a flush is long)")
+        if done and error is not None:
+            raise StoreError(f"housekeeping failed, will retry: {error}")
 
     def is_healthy(self, stall_after: float = 60.0) -> bool:
         """False when a writer thread died or made no progress with work waiting."""
@@ -495,7 +531,6 @@ class Writer:
             chunk.closed = True
 
     def _flush_loop(self) -> None:
-        next_housekeeping = time.monotonic()
         retry_at = 0.0
         while True:
             with self._cond:
@@ -513,10 +548,11 @@ class Writer:
                             or now - oldest.since >= self.flush_interval
                         )
                     )
-                    housekeeping_due = not final and now >= next_housekeeping
-                    if due or (final and oldest is None) or housekeeping_due:
+                    asked = self._housekeeping_asked
+                    housekeeping = not final and asked > self._housekeeping_done
+                    if due or (final and oldest is None) or housekeeping:
                         break
-                    wake = [] if final else [next_housekeeping]
+                    wake = []
                     if oldest is not None:
                         wake.append(max(retry_at, oldest.since + self.flush_interval))
                     self._cond.wait(max(0.0, min(wake) - now) if wake else None)
@@ -530,19 +566,21 @@ class Writer:
                     retry_at = time.monotonic() + 1.0
             if final and not self._chunks:
                 return
-            housekeeping = time.monotonic() >= next_housekeeping and not final
             if due or housekeeping:
                 # Roll-over and retention after every flush, not only on the interval: a flush
                 # is what takes the store past its disk budget, and checking costs a stat call
                 # per partition file. (Retention on the interval alone let roll-overs pile up
                 # sealed partitions past the budget until its next round.)
-                self._housekeeping()
-                # A quiet daemon checkpoints at its housekeeping; a busy one by the interval
-                # or the bytes waiting.
+                error = self._housekeeping()
+                # A quiet daemon checkpoints at its scheduled housekeeping; a busy one by the
+                # interval or the bytes waiting.
                 idle = housekeeping and self._applied_segment > self._checkpointed_segment
                 self._checkpoint(force=idle)
-            if housekeeping:
-                next_housekeeping = time.monotonic() + self.housekeeping_interval
+                if housekeeping:
+                    with self._cond:
+                        self._housekeeping_done = asked
+                        self._housekeeping_error = error
+                        self._cond.notify_all()
 
     def _flush(self) -> bool:
         """Insert the oldest chunk into DuckDB; False when that failed."""
@@ -654,6 +692,15 @@ class Writer:
             if self.dead_letters.put(segment, record, reason):
                 written.append(record)
             dead.append(record)
+            if self.audit is not None:
+                self.audit.record(
+                    "ophiond",
+                    "records.dead_letter",
+                    f"segment {segment:012d} request {record.sequence}",
+                    signal=record.signal,
+                    records=record.records,
+                    reason=reason,
+                )
             log.error(
                 "journal segment %012d, request %d (%d %s records) cannot be stored and was "
                 "moved to %s: %s",
@@ -894,14 +941,26 @@ class Writer:
         self._unchecked_bytes = 0
         self.journal.discard_through(segment)
 
-    def _housekeeping(self) -> None:
+    def _retire(self, now: dt.datetime) -> None:
+        for retired in self.partitions.apply_retention(now, self.max_age_s, self.disk_budget):
+            if self.audit is not None:
+                self.audit.record(
+                    "retention",
+                    "partition.delete",
+                    retired.path.name,
+                    reason=retired.reason,
+                    bytes=retired.bytes,
+                )
+
+    def _housekeeping(self) -> str | None:
+        """Retention and roll-over; the error when they failed (retried next round)."""
         import duckdb
 
         now = self.clock()
         try:
             # Retention before the roll-over too: sealing checkpoints the current partition,
             # which holds its newest rows twice on disk (file and write-ahead log) for a moment.
-            self.partitions.apply_retention(now, self.max_age_s, self.disk_budget)
+            self._retire(now)
             if self.partitions.roll_over_if_due(now, self.disk_budget, self.max_age_s):
                 # The new partition carries the journal position from the start, so it stays
                 # known when retention deletes the older ones.
@@ -912,6 +971,8 @@ class Writer:
                 )
                 self._checkpoint()  # (the old one was checkpointed as it was sealed)
                 # (a sealed file can take a little more than its write-ahead log did)
-                self.partitions.apply_retention(now, self.max_age_s, self.disk_budget)
+                self._retire(now)
         except (duckdb.Error, OSError, StoreError) as e:
             log.error("housekeeping failed, will retry: %s", e)
+            return str(e)
+        return None

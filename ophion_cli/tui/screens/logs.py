@@ -22,9 +22,9 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Input
 from textual.worker import get_current_worker
 
+from ophion_cli.output.views import service_colors
 from ophion_cli.tui.screens.base import Dialog, FormScreen, TuiScreen
 from ophion_cli.tui.widgets.table import Table, record_cells
-from ophion_cli.views import service_colors
 from ophiond.errors import DaemonNotRunning, OphionError
 
 # Rows the table keeps (the oldest go first), and how often arriving records are shown.

@@ -13,9 +13,9 @@ from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
 from textual.widgets import DataTable, SelectionList, Static
 
+from ophion_cli.output.views import clock_time, format_value, service_colors
 from ophion_cli.tui.screens.base import DataScreen, TuiScreen
 from ophion_cli.tui.widgets.chart import Line, render
-from ophion_cli.views import clock_time, format_value, service_colors
 
 _QUANTILE_STYLES = (("p50", "green"), ("p95", "yellow"), ("p99", "red"))
 # Points across the chart: about two per cell of a wide terminal.

@@ -12,8 +12,8 @@ from textual.containers import ScrollableContainer
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
+from ophion_cli.output.views import human_ns, service_colors
 from ophion_cli.tui.screens.base import DataScreen
-from ophion_cli.views import human_ns, service_colors
 
 
 def edge_label(edge: dict[str, Any], window_s: float) -> Text:

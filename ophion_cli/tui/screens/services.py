@@ -9,8 +9,8 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import DataTable
 
+from ophion_cli.output.views import clock_time, human_ns, service_colors, sparkline
 from ophion_cli.tui.screens.base import DataScreen
-from ophion_cli.views import clock_time, human_ns, service_colors, sparkline
 
 # Steps of the services' rate sparklines across the window.
 _TREND_STEPS = 24

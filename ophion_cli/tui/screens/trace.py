@@ -14,9 +14,9 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Static, Tree
 from textual.widgets.tree import TreeNode
 
+from ophion_cli.output.views import human_ns, service_colors
 from ophion_cli.tui.screens.base import TuiScreen
 from ophion_cli.tui.widgets.table import Table, record_cells
-from ophion_cli.views import human_ns, service_colors
 
 # Columns of a span's line in the tree before its bar: name (indented) and duration.
 _NAME_WIDTH = 34

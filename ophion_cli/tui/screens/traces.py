@@ -13,8 +13,8 @@ from textual.containers import Horizontal
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Label, Switch
 
+from ophion_cli.output.views import clock_time, human_ns
 from ophion_cli.tui.screens.base import DataScreen, FormScreen
-from ophion_cli.views import clock_time, human_ns
 
 
 @dataclass

@@ -11,7 +11,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 from textual.widgets.data_table import RowKey
 
-from ophion_cli.views import clock_time, severity
+from ophion_cli.output.views import clock_time, severity
 
 
 class Table(DataTable[Any]):

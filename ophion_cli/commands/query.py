@@ -1,4 +1,4 @@
-"""The query commands: services, traces, trace, logs, metrics, map.
+"""The query commands: services, traces, trace, logs, metrics, map, and tui over them.
 
 Each one checks its arguments (a bad time or duration is a usage error naming the accepted
 forms), asks the daemon's API, and renders the answer, or prints it with ``--json``.
@@ -10,9 +10,10 @@ from typing import Annotated, Any
 
 import typer
 
-from ophion_cli import views
 from ophion_cli.options import ApiOption, JsonOption, TokenOption, client
-from ophion_cli.output import print_json
+from ophion_cli.output import print_json, print_json_line, views
+
+app = typer.Typer()
 
 SinceOption = Annotated[
     str,
@@ -48,6 +49,7 @@ def _check_duration(value: str | None, option: str) -> str | None:
     return value
 
 
+@app.command()
 def services(
     since: SinceOption = "1h",
     api: ApiOption = None,
@@ -59,6 +61,7 @@ def services(
     print_json(doc) if json_output else views.services(doc)
 
 
+@app.command()
 def traces(
     service: ServiceOption = None,
     name: Annotated[
@@ -108,6 +111,7 @@ def traces(
     print_json(doc) if json_output else views.traces(doc)
 
 
+@app.command()
 def trace(
     trace_id: Annotated[str, typer.Argument(help="The trace id, or a unique start of it.")],
     span: Annotated[
@@ -156,6 +160,7 @@ def _subtree(spans: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
     return [s for s in spans if s["span_id"] in keep]
 
 
+@app.command()
 def logs(
     service: ServiceOption = None,
     severity: Annotated[
@@ -206,10 +211,7 @@ def logs(
         doc = api_client.get("/logs", params)
         print_json(doc) if json_output else views.logs(doc)
         return
-    import json
-    import sys
-
-    colors: dict[str, str] = {}
+    show = print_json_line if json_output else views.live_logs()
     try:
         for record in api_client.stream("/logs/stream", params):
             if "skipped" in record:
@@ -217,18 +219,12 @@ def logs(
                     f"{record['skipped']} record(s) skipped: this terminal could not keep up"
                 )
                 continue
-            if json_output:
-                sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-                sys.stdout.flush()
-            else:
-                service_name = record["service"] or ""
-                if service_name not in colors:
-                    colors = views.service_colors([*colors, service_name])
-                views.log_line(record, colors)
+            show(record)
     except KeyboardInterrupt:
         return
 
 
+@app.command()
 def metrics(
     name: Annotated[
         str | None, typer.Argument(help="A metric to chart; without it, list the metrics.")
@@ -256,6 +252,7 @@ def metrics(
     print_json(doc) if json_output else views.metric_series(doc)
 
 
+@app.command("map")
 def service_map(
     since: SinceOption = "1h",
     api: ApiOption = None,
@@ -267,6 +264,7 @@ def service_map(
     print_json(doc) if json_output else views.service_map(doc)
 
 
+@app.command()
 def tui(
     since: Annotated[
         str,
@@ -283,14 +281,3 @@ def tui(
     from ophion_cli import tui as terminal_ui
 
     terminal_ui.run(api, token, _check_since(since))
-
-
-def register(app: typer.Typer) -> None:
-    """Add the query commands to the ``ophion`` app."""
-    app.command()(services)
-    app.command()(traces)
-    app.command()(trace)
-    app.command()(logs)
-    app.command()(metrics)
-    app.command("map")(service_map)
-    app.command()(tui)

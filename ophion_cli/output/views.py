@@ -6,6 +6,7 @@ Each view takes the API's JSON document and prints it; ``--json`` prints the sam
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -325,6 +326,21 @@ def logs(doc: dict[str, Any]) -> None:
     colors = service_colors([r["service"] or "" for r in records])
     for record in records:
         log_line(record, colors)
+
+
+def live_logs() -> Callable[[dict[str, Any]], None]:
+    """A printer for records as they stream in (``logs -f``): a service seen for the first time
+    gets its colour among the services seen so far."""
+    colors: dict[str, str] = {}
+
+    def show(record: dict[str, Any]) -> None:
+        nonlocal colors
+        service_name = record["service"] or ""
+        if service_name not in colors:
+            colors = service_colors([*colors, service_name])
+        log_line(record, colors)
+
+    return show
 
 
 # -- metrics -----------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Rich rendering of command results; fetching lives in the commands, so --json shows the same data."""
+"""``ophion status`` and ``ophion daemon ...``: the daemon, its counters, its storage.
+
+Fetching lives in the commands, so ``--json`` shows the same data."""
 
 from __future__ import annotations
 
@@ -8,10 +10,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ophion_cli.output import human_bytes, human_duration
+from ophion_cli.output import human_bytes, human_duration, stdout_console
 
-# soft_wrap: paths and commands are printed whole, so they can be copied.
-_out = Console(highlight=False, soft_wrap=True)
+_out = stdout_console()
 
 
 def note(text: str) -> None:
@@ -70,6 +71,52 @@ def status(doc: dict[str, Any]) -> None:
         f"{human_bytes(storage['retention_max_disk'])}, whichever comes first"
     )
     _storage_problems(storage)
+    state = doc.get("state")
+    if state:
+        _out.print(
+            f"state    {human_bytes(state['bytes'])} in {state['path']} (alert states, audit "
+            "log; never deleted by retention)"
+        )
+    _jobs(doc.get("jobs") or [])
+
+
+def _jobs(jobs: list[dict[str, Any]]) -> None:
+    """The daemon's scheduled jobs: what each does, its last run and its next."""
+    if not jobs:
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("job", "every", "last run", "outcome", "next run"):
+        table.add_column(column)
+    for job in jobs:
+        if job["last_run"] is None:
+            outcome = "not run yet"
+        elif job["last_error"]:
+            outcome = f"[red]failed[/]: {escape(job['last_error'])}"
+        else:
+            outcome = f"ok in {job['last_duration_s']:.2f} s"
+        if job["missed"]:
+            outcome += f" [yellow]({job['missed']} missed)[/]"
+        table.add_row(
+            job["name"],
+            human_duration(job["interval_s"]),
+            _clock(job["last_run"]),
+            outcome,
+            _clock(job["next_run"]),
+        )
+    _out.print()
+    _out.print(table)
+
+
+def _clock(iso: str | None) -> str:
+    """An ISO time as the local wall-clock time (with the date when it is not today)."""
+    if iso is None:
+        return "-"
+    import datetime as dt
+
+    when = dt.datetime.fromisoformat(iso).astimezone()
+    if when.date() == dt.datetime.now().astimezone().date():
+        return when.strftime("%H:%M:%S")
+    return when.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _storage_problems(storage: dict[str, Any]) -> None:
@@ -94,46 +141,6 @@ def _storage_problems(storage: dict[str, Any]) -> None:
         _out.print(
             f"[red]damaged partition[/] {damaged['partition']} {escape(damaged['reason'])}; "
             f"set aside at {damaged['path']}"
-        )
-
-
-def query_result(result: dict[str, Any]) -> None:
-    import json
-
-    table = Table(header_style="bold", show_lines=False)
-    for column in result["columns"]:
-        table.add_column(column, overflow="fold")
-    for row in result["rows"]:
-        table.add_row(
-            *(
-                ""
-                if v is None
-                else json.dumps(v, ensure_ascii=False)
-                if isinstance(v, dict | list)
-                else str(v)
-                for v in row
-            )
-        )
-    _out.print(table)
-    _out.print(f"[dim]{len(result['rows'])} row(s)[/]")
-
-
-def query_csv(result: dict[str, Any]) -> None:
-    """RFC 4180 CSV on stdout; nested values (attributes, lists) as JSON text."""
-    import csv
-    import json
-    import sys
-
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(result["columns"])
-    for row in result["rows"]:
-        writer.writerow(
-            ""
-            if v is None
-            else json.dumps(v, ensure_ascii=False)
-            if isinstance(v, dict | list)
-            else v
-            for v in row
         )
 
 
