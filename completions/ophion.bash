@@ -11,7 +11,8 @@ _ophion() {
         fi
     done
     case "$cmdpath" in
-        '') words='daemon instrument logs map metrics services sql status token trace traces tui uninstrument --version --help' ;;
+        '') words='audit daemon instrument logs map metrics services sql status token trace traces tui uninstrument --version --help' ;;
+        audit) words='--action --api --json --limit --since --token --help' ;;
         daemon) words='install run start status stop --help' ;;
         'daemon install') words='--now --user --help' ;;
         'daemon run') words=--help ;;

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from ophion_cli.commands import daemon, instrument, query, sql, status, token
+from ophion_cli.commands import audit, daemon, instrument, query, sql, status, token
 from ophion_cli.output import error_line
 from ophiond.errors import OphionError
 
@@ -54,6 +54,7 @@ app.add_typer(status.app)
 app.add_typer(query.app)
 app.add_typer(instrument.app)
 app.add_typer(sql.app)
+app.add_typer(audit.app)
 app.add_typer(daemon.app, name="daemon")
 app.add_typer(token.app, name="token")
 

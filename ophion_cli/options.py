@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from ophiond.api.client import ApiClient
 
 ApiOption = Annotated[
     str | None,
@@ -32,9 +37,25 @@ JsonOption = Annotated[
 ]
 
 
-def client(api: str | None, token: str | None = None) -> Any:
+def client(api: str | None, token: str | None = None) -> ApiClient:
     """An API client for the daemon named by ``--api``/``OPHION_API``, or the local one;
     ``token`` (else ``OPHION_TOKEN``) is sent to a TCP API."""
     from ophiond.api.client import connect
 
     return connect(api, token)
+
+
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """Show a value the API's contract refuses as a usage error of the option of the same name
+    (``min_duration`` is ``--min-duration``). The client checks a request before sending it, so
+    this happens without a daemon."""
+    from ophiond.errors import InvalidParameter
+
+    try:
+        yield
+    except InvalidParameter as e:
+        text = e.message.removeprefix(f"{e.param}: ")
+        raise typer.BadParameter(
+            f"{text}; {e.hint}" if e.hint else text, param_hint="--" + e.param.replace("_", "-")
+        ) from None

@@ -3,6 +3,9 @@
 Every field of :class:`Settings` has a docstring; ``docs/configuration.md`` is written from them
 and a test keeps the two in step. Paths come from platformdirs, all moved under ``OPHION_HOME``
 when it is set.
+
+Besides its flat keys, config.toml may hold tables (``[alerting]``), each read into a *section*:
+a dataclass documented the same way, listed in :func:`config_sections`.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import math
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, TypeVar, cast
 
 from ophiond.errors import ConfigError
 from ophiond.model import IngestLimits
@@ -75,6 +79,16 @@ class Paths:
     def log_file(self) -> Path:
         """stderr of a daemon started in the background by ``ophion daemon start``."""
         return self.state_dir / "ophiond.log"
+
+    @property
+    def rules_dir(self) -> Path:
+        """Rule files, beside the config file in use; the alerting engine reads them."""
+        return self.config_file.parent / "rules"
+
+    @property
+    def playbooks_dir(self) -> Path:
+        """Playbook files, beside the config file in use; the healing engine reads them."""
+        return self.config_file.parent / "playbooks"
 
 
 def default_paths(env: Mapping[str, str] | None = None) -> Paths:
@@ -178,6 +192,42 @@ def parse_listen(text: str, what: str = "listen address") -> ListenAddress | Non
     if port > 65535:
         raise ConfigError(f"{what}: port {port} is out of range (0-65535)")
     return ListenAddress(match.group(1), port)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections: the tables of config.toml
+
+V = TypeVar("V")
+V_co = TypeVar("V_co", covariant=True)
+T = TypeVar("T")
+
+
+class Section(Protocol[V_co]):
+    """A table of config.toml: a dataclass with a docstring under every field, like
+    :class:`Settings`, and a ``validate`` that parses it into what its engine uses.
+
+    Fields are ``str``, ``int``, ``float`` or ``bool`` (durations and sizes are strings that
+    ``validate`` parses, naming the key as ``table.key``), another such dataclass (a sub-table,
+    ``[table.sub]``) or a list of them (an array of tables, ``[[table.items]]``). Every field of
+    a section and of its sub-tables has a default, since the table may be absent; a dataclass
+    in a list may have required fields.
+    """
+
+    def validate(self) -> V_co: ...
+
+
+def config_sections() -> dict[str, type[Section[Any]]]:
+    """The tables config.toml may hold, by name: an engine with settings adds its line here.
+
+    Its section class lives in a light module of its own (dataclasses and the parsers of this
+    one), imported in this function so that it may import from this module and so that
+    importing ``ophiond.config`` stays cheap. No engine has settings yet.
+    """
+    return {}
+
+
+def _default_sections() -> dict[type[Any], Any]:
+    return {cls: cls() for cls in config_sections().values()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,6 +355,12 @@ class Settings:
 
     # Resolved values, filled by :meth:`validate`; not settings themselves.
     paths: Paths = field(default_factory=lambda: default_paths(), repr=False)
+    # The tables, by section class (see config_sections); read with :meth:`section`.
+    sections: dict[type[Any], Any] = field(default_factory=_default_sections, repr=False)
+
+    def section(self, cls: type[T]) -> T:
+        """The table read into the section class ``cls``, as written (not yet validated)."""
+        return cast(T, _section_of(self.sections, cls))
 
     def validate(self) -> ValidSettings:
         """Parse and check every field; raise :class:`ConfigError` naming the first bad one."""
@@ -357,6 +413,7 @@ class Settings:
             api_rate_limit=float(self.api_rate_limit),
             api_rate_burst=self.api_rate_burst,
             client_limits=self._client_limits(),
+            sections={cls: value.validate() for cls, value in self.sections.items()},
         )
 
     def _client_limits(self) -> ClientLimits:
@@ -430,6 +487,20 @@ class ValidSettings:
     api_rate_limit: float
     api_rate_burst: int
     client_limits: ClientLimits
+    sections: Mapping[type[Any], Any] = field(default_factory=dict, repr=False)
+
+    def section(self, cls: type[Section[V]]) -> V:
+        """What the section class ``cls`` validated its table into."""
+        return cast(V, _section_of(self.sections, cls))
+
+
+def _section_of(sections: Mapping[type[Any], Any], cls: type[Any]) -> Any:
+    try:
+        return sections[cls]
+    except KeyError:
+        raise LookupError(
+            f"{cls.__name__} is not a config section: list it in config_sections()"
+        ) from None
 
 
 def _query_memory(text: str, memory_limit: int) -> int:
@@ -466,7 +537,7 @@ def _decode_workers(text: str) -> int:
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(Settings) if f.name != "paths"
+    f.name for f in dataclasses.fields(Settings) if f.name not in ("paths", "sections")
 )
 _FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(Settings)}
 
@@ -478,14 +549,32 @@ def _unknown_key(key: str, where: str) -> ConfigError:
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
-    if _FIELD_TYPES[name] == "int":
+    return _coerce_as(_FIELD_TYPES[name], name, value, where)
+
+
+# TOML has true and false; an environment variable can only spell them.
+_BOOLEANS = {
+    **dict.fromkeys(("true", "yes", "on", "1"), True),
+    **dict.fromkeys(("false", "no", "off", "0"), False),
+}
+
+
+def _coerce_as(kind: str, name: str, value: Any, where: str) -> Any:
+    """``value`` as a field of type ``kind`` (``str``, ``int``, ``float`` or ``bool``)."""
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+            return _BOOLEANS[value.strip().lower()]
+        raise ConfigError(f"{where}: {name} must be true or false, not {value!r}")
+    if kind == "int":
         if isinstance(value, bool):
             raise ConfigError(f"{where}: {name} must be a whole number, not {value!r}")
         try:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: {name} must be a whole number, not {value!r}") from None
-    if _FIELD_TYPES[name] == "float":
+    if kind == "float":
         if isinstance(value, bool):
             raise ConfigError(f"{where}: {name} must be a number, not {value!r}")
         try:
@@ -500,19 +589,176 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     return str(value)
 
 
+# ---------------------------------------------------------------------------------------------
+# Reading tables into section dataclasses
+
+
+@dataclass(frozen=True)
+class _TableField:
+    name: str
+    kind: str  # str, int, float, bool; "table" (a sub-table) or "tables" (an array of tables)
+    table: type[Any] | None  # the dataclass of a sub-table or of each item of an array
+    required: bool
+
+
+_SCALARS = {str: "str", int: "int", float: "float", bool: "bool"}
+_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")  # no "__": it separates env parts
+
+
+_TABLE_FIELDS: dict[type[Any], dict[str, _TableField]] = {}
+
+
+def _is_table_class(hint: object) -> TypeGuard[type[Any]]:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def _table_fields(cls: type[Any]) -> dict[str, _TableField]:
+    """The keys of a table read into the dataclass ``cls``; a TypeError for a class that
+    cannot be one (a mistake in ophiond, found by the first test that loads it)."""
+    if cls in _TABLE_FIELDS:
+        return _TABLE_FIELDS[cls]
+    if not _is_table_class(cls):
+        raise TypeError(f"{cls.__name__} is not a dataclass, so it cannot be a config table")
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, _TableField] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if not _NAME_RE.match(f.name):
+            raise TypeError(f"{cls.__name__}.{f.name}: a config key is lower_case, without '__'")
+        hint = hints[f.name]
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        args = typing.get_args(hint)
+        if hint in _SCALARS:
+            fields[f.name] = _TableField(f.name, _SCALARS[hint], None, required)
+        elif _is_table_class(hint):
+            _table_fields(hint)
+            fields[f.name] = _TableField(f.name, "table", hint, required)
+        elif typing.get_origin(hint) is list and len(args) == 1 and _is_table_class(args[0]):
+            _table_fields(args[0])
+            fields[f.name] = _TableField(f.name, "tables", args[0], required)
+        else:
+            raise TypeError(
+                f"{cls.__name__}.{f.name}: a config key is str, int, float, bool, a dataclass "
+                f"or a list of dataclasses, not {hint}"
+            )
+    _TABLE_FIELDS[cls] = fields
+    return fields
+
+
+def read_table(cls: type[T], data: Mapping[str, Any], name: str, where: str) -> T:
+    """The dataclass ``cls`` from a TOML table, as strict as the flat settings: an unknown key
+    or a value of the wrong type is a :class:`ConfigError` naming ``name.key`` and ``where``.
+
+    For the sections of config.toml, and for files of their own (rules, playbooks) that are
+    one table at the top, such as a dataclass with a ``rules: list[Rule]`` field.
+    """
+    fields = _table_fields(cls)
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        spec = fields.get(key)
+        if spec is None:
+            raise _unknown_table_key(key, name, fields, where)
+        values[key] = _read_value(spec, value, f"{name}.{key}", where)
+    missing = [f.name for f in fields.values() if f.required and f.name not in values]
+    if missing:
+        raise ConfigError(f"{where}: {name} needs {', '.join(missing)}")
+    return cls(**values)
+
+
+def _read_value(spec: _TableField, value: Any, dotted: str, where: str) -> Any:
+    if spec.kind == "table":
+        assert spec.table is not None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {dotted} must be a table ([{dotted}]), not {value!r}")
+        return read_table(spec.table, value, dotted, where)
+    if spec.kind == "tables":
+        assert spec.table is not None
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            raise ConfigError(
+                f"{where}: {dotted} must be an array of tables ([[{dotted}]]), not {value!r}"
+            )
+        return [
+            read_table(spec.table, item, f"{dotted}[{i}]", where) for i, item in enumerate(value)
+        ]
+    return _coerce_as(spec.kind, dotted, value, where)
+
+
+def _set_from_env(table: T, name: str, path: list[str], text: str, where: str) -> T:
+    """``table`` with the key at ``path`` (below sub-tables) set from an environment variable."""
+    key, rest = path[0], path[1:]
+    fields = _table_fields(type(table))
+    spec = fields.get(key)
+    dotted = f"{name}.{key}"
+    if spec is None:
+        raise _unknown_table_key(key, name, fields, where)
+    if spec.kind == "table" and rest:
+        value = _set_from_env(getattr(table, key), dotted, rest, text, where)
+    elif spec.kind == "table":
+        raise ConfigError(
+            f"{where}: {dotted} is a table", hint="set one of its keys, OPHION_<TABLE>__<KEY>"
+        )
+    elif spec.kind == "tables":
+        raise ConfigError(f"{where}: {dotted} is an array of tables", hint="set it in config.toml")
+    elif rest:
+        raise ConfigError(f"{where}: {dotted} is not a table, it has no {rest[0]!r}")
+    else:
+        value = _coerce_as(spec.kind, dotted, text, where)
+    return cast(T, dataclasses.replace(cast(Any, table), **{key: value}))
+
+
+def _unknown_table_key(
+    key: str, name: str, fields: Mapping[str, _TableField], where: str
+) -> ConfigError:
+    close = difflib.get_close_matches(key, list(fields), n=1)
+    hint = (
+        f"did you mean '{name}.{close[0]}'?"
+        if close
+        else f"[{name}] has {', '.join(fields) or 'no keys'}"
+    )
+    return ConfigError(f"{where}: unknown setting '{name}.{key}'", hint=hint)
+
+
+def _unknown_table(key: str, known: Mapping[str, type[Any]], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    tables = ", ".join(f"[{name}]" for name in known) or "none, this ophiond reads no tables"
+    hint = (f"did you mean [{close[0]}]? " if close else "") + f"known tables: {tables}"
+    return ConfigError(f"{where}: unknown table [{key}]", hint=hint)
+
+
+def _check_sections(sections: Mapping[str, type[Any]]) -> None:
+    for name, cls in sections.items():
+        if not _NAME_RE.match(name) or name in SETTING_NAMES:
+            raise TypeError(f"config section name {name!r}: lower_case, not a flat setting")
+        if not callable(getattr(cls, "validate", None)):
+            raise TypeError(f"config section {cls.__name__} has no validate()")
+        _table_fields(cls)
+    if len(set(sections.values())) < len(sections):
+        raise TypeError("a config section class is listed under two names")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
 def load_settings(
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     config_file: Path | None = None,
+    sections: Mapping[str, type[Section[Any]]] | None = None,
 ) -> Settings:
     """Build :class:`Settings` from the config file, then ``OPHION_*`` variables, then overrides.
 
     ``config_file`` (or ``OPHION_CONFIG``) names the file; a missing default file is fine, a
-    missing named one is an error.
+    missing named one is an error. ``sections`` are the tables the file may hold (default:
+    :func:`config_sections`); ``OPHION_<TABLE>__<KEY>`` sets a key of one.
     """
     env = os.environ if env is None else env
+    sections = config_sections() if sections is None else sections
+    _check_sections(sections)
     paths = default_paths(env)
     values: dict[str, Any] = {}
+    tables: dict[str, Any] = {}
 
     named = config_file or (Path(env["OPHION_CONFIG"]) if env.get("OPHION_CONFIG") else None)
     path = named or paths.config_file
@@ -524,37 +770,53 @@ def load_settings(
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"cannot read config file {path}: {e}") from e
         for key, value in data.items():
-            if key not in SETTING_NAMES:
+            if key in sections:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{path}: {key} is a table, write it [{key}]")
+                tables[key] = read_table(sections[key], value, key, str(path))
+            elif key in SETTING_NAMES:
+                values[key] = _coerce(key, value, str(path))
+            elif isinstance(value, dict):
+                raise _unknown_table(key, sections, str(path))
+            else:
                 raise _unknown_key(key, str(path))
-            values[key] = _coerce(key, value, str(path))
     paths = Paths(path, paths.data_dir, paths.state_dir)
+    for name, cls in sections.items():
+        tables.setdefault(name, cls())
 
     for var, value in env.items():
         if not var.startswith("OPHION_") or var in _NON_SETTING_VARS:
             continue
         key = var[len("OPHION_") :].lower()
+        where = f"environment variable {var}"
+        if "__" in key:  # OPHION_<TABLE>__<KEY>: no flat setting has a double underscore
+            name, *keys = key.split("__")
+            if name not in sections:
+                raise _unknown_table(name, sections, where)
+            tables[name] = _set_from_env(tables[name], name, keys, value, where)
+            continue
         if key not in SETTING_NAMES:
-            raise _unknown_key(key, f"environment variable {var}")
-        values[key] = _coerce(key, value, f"environment variable {var}")
+            raise _unknown_key(key, where)
+        values[key] = _coerce(key, value, where)
 
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = _coerce(key, value, "command line")
 
-    return Settings(paths=paths, **values)
+    by_class = {sections[name]: table for name, table in tables.items()}
+    return Settings(paths=paths, sections=by_class, **values)
 
 
 # OPHION_* variables that are not daemon settings (read by the CLI or by default_paths).
 _NON_SETTING_VARS = frozenset({"OPHION_HOME", "OPHION_CONFIG", "OPHION_API", "OPHION_TOKEN"})
 
 
-def settings_reference() -> list[tuple[str, str, str]]:
-    """(name, default, description) for every setting, in declaration order."""
+def field_docs(cls: type[Any]) -> dict[str, str]:
+    """The docstring under each field of the class ``cls`` (settings, a section), by name."""
     import ast
     import inspect
 
-    source = inspect.getsource(Settings)
-    tree = ast.parse(source)
+    tree = ast.parse(inspect.getsource(cls))
     docs: dict[str, str] = {}
     body = tree.body[0].body  # type: ignore[attr-defined]
     for node, following in zip(body, body[1:], strict=False):
@@ -565,5 +827,11 @@ def settings_reference() -> list[tuple[str, str, str]]:
             and isinstance(following.value, ast.Constant)
         ):
             docs[node.target.id] = " ".join(str(following.value.value).split())
+    return docs
+
+
+def settings_reference() -> list[tuple[str, str, str]]:
+    """(name, default, description) for every setting, in declaration order."""
+    docs = field_docs(Settings)
     defaults = Settings(paths=Paths(Path(), Path(), Path()))
     return [(name, str(getattr(defaults, name)), docs[name]) for name in SETTING_NAMES]

@@ -328,14 +328,16 @@ class Daemon:
     # -- API ---------------------------------------------------------------------------------
 
     def _routes(self) -> list[Any]:
-        from ophiond.api.routes import query_routes
-        from ophiond.api.server import Role, Route
+        from ophiond.api import contract
+        from ophiond.api.routes import audit_routes, query_routes
+        from ophiond.api.server import Route
         from ophiond.api.tokens import token_routes
 
         return [
-            Route("GET", "/api/v1/status", Role.READ, self.status),
-            Route("POST", "/api/v1/sql", Role.READ, self.sql),
+            Route(contract.STATUS, self.status),
+            Route(contract.SQL, self.sql),
             *token_routes(self.tokens, self.audit),
+            *audit_routes(self.audit),
             *query_routes(self.partitions, self.feed, self.settings.sql_timeout),
         ]
 
@@ -391,18 +393,13 @@ class Daemon:
         }
 
     def sql(self, request: Any) -> dict[str, Any]:
-        from ophiond.errors import QueryError
+        from ophiond.api.contract import SqlRequest
         from ophiond.store.query import run_query
 
-        body = request.body
-        sql = body.get("sql")
-        if not isinstance(sql, str) or not sql.strip():
-            raise QueryError("no SQL given")
-        max_rows = body.get("max_rows", 10_000)
-        if not isinstance(max_rows, int) or max_rows < 1:
-            raise QueryError("max_rows must be a positive whole number")
+        query = SqlRequest(request.body.get("sql"), request.body.get("max_rows", 10_000))
+        query.check()
         return run_query(
-            self.partitions, sql, max_rows, self.settings.sql_timeout, self.sql_slots
+            self.partitions, query.sql, query.max_rows, self.settings.sql_timeout, self.sql_slots
         ).to_json()
 
 
@@ -427,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ophiond",
         description="Receive OpenTelemetry traces, metrics and logs over OTLP and store them in "
         "DuckDB. Runs in the foreground; stop it with SIGTERM or Ctrl-C.",
-        epilog="Every flag has a config.toml key and an OPHION_* variable; see docs/configuration.md.",
+        epilog="Every flag but --config and --check-config has a config.toml key and an OPHION_* "
+        "variable; see docs/configuration.md.",
     )
     parser.add_argument("--version", action="version", version=f"ophiond {__version__}")
     parser.add_argument(
@@ -473,6 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes decoding OTLP requests; 0 decodes in the daemon's process (auto)",
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the config file, OPHION_* variables and the other flags given, say whether "
+        "they are valid (exit 0) or not (exit 2), and exit without starting anything",
+    )
     return parser
 
 
@@ -489,6 +493,12 @@ def _setup_logging(level: str) -> None:
     logger.propagate = False
 
 
+def _checked(config_file: Path) -> str:
+    if config_file.is_file():
+        return f"config OK: {config_file}"
+    return f"config OK: no config file ({config_file}), defaults"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ophiond``."""
     # Arrow's default allocator (mimalloc) keeps freed memory for reuse; batches come and go
@@ -497,13 +507,19 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     args = build_parser().parse_args(argv)
     overrides = {
-        key: value for key, value in vars(args).items() if key != "config" and value is not None
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("config", "check_config") and value is not None
     }
     try:
         settings = load_settings(overrides, config_file=args.config).validate()
     except OphionError as e:
         print(f"ophiond: {e.message}" + (f" ({e.hint})" if e.hint else ""), file=sys.stderr)
         return 2
+    if args.check_config:
+        # Before the lock, the store and the state directory: it may run beside a daemon.
+        print(_checked(settings.paths.config_file))
+        return 0
     _setup_logging(settings.log_level)
     # Stored telemetry, the socket and the state files are for the daemon's user alone.
     os.umask(0o077)

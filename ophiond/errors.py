@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from http import HTTPStatus
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class OphionError(Exception):
@@ -30,6 +30,10 @@ class OphionError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def to_json(self) -> dict[str, Any]:
+        """The error as the local API answers it."""
+        return {"error": self.message, "hint": self.hint}
+
 
 # ---------------------------------------------------------------------------------------------
 # What the user typed or configured
@@ -41,6 +45,20 @@ class ConfigError(OphionError):
 
 class TimeSpecError(OphionError):
     """A time or duration the user typed is not one of the accepted forms."""
+
+
+class InvalidParameter(OphionError):
+    """A value given to the API (an option of a command) is not one it takes; ``param`` is the
+    parameter's name, which the CLI's option of the same name reports as a usage error."""
+
+    exit_code = 2
+
+    def __init__(self, param: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.param = param
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "param": self.param}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import pytest
 
 from ophiond.api.client import ApiClient
+from ophiond.api.contract import SqlRequest
 
 REPO = Path(__file__).resolve().parent.parent
 # ophiond as the tests start it: the module of this checkout, on free loopback ports.
@@ -108,11 +109,11 @@ class RunningDaemon:
 
     def sql(self, query: str) -> list[dict[str, Any]]:
         """Rows of a query as dicts, through the daemon's API."""
-        result = self.api.post("/sql", {"sql": query})
+        result = self.api.sql(SqlRequest(query))
         return [dict(zip(result["columns"], row, strict=True)) for row in result["rows"]]
 
     def status(self) -> dict[str, Any]:
-        return self.api.get("/status")
+        return self.api.status()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import OPHIOND
 
 from ophiond.config import (
     SETTING_NAMES,
     ListenAddress,
+    config_sections,
+    field_docs,
     load_settings,
     parse_duration,
     parse_listen,
@@ -166,3 +171,267 @@ def test_client_limits_are_read_and_checked(tmp_path: Path) -> None:
         load_settings(env={**home, "OPHION_CLIENT_BODY_TIMEOUT": "0s"}).validate()
     with pytest.raises(ConfigError, match="max_connections_per_address must be from 1 to 256"):
         load_settings(env={**home, "OPHION_MAX_CONNECTIONS_PER_ADDRESS": "1000"}).validate()
+
+
+def test_rules_and_playbooks_live_beside_the_config_file(tmp_path: Path) -> None:
+    paths = load_settings(env={"OPHION_HOME": str(tmp_path)}).validate().paths
+    assert (paths.rules_dir, paths.playbooks_dir) == (tmp_path / "rules", tmp_path / "playbooks")
+    assert not paths.rules_dir.exists()  # given a home, not created: their engines come later
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "ophion.toml").write_text("")
+    named = load_settings(
+        env={"OPHION_HOME": str(tmp_path)}, config_file=tmp_path / "etc" / "ophion.toml"
+    )
+    assert named.validate().paths.rules_dir == tmp_path / "etc" / "rules"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables: sections defined here, since the product registers none yet
+
+
+@dataclass(frozen=True)
+class Route:
+    """[test.route]"""
+
+    group_by: str = "service"
+    """Label that groups alerts."""
+
+    group_wait: str = "30s"
+    """Wait before the first notification of a group."""
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """One of [[test.receivers]]."""
+
+    name: str
+    """Required: an array item has no sensible default name."""
+
+    url: str = ""
+    """Where notifications go."""
+
+
+@dataclass(frozen=True)
+class ValidSample:
+    interval: float
+    budget: int
+    retries: int
+    enabled: bool
+    group_wait: float
+    receivers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SampleSection:
+    """[test]: one key of each kind a section may have."""
+
+    interval: str = "1m"
+    """A duration."""
+
+    budget: str = "10MB"
+    """A size."""
+
+    retries: int = 3
+    """A whole number."""
+
+    enabled: bool = False
+    """A switch."""
+
+    route: Route = field(default_factory=Route)
+    """A sub-table."""
+
+    receivers: list[Receiver] = field(default_factory=list)
+    """An array of tables."""
+
+    def validate(self) -> ValidSample:
+        return ValidSample(
+            interval=parse_duration(self.interval, "test.interval"),
+            budget=parse_size(self.budget, "test.budget"),
+            retries=self.retries,
+            enabled=self.enabled,
+            group_wait=parse_duration(self.route.group_wait, "test.route.group_wait"),
+            receivers=tuple(r.name for r in self.receivers),
+        )
+
+
+@dataclass(frozen=True)
+class OtherSection:
+    """[tracing]: a second table, for the hints."""
+
+    sample: float = 1.0
+    """A number."""
+
+    def validate(self) -> OtherSection:
+        return self
+
+
+SECTIONS = {"test": SampleSection, "tracing": OtherSection}
+
+GOOD_TABLES = """
+queue_size = 5
+
+[test]
+interval = "90s"
+budget = "2MiB"
+retries = 7
+enabled = true
+
+[test.route]
+group_wait = "5s"
+
+[[test.receivers]]
+name = "ops"
+url = "https://example.com/hook"
+
+[[test.receivers]]
+name = "dev"
+"""
+
+
+def _load(home: Path, text: str, **env: str) -> SampleSection:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(text)
+    settings = load_settings(env={"OPHION_HOME": str(home), **env}, sections=SECTIONS)
+    return settings.section(SampleSection)
+
+
+def test_a_table_is_read_into_its_section_and_validated(tmp_path: Path) -> None:
+    home = {"OPHION_HOME": str(tmp_path)}
+    tmp_path.joinpath("config.toml").write_text(GOOD_TABLES)
+    settings = load_settings(env=home, sections=SECTIONS)
+    assert settings.queue_size == 5  # flat keys beside tables, as before
+    section = settings.section(SampleSection)
+    assert section.route == Route(group_wait="5s")  # keys left out keep their defaults
+    assert section.receivers == [Receiver("ops", "https://example.com/hook"), Receiver("dev")]
+    assert settings.section(OtherSection) == OtherSection()  # a table left out: defaults
+    valid = settings.validate().section(SampleSection)
+    assert valid == ValidSample(90, 2 << 20, 7, True, 5, ("ops", "dev"))
+    tmp_path.joinpath("config.toml").write_text('[test]\ninterval = "soon"\n')
+    with pytest.raises(ConfigError, match="test.interval: 'soon' is not a duration"):
+        load_settings(env=home, sections=SECTIONS).validate()
+
+
+def test_unknown_table_names_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config.toml: unknown table \[tset\]") as err:
+        _load(tmp_path, "[tset]\nretries = 1\n")
+    assert err.value.hint == "did you mean [test]? known tables: [test], [tracing]"
+    with pytest.raises(ConfigError, match="unknown table") as err:
+        _load(tmp_path, "[alerting]\nx = 1\n")
+    assert err.value.hint == "known tables: [test], [tracing]"
+    # This ophiond has none: the same strictness, said plainly.
+    (tmp_path / "config.toml").write_text("[alerting]\nx = 1\n")
+    with pytest.raises(ConfigError, match="unknown table") as err:
+        load_settings(env={"OPHION_HOME": str(tmp_path)})
+    assert err.value.hint == "known tables: none, this ophiond reads no tables"
+
+
+def test_unknown_key_in_a_table_names_table_dot_key_and_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, "[test]\nretrys = 1\n")
+    assert err.value.message == f"{tmp_path / 'config.toml'}: unknown setting 'test.retrys'"
+    assert err.value.hint == "did you mean 'test.retries'?"
+    with pytest.raises(ConfigError, match="'test.route.group_wiat'") as err:
+        _load(tmp_path, '[test.route]\ngroup_wiat = "1s"\n')
+    assert err.value.hint == "did you mean 'test.route.group_wait'?"
+    with pytest.raises(ConfigError, match=r"'test.receivers\[0\].uri'"):
+        _load(tmp_path, '[[test.receivers]]\nname = "a"\nuri = "x"\n')
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[test]\nretries = "many"', "test.retries must be a whole number, not 'many'"),
+        ('[test]\nenabled = "maybe"', "test.enabled must be true or false, not 'maybe'"),
+        ("[test]\ninterval = [1]", r"test.interval must be a string, not \[1\]"),
+        ("[test]\nroute = 3", r"test.route must be a table \(\[test.route\]\), not 3"),
+        ("[test]\nreceivers = 3", r"test.receivers must be an array of tables"),
+        ('[[test.receivers]]\nurl = "x"', r"test.receivers\[0\] needs name"),
+        ("test = 3", r"test is a table, write it \[test\]"),
+    ],
+)
+def test_wrong_type_in_a_table_is_an_error(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _load(tmp_path, text + "\n")
+
+
+def test_environment_sets_a_table_key_over_the_file(tmp_path: Path) -> None:
+    section = _load(
+        tmp_path,
+        GOOD_TABLES,
+        OPHION_TEST__RETRIES="9",
+        OPHION_TEST__ENABLED="off",
+        OPHION_TEST__ROUTE__GROUP_BY="host",
+        OPHION_QUEUE_SIZE="11",  # a flat one beside them, as before
+    )
+    assert (section.retries, section.enabled, section.interval) == (9, False, "90s")
+    assert section.route == Route(group_by="host", group_wait="5s")
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, "", OPHION_TEST__RETRYS="1")
+    assert (
+        err.value.message
+        == "environment variable OPHION_TEST__RETRYS: unknown setting 'test.retrys'"
+    )
+    assert err.value.hint == "did you mean 'test.retries'?"
+    with pytest.raises(ConfigError, match=r"OPHION_TSET__RETRIES: unknown table \[tset\]"):
+        _load(tmp_path, "", OPHION_TSET__RETRIES="1")
+    with pytest.raises(ConfigError, match="OPHION_TEST__RETRIES: test.retries must be a whole"):
+        _load(tmp_path, "", OPHION_TEST__RETRIES="x")
+    with pytest.raises(ConfigError, match="test.receivers is an array of tables"):
+        _load(tmp_path, "", OPHION_TEST__RECEIVERS="x")
+
+
+def test_every_registered_section_is_documented() -> None:
+    """A table ophiond reads has a docstring under each key and a place in configuration.md."""
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    for name, cls in config_sections().items():
+        assert f"`[{name}]`" in doc, f"docs/configuration.md does not document [{name}]"
+        docs = field_docs(cls)
+        for key in cls.__dataclass_fields__:
+            assert key in docs, f"{cls.__name__}.{key} has no docstring"
+            assert f"`{name}.{key}`" in doc, f"docs/configuration.md does not document {name}.{key}"
+
+
+# ---------------------------------------------------------------------------------------------
+# ophiond --check-config
+
+
+def _check_config(*flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*OPHIOND, "--check-config", *flags], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_config_passes_a_good_setup_and_starts_nothing(isolated_env: Path) -> None:
+    result = _check_config()
+    assert (result.returncode, result.stderr) == (0, "")
+    assert (
+        result.stdout == f"config OK: no config file ({isolated_env / 'config.toml'}), defaults\n"
+    )
+    assert not isolated_env.exists()
+    isolated_env.mkdir()
+    (isolated_env / "config.toml").write_text('retention_max_age = "2d"\n')
+    result = _check_config("--queue-size", "10")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"config OK: {isolated_env / 'config.toml'}\n"
+    assert [p.name for p in isolated_env.iterdir()] == ["config.toml"]  # no data, no state
+
+
+def test_check_config_reports_a_bad_value_like_a_start(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    isolated_env.mkdir()
+    (isolated_env / "config.toml").write_text('retention_max_dsk = "1GB"\n')
+    result = _check_config()
+    assert (result.returncode, result.stdout) == (2, "")  # main()'s exit code for bad settings
+    assert result.stderr == (
+        f"ophiond: {isolated_env / 'config.toml'}: unknown setting 'retention_max_dsk' "
+        "(did you mean 'retention_max_disk'?)\n"
+    )
+    (isolated_env / "config.toml").write_text("")
+    monkeypatch.setenv("OPHION_SQL_TIMEOUT", "later")  # the environment is checked
+    assert _check_config().stderr.startswith("ophiond: sql_timeout: 'later'")
+    monkeypatch.delenv("OPHION_SQL_TIMEOUT")
+    result = _check_config("--retention-max-age", "forever")  # and the flags
+    assert result.returncode == 2
+    assert result.stderr.startswith("ophiond: retention_max_age: 'forever' is not a duration")
+    assert [p.name for p in isolated_env.iterdir()] == ["config.toml"]

@@ -30,6 +30,8 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from ophiond.api.contract import SqlRequest
+
 SERVICE = "durability-test"
 PROTOBUF = "application/x-protobuf"
 
@@ -153,7 +155,7 @@ def export_grpc(stub: Any, batch: Batch, timeout: float = 60) -> None:
 def stored_span_ids(daemon: RunningDaemon) -> list[str]:
     """Every stored span id, duplicates kept (a duplicate is a bug too)."""
     # daemon.sql() gets the API's default of 10,000 rows; these tests store more.
-    result = daemon.api.post("/sql", {"sql": "SELECT span_id FROM spans", "max_rows": 10_000_000})
+    result = daemon.api.sql(SqlRequest("SELECT span_id FROM spans", 10_000_000))
     assert not result["truncated"]
     return [row[0] for row in result["rows"]]
 

@@ -55,7 +55,8 @@ from typer.testing import CliRunner
 
 from ophion_cli.main import app
 from ophiond.api.client import ApiStream, connect
-from ophiond.errors import ApiError, DaemonNotRunning, OphionError
+from ophiond.api.contract import LogQuery, ServicesQuery, TraceQuery
+from ophiond.errors import DaemonNotRunning, InvalidParameter, OphionError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -245,12 +246,12 @@ def shop_requests(shop: Shop) -> dict[str, list[tuple[int, bool]]]:
 
 def test_services_rate_points_per_step_from_the_same_requests(daemon: RunningDaemon) -> None:
     shop = send_shop(daemon)  # 120 s to 100 s ago
-    plain = daemon.api.get("/services", {"since": "5m"})
+    plain = daemon.api.services(ServicesQuery("5m"))
     # Without a step the answer is as it always was.
     assert set(plain) == {"since", "services"}
     assert all(set(row) == SERVICE_FIELDS for row in plain["services"])
 
-    doc = daemon.api.get("/services", {"since": "5m", "step": "10s"})
+    doc = daemon.api.services(ServicesQuery("5m", "10s"))
     assert set(doc) == {"since", "step_ns", "services"}
     assert doc["step_ns"] == 10 * S
     since_ns = unix_ns_of(doc["since"])
@@ -279,7 +280,7 @@ def test_services_rate_points_per_step_from_the_same_requests(daemon: RunningDae
 
     # A step that does not divide the window: the last step is 6 s long, and its rate is
     # over those 6 s. The rates times the lengths of their steps are the requests.
-    odd = daemon.api.get("/services", {"since": "5m", "step": "7s"})
+    odd = daemon.api.services(ServicesQuery("5m", "7s"))
     for row in odd["services"]:
         points = row["rate_points"]
         assert len(points) == 43
@@ -365,8 +366,10 @@ def test_traces_duration_bounds_are_inclusive(daemon: RunningDaemon) -> None:
 
 
 def api_trace_rows(daemon: RunningDaemon, **params: Any) -> list[dict[str, Any]]:
-    """``GET /traces`` with ``params``: the rows."""
-    doc = daemon.api.get("/traces", params)
+    """``GET /traces`` with ``params`` (TraceQuery's fields; ``attr`` one filter): the rows."""
+    if isinstance(params.get("attr"), str):
+        params["attr"] = (params["attr"],)
+    doc = daemon.api.traces(TraceQuery(**params))
     assert set(doc) == {"since", "traces"}
     return list(doc["traces"])
 
@@ -865,7 +868,7 @@ def test_open_stream_closed_from_another_thread_unblocks_its_reader(
     client = daemon.api if transport == "unix" else connect(f"http://{daemon.listen['api_tcp']}")
     send_records(daemon, [Record(0, "api", SeverityNumber.INFO, "INFO", "backlog")], time.time_ns())
 
-    stream = client.open_stream("/logs/stream", {"since": "5m"})
+    stream = client.follow_logs(LogQuery("5m"))
     reader = StreamReader(stream)
     assert reader.next_body(10) == "backlog"
     live = [Record(0, "worker", SeverityNumber.WARN, "WARN", "live")]
@@ -884,7 +887,7 @@ def test_open_stream_closed_from_another_thread_unblocks_its_reader(
 
 
 def test_open_stream_says_when_the_daemon_hangs(daemon: RunningDaemon) -> None:
-    stream = daemon.api.open_stream("/logs/stream", read_timeout=1.0)
+    stream = daemon.api.follow_logs(LogQuery(), read_timeout=1.0)
     reader = StreamReader(stream)
     os.kill(daemon.process.pid, signal.SIGSTOP)  # hung: not even keep-alives
     try:
@@ -898,14 +901,14 @@ def test_open_stream_says_when_the_daemon_hangs(daemon: RunningDaemon) -> None:
 
 
 def test_open_stream_rejects_bad_parameters_before_it_opens(daemon: RunningDaemon) -> None:
-    with pytest.raises(ApiError, match="not a severity"):
-        daemon.api.open_stream("/logs/stream", {"severity": "loud"})
+    with pytest.raises(InvalidParameter, match="not a severity"):
+        daemon.api.follow_logs(LogQuery(severity="loud"))
 
 
 # Slow: it waits for a keep-alive, which comes after 5 s of quiet.
 @pytest.mark.slow
 def test_open_stream_keep_alives_hold_off_the_read_timeout(daemon: RunningDaemon) -> None:
-    stream = daemon.api.open_stream("/logs/stream", read_timeout=6.5)
+    stream = daemon.api.follow_logs(LogQuery(), read_timeout=6.5)
     reader = StreamReader(stream)
     # Nothing is sent: without the keep-alive line (at 5 s, never shown) the read would have
     # timed out at 6.5 s; after it, not before 11.5 s.

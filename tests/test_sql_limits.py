@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from conftest import RunningDaemon, make_sdk_spans, ophion
 
+from ophiond.api.contract import SqlRequest
 from ophiond.config import load_settings
 from ophiond.errors import ApiError, ConfigError, QueryNotRun, SqlRefused
 from ophiond.store.partitions import PartitionSet, connect
@@ -260,7 +261,7 @@ def test_queries_beyond_sql_max_concurrent_wait_their_turn(daemon_factory: Any) 
 
     def first() -> None:
         try:
-            daemon.api.post("/sql", {"sql": slow})
+            daemon.api.sql(SqlRequest(slow))
         except ApiError as e:
             outcomes["first"] = e.message
 
@@ -268,7 +269,7 @@ def test_queries_beyond_sql_max_concurrent_wait_their_turn(daemon_factory: Any) 
     thread = threading.Thread(target=first)
     thread.start()
     time.sleep(1.0)  # (the first is in its slot by then; the API shows no running queries)
-    second = daemon.api.post("/sql", {"sql": "SELECT 1 AS one"})
+    second = daemon.api.sql(SqlRequest("SELECT 1 AS one"))
     waited = time.monotonic() - sent
     thread.join()
     assert outcomes["first"] == "query interrupted after 3s (sql_timeout)"

@@ -24,6 +24,7 @@ from ophion_cli.tui.screens.service_map import MapScreen
 from ophion_cli.tui.screens.services import ServicesScreen
 from ophion_cli.tui.screens.trace import TraceScreen
 from ophion_cli.tui.screens.traces import TracesScreen
+from ophiond.api.contract import LogQuery, MetricQuery, ServicesQuery, TraceQuery
 
 SIZES = [(80, 24), (160, 48)]
 
@@ -162,11 +163,11 @@ def test_the_fixture_documents_have_the_daemons_shape(daemon: Any) -> None:
             assert real, f"{where}: the daemon answered no items to compare with"
             same_keys(fixture[0], real[0], f"{where}[0]")
 
-    same_keys(fx.SERVICES, api.get("/services", {"since": "15m", "step": "38s"}), "services")
-    same_keys(fx.TRACES, api.get("/traces", {"since": "15m"}), "traces")
-    same_keys(fx.TRACE, api.get(f"/traces/{known.trace_id}"), "trace")
-    same_keys(fx.LOGS, api.get("/logs", {"since": "15m"})["logs"], "logs")
-    same_keys(fx.METRICS, api.get("/metrics", {"since": "15m"}), "metrics")
-    metric = api.get("/metrics/shop.latency", {"since": "15m"})
+    same_keys(fx.SERVICES, api.services(ServicesQuery("15m", "38s")), "services")
+    same_keys(fx.TRACES, api.traces(TraceQuery("15m")), "traces")
+    same_keys(fx.TRACE, api.trace(known.trace_id), "trace")
+    same_keys(fx.LOGS, api.logs(LogQuery("15m"))["logs"], "logs")
+    same_keys(fx.METRICS, api.metrics("15m"), "metrics")
+    metric = api.metric(MetricQuery("shop.latency", "15m"))
     same_keys(fx.METRIC, metric, "metric")
-    same_keys(fx.MAP, api.get("/map", {"since": "15m"}), "map")
+    same_keys(fx.MAP, api.service_map("15m"), "map")

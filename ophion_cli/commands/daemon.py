@@ -74,7 +74,7 @@ def daemon_status(
 ) -> None:
     """Whether ophiond runs, with its pid and addresses. Exit code 3 when it does not."""
     try:
-        document = client(api, token).get("/status")
+        document = client(api, token).status()
     except DaemonNotRunning as e:
         if json_output:
             print_json({"running": False, "reason": e.message})

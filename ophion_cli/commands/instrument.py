@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ophion_cli.options import ApiOption, TokenOption
 from ophion_cli.output import instrument as show
+
+if TYPE_CHECKING:
+    from ophiond.api.client import ApiClient
+    from ophiond.containers.verify import FirstSeen
 
 app = typer.Typer()
 
@@ -99,7 +104,7 @@ def instrument(
         from ophion_cli.options import client
 
         daemon = client(api, token)
-        listen_http = daemon.get("/status")["listen"].get("http")
+        listen_http = daemon.status()["listen"].get("http")
     docker = connect()
     progress = show.progress()
     the_plan = plan(docker, request, listen_http, _cache_dir(), dry_run, progress)
@@ -107,7 +112,8 @@ def instrument(
     if dry_run:
         show.dry_run()
         return
-    outcome = apply(docker, the_plan, None if no_verify else daemon, timeout, progress)
+    watch = None if daemon is None or no_verify else _first_seen(daemon)
+    outcome = apply(docker, the_plan, watch, timeout, progress)
     show.outcome(the_plan, outcome)
 
 
@@ -138,3 +144,13 @@ def _cache_dir() -> Path:
     from ophiond.config import load_settings
 
     return Path(load_settings().validate().paths.data_dir) / "instrumentation"
+
+
+def _first_seen(daemon: ApiClient) -> FirstSeen:
+    """How ``ophion instrument`` asks the daemon whether the injection's telemetry arrived."""
+    from ophiond.api.contract import FirstSeenQuery
+
+    def first_seen(attribute: str, since: str) -> Mapping[str, Any]:
+        return daemon.first_seen(FirstSeenQuery(attribute, since))
+
+    return first_seen

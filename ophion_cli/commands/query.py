@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ophion_cli.options import ApiOption, JsonOption, TokenOption, client
+from ophion_cli.options import ApiOption, JsonOption, TokenOption, client, usage_errors
 from ophion_cli.output import print_json, print_json_line, views
 
 app = typer.Typer()
@@ -25,30 +25,6 @@ SinceOption = Annotated[
 ServiceOption = Annotated[str | None, typer.Option("--service", "-s", help="Only this service.")]
 
 
-def _check_since(value: str) -> str:
-    from ophiond.errors import TimeSpecError
-    from ophiond.timespec import parse_since
-
-    try:
-        parse_since(value)
-    except TimeSpecError as e:
-        raise typer.BadParameter(f"{e.message}; {e.hint}", param_hint="--since") from None
-    return value
-
-
-def _check_duration(value: str | None, option: str) -> str | None:
-    if value is None:
-        return None
-    from ophiond.errors import TimeSpecError
-    from ophiond.timespec import parse_duration_ns
-
-    try:
-        parse_duration_ns(value)
-    except TimeSpecError as e:
-        raise typer.BadParameter(f"{e.message}; {e.hint}", param_hint=option) from None
-    return value
-
-
 @app.command()
 def services(
     since: SinceOption = "1h",
@@ -57,7 +33,10 @@ def services(
     json_output: JsonOption = False,
 ) -> None:
     """Each service's request rate, error rate and p50/p95/p99 latency."""
-    doc = client(api, token).get("/services", {"since": _check_since(since)})
+    from ophiond.api.contract import ServicesQuery
+
+    with usage_errors():
+        doc = client(api, token).services(ServicesQuery(since))
     print_json(doc) if json_output else views.services(doc)
 
 
@@ -92,22 +71,20 @@ def traces(
     json_output: JsonOption = False,
 ) -> None:
     """Recent traces, newest first, filtered by service, span name, duration, status, attributes."""
-    if status is not None and status not in ("ok", "error"):
-        raise typer.BadParameter("use ok or error", param_hint="--status")
-    for item in attr or []:
-        if "=" not in item or item.startswith("="):
-            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--attr")
-    params = {
-        "service": service,
-        "name": name,
-        "min_duration": _check_duration(min_duration, "--min-duration"),
-        "max_duration": _check_duration(max_duration, "--max-duration"),
-        "status": status,
-        "attr": attr or [],
-        "since": _check_since(since),
-        "limit": limit,
-    }
-    doc = client(api, token).get("/traces", params)
+    from ophiond.api.contract import TraceQuery
+
+    query = TraceQuery(
+        since=since,
+        service=service,
+        name=name,
+        min_duration=min_duration,
+        max_duration=max_duration,
+        status=status,
+        attr=tuple(attr or ()),
+        limit=limit,
+    )
+    with usage_errors():
+        doc = client(api, token).traces(query)
     print_json(doc) if json_output else views.traces(doc)
 
 
@@ -122,11 +99,9 @@ def trace(
     json_output: JsonOption = False,
 ) -> None:
     """One trace as a waterfall: the span tree, timing bars, errors, events, the critical path."""
-    from urllib.parse import quote
-
     from ophiond.errors import OphionError
 
-    doc = client(api, token).get(f"/traces/{quote(trace_id, safe='')}")
+    doc: Any = client(api, token).trace(trace_id)
     if span is not None:
         matches = [s for s in doc["spans"] if s["span_id"].startswith(span.lower())]
         if len(matches) != 1:
@@ -190,36 +165,29 @@ def logs(
     json_output: JsonOption = False,
 ) -> None:
     """Log records, oldest first; with -f, new ones as the daemon receives them."""
-    from ophiond.errors import OphionError
-    from ophiond.store.queries import severity_floor
+    from ophiond.api.contract import LogQuery
 
-    if severity is not None:
-        try:
-            severity_floor(severity)
-        except OphionError as e:
-            raise typer.BadParameter(f"{e.message}; {e.hint}", param_hint="--severity") from None
-    params = {
-        "service": service,
-        "severity": severity,
-        "grep": grep,
-        "trace": trace_id,
-        "since": _check_since(since),
-        "limit": limit,
-    }
+    query = LogQuery(
+        since=since, service=service, severity=severity, grep=grep, trace=trace_id, limit=limit
+    )
     api_client = client(api, token)
     if not follow:
-        doc = api_client.get("/logs", params)
+        with usage_errors():
+            doc = api_client.logs(query)
         print_json(doc) if json_output else views.logs(doc)
         return
     show = print_json_line if json_output else views.live_logs()
+    with usage_errors():
+        stream = api_client.follow_logs(query)
     try:
-        for record in api_client.stream("/logs/stream", params):
-            if "skipped" in record:
-                views.note_error(
-                    f"{record['skipped']} record(s) skipped: this terminal could not keep up"
-                )
-                continue
-            show(record)
+        with stream:
+            for record in stream:
+                if "skipped" in record:
+                    views.note_error(
+                        f"{record['skipped']} record(s) skipped: this terminal could not keep up"
+                    )
+                    continue
+                show(record)
     except KeyboardInterrupt:
         return
 
@@ -240,16 +208,15 @@ def metrics(
     json_output: JsonOption = False,
 ) -> None:
     """List metrics, or chart one over time per series (rates, values, p50/p95/p99)."""
-    _check_since(since)
-    if name is None:
-        doc = client(api, token).get("/metrics", {"since": since})
-        print_json(doc) if json_output else views.metric_list(doc)
-        return
-    from urllib.parse import quote
+    from ophiond.api.contract import MetricQuery
 
-    params = {"since": since, "service": service, "step": _check_duration(step, "--step")}
-    doc = client(api, token).get(f"/metrics/{quote(name, safe='')}", params)
-    print_json(doc) if json_output else views.metric_series(doc)
+    with usage_errors():
+        if name is None:
+            names = client(api, token).metrics(since)
+            print_json(names) if json_output else views.metric_list(names)
+            return
+        series = client(api, token).metric(MetricQuery(name, since, service, step))
+    print_json(series) if json_output else views.metric_series(series)
 
 
 @app.command("map")
@@ -260,7 +227,8 @@ def service_map(
     json_output: JsonOption = False,
 ) -> None:
     """Which services call which: calls, error rate and p95 latency per edge."""
-    doc = client(api, token).get("/map", {"since": _check_since(since)})
+    with usage_errors():
+        doc = client(api, token).service_map(since)
     print_json(doc) if json_output else views.service_map(doc)
 
 
@@ -279,5 +247,8 @@ def tui(
 ) -> None:
     """A terminal UI over the daemon: services, traces, logs, metrics, the map (keys: ? in the app)."""
     from ophion_cli import tui as terminal_ui
+    from ophiond.api.contract import check_since
 
-    terminal_ui.run(api, token, _check_since(since))
+    with usage_errors():
+        check_since(since)
+    terminal_ui.run(api, token, since)

@@ -10,6 +10,7 @@ import typer
 
 from ophion_cli.options import ApiOption, JsonOption, TokenOption, client
 from ophion_cli.output import sql as show
+from ophiond.api.contract import SqlRequest
 from ophiond.errors import DaemonNotRunning
 
 app = typer.Typer()
@@ -35,7 +36,7 @@ def sql(
     if json_output and csv_output:
         raise typer.BadParameter("choose one of --json and --csv", param_hint="--csv")
     try:
-        result = client(api, token).post("/sql", {"sql": query, "max_rows": max_rows})
+        result: Any = client(api, token).sql(SqlRequest(query, max_rows))
     except DaemonNotRunning:
         if api or os.environ.get("OPHION_API"):
             raise

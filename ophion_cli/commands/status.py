@@ -16,7 +16,7 @@ def status(
     api: ApiOption = None, token: TokenOption = None, json_output: JsonOption = False
 ) -> None:
     """Is ophiond up; what it received, rejected and stored; how much disk it uses."""
-    document = client(api, token).get("/status")
+    document = client(api, token).status()
     if json_output:
         print_json(document)
     else:

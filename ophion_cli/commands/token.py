@@ -47,7 +47,7 @@ def create(
     json_output: JsonOption = False,
 ) -> None:
     """Create a token. It is printed once, on stdout, and cannot be shown again."""
-    document = client(api, token).post("/tokens", {"name": name, "role": role.value})
+    document = client(api, token).create_token(name, role.value)
     if json_output:
         print_json(document)
     else:
@@ -59,7 +59,7 @@ def list_tokens(
     api: ApiOption = None, token: TokenOption = None, json_output: JsonOption = False
 ) -> None:
     """List the tokens: name, role and creation time (never the tokens themselves)."""
-    document = client(api, token).get("/tokens")
+    document = client(api, token).tokens()
     if json_output:
         print_json(document)
     else:
@@ -73,7 +73,5 @@ def revoke(
     token: TokenOption = None,
 ) -> None:
     """Revoke a token: the daemon refuses it from now on."""
-    from urllib.parse import quote
-
-    client(api, token).delete(f"/tokens/{quote(name, safe='')}")
+    client(api, token).revoke_token(name)
     show.revoked(name)

@@ -1,16 +1,21 @@
-"""``ophion status`` and ``ophion daemon ...``: the daemon, its counters, its storage.
+"""``ophion status``, ``ophion daemon ...`` and ``ophion audit``: the daemon, its counters,
+its storage, its jobs and what it did.
 
 Fetching lives in the commands, so ``--json`` shows the same data."""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ophion_cli.output import human_bytes, human_duration, stdout_console
+
+if TYPE_CHECKING:
+    from ophiond.api.contract import AuditPage
 
 _out = stdout_console()
 
@@ -184,3 +189,29 @@ def installed(result: Any, user: bool, now: bool) -> None:
             f"systemd is not running here; where it is, run: systemctl {scope}daemon-reload && "
             f"systemctl {scope}enable --now ophiond"
         )
+
+
+def audit(page: AuditPage) -> None:
+    """The audit log's entries, newest first, one per line."""
+    entries = page["entries"]
+    if not entries:
+        note(f"no audit entries since {page['since']}")
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("time", "actor", "action", "subject", "detail"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        detail = ", ".join(f"{k}={_short(v)}" for k, v in entry["detail"].items())
+        table.add_row(
+            _clock(entry["time"]),
+            escape(entry["actor"]),
+            escape(entry["action"]),
+            escape(entry["subject"] or ""),
+            escape(detail),
+        )
+    _out.print(table)
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= 60 else text[:59] + "…"

@@ -5,14 +5,17 @@ Rich is imported when something is printed (as for the other commands that print
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ophiond.api.contract import TokenCreated, TokenInfo
 
 import typer
 
 from ophion_cli.output import stderr_console, stdout_console
 
 
-def created(document: dict[str, Any]) -> None:
+def created(document: TokenCreated) -> None:
     """The new token alone on stdout, so TOKEN=$(ophion token create ...) works; the rest on
     stderr."""
     typer.echo(document["token"])
@@ -22,7 +25,7 @@ def created(document: dict[str, Any]) -> None:
     )
 
 
-def token_list(tokens: list[dict[str, Any]]) -> None:
+def token_list(tokens: list[TokenInfo]) -> None:
     """Name, role and creation time of each token; "no tokens" on stderr when there is none."""
     from rich.table import Table
 

@@ -6,14 +6,24 @@ Each view takes the API's JSON document and prints it; ``--json`` prints the sam
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
+
+if TYPE_CHECKING:
+    from ophiond.api.contract import (
+        LogsPage,
+        MetricSeries,
+        MetricsPage,
+        ServiceMapDoc,
+        ServicesPage,
+        TracesPage,
+    )
 
 _out = Console(highlight=False, soft_wrap=False)
 
@@ -54,7 +64,7 @@ def _service(name: str | None, colors: dict[str, str]) -> Text:
     return Text(name or "(no service)", style=colors.get(name or "", "white"))
 
 
-def _since(doc: dict[str, Any]) -> str:
+def _since(doc: Mapping[str, Any]) -> str:
     """The window start of a document, as people read it: ``2026-11-23 10:00:01 UTC``."""
     return str(doc["since"])[:19].replace("T", " ") + " UTC"
 
@@ -70,7 +80,7 @@ def clock_time(iso: str | None) -> str:
 # -- services ----------------------------------------------------------------------------------
 
 
-def services(doc: dict[str, Any]) -> None:
+def services(doc: ServicesPage) -> None:
     rows = doc["services"]
     if not rows:
         _out.print(f"[dim]no spans since {_since(doc)}[/]")
@@ -108,7 +118,7 @@ def services(doc: dict[str, Any]) -> None:
 # -- traces ------------------------------------------------------------------------------------
 
 
-def traces(doc: dict[str, Any]) -> None:
+def traces(doc: TracesPage) -> None:
     rows = doc["traces"]
     if not rows:
         _out.print(f"[dim]no traces match since {_since(doc)}[/]")
@@ -303,7 +313,7 @@ def note_error(text: str) -> None:
     Console(stderr=True, highlight=False).print(f"[yellow]warning:[/] {escape(text)}")
 
 
-def log_line(record: dict[str, Any], colors: dict[str, str]) -> None:
+def log_line(record: Mapping[str, Any], colors: dict[str, str]) -> None:
     line = Text.assemble(
         (clock_time(record["time"]), "dim"),
         " ",
@@ -318,7 +328,7 @@ def log_line(record: dict[str, Any], colors: dict[str, str]) -> None:
     _out.print(line, soft_wrap=True)
 
 
-def logs(doc: dict[str, Any]) -> None:
+def logs(doc: LogsPage) -> None:
     records = doc["logs"]
     if not records:
         _out.print("[dim]no log records match[/]")
@@ -346,7 +356,7 @@ def live_logs() -> Callable[[dict[str, Any]], None]:
 # -- metrics -----------------------------------------------------------------------------------
 
 
-def metric_list(doc: dict[str, Any]) -> None:
+def metric_list(doc: MetricsPage) -> None:
     rows = doc["metrics"]
     if not rows:
         _out.print(f"[dim]no metrics since {_since(doc)}[/]")
@@ -383,7 +393,7 @@ def format_value(value: float | None, unit: str | None) -> str:
     return f"{text} {unit}".strip() if unit and unit not in ("1",) else text
 
 
-def metric_series(doc: dict[str, Any]) -> None:
+def metric_series(doc: MetricSeries) -> None:
     unit = doc["unit"]
     _out.print(
         Text.assemble(
@@ -427,7 +437,7 @@ def metric_series(doc: dict[str, Any]) -> None:
 # -- the service map ---------------------------------------------------------------------------
 
 
-def service_map(doc: dict[str, Any]) -> None:
+def service_map(doc: ServiceMapDoc) -> None:
     services_ = doc["services"]
     if not services_:
         _out.print(f"[dim]no spans since {_since(doc)}[/]")

@@ -42,50 +42,64 @@ class ApiSource:
         self._token = token
         self._client: Any = None
 
-    def _call(self, method: str, path: str, params: dict[str, Any] | None) -> Any:
-        """``ApiClient.<method>(path, params)`` on a client made on first use (finding the
-        local daemon reads its state files) and made again after the daemon went away: it may
-        come back elsewhere (a new socket, a new port)."""
+    def _call(self, method: str, *args: Any) -> Any:
+        """``ApiClient.<method>(*args)`` on a client made on first use (finding the local
+        daemon reads its state files) and made again after the daemon went away: it may come
+        back elsewhere (a new socket, a new port)."""
         from ophiond.api.client import connect
         from ophiond.errors import DaemonNotRunning
 
         if self._client is None:
             self._client = connect(self._api, self._token)
         try:
-            return getattr(self._client, method)(path, params)
+            return getattr(self._client, method)(*args)
         except DaemonNotRunning:
             self._client = None
             raise
 
-    def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("get", path, params)
-        return result
-
     def status(self) -> dict[str, Any]:
-        return self._get("/status")
+        return dict(self._call("status"))
 
     def services(self, since: str, step: str | None = None) -> dict[str, Any]:
-        return self._get("/services", {"since": since, "step": step})
+        from ophiond.api.contract import ServicesQuery
+
+        return dict(self._call("services", ServicesQuery(since, step)))
 
     def traces(self, params: dict[str, Any]) -> dict[str, Any]:
-        return self._get("/traces", params)
+        from ophiond.api.contract import TraceQuery
+
+        return dict(self._call("traces", TraceQuery(**_fields(params))))
 
     def trace(self, trace_id: str) -> dict[str, Any]:
-        return self._get(f"/traces/{trace_id}")
+        return dict(self._call("trace", trace_id))
 
     def logs(self, params: dict[str, Any]) -> dict[str, Any]:
-        return self._get("/logs", params)
+        from ophiond.api.contract import LogQuery
+
+        return dict(self._call("logs", LogQuery(**_fields(params))))
 
     def metrics(self, since: str) -> dict[str, Any]:
-        return self._get("/metrics", {"since": since})
+        return dict(self._call("metrics", since))
 
     def metric(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
-        from urllib.parse import quote
+        from ophiond.api.contract import MetricQuery
 
-        return self._get(f"/metrics/{quote(name, safe='')}", params)
+        return dict(self._call("metric", MetricQuery(name, **_fields(params))))
 
     def service_map(self, since: str) -> dict[str, Any]:
-        return self._get("/map", {"since": since})
+        return dict(self._call("service_map", since))
 
     def open_log_stream(self, params: dict[str, Any]) -> Any:
-        return self._call("open_stream", "/logs/stream", params)
+        from ophiond.api.contract import LogQuery
+
+        return self._call("follow_logs", LogQuery(**_fields(params)))
+
+
+def _fields(params: dict[str, Any]) -> dict[str, Any]:
+    """A screen's query parameters as a request type's fields (``attr``, one filter or a list
+    of them, becomes a tuple)."""
+    fields = {k: v for k, v in params.items() if v is not None}
+    if "attr" in fields:
+        attr = fields["attr"]
+        fields["attr"] = (attr,) if isinstance(attr, str) else tuple(attr)
+    return fields

@@ -1,4 +1,5 @@
-"""Client of the daemon's local API, used by the CLI (and later the TUI and the copilot).
+"""Client of the daemon's local API: one method per endpoint of :mod:`ophiond.api.contract`,
+used by the CLI, the TUI, ``ophion instrument`` and the copilot.
 
 It reaches the daemon through its Unix socket, whose 0600 mode is the access control, or over
 TCP (``--api http://HOST:PORT``, the daemon's ``api_listen``) with a bearer token.
@@ -11,14 +12,37 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode, urlsplit
 
+from ophiond.api import contract
+from ophiond.api.contract import (
+    AuditPage,
+    AuditQuery,
+    Endpoint,
+    FirstSeen,
+    FirstSeenQuery,
+    LogQuery,
+    LogsPage,
+    MetricQuery,
+    MetricSeries,
+    MetricsPage,
+    ServiceMapDoc,
+    ServicesPage,
+    ServicesQuery,
+    SqlRequest,
+    SqlResult,
+    TokenCreated,
+    TokenList,
+    TraceDoc,
+    TraceQuery,
+    TracesPage,
+)
 from ophiond.config import SYSTEM_HOME, is_loopback
-from ophiond.errors import ApiError, DaemonNotRunning, OphionError
+from ophiond.errors import ApiError, DaemonNotRunning, InvalidParameter, OphionError
 
 _START_HINT = "start it with: ophion daemon start   (or: systemctl start ophiond)"
 # The conventional port of the TCP API, used when --api http://HOST names none.
@@ -186,21 +210,89 @@ class ApiClient:
         """Where the daemon is reached: the socket path or ``http://HOST:PORT``."""
         return str(self.endpoint if self.endpoint is not None else self.socket_path)
 
-    def get(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """GET ``/api/v1<path>``; ``params`` become the query string (lists repeat the key,
-        ``None`` values are left out)."""
-        return self._call("GET", path + _query(params), None)
+    # -- the endpoints (ophiond.api.contract), one method each ---------------------------------
 
-    def stream(
-        self, path: str, params: Mapping[str, Any] | None = None, read_timeout: float = 15.0
-    ) -> Iterator[dict[str, Any]]:
-        """GET an NDJSON stream; yields each document until the daemon ends it (see
-        :meth:`open_stream`, which this wraps)."""
-        with self.open_stream(path, params, read_timeout) as documents:
-            yield from documents
+    def status(self) -> dict[str, Any]:
+        """The daemon's status: version, listen addresses, counters, storage, jobs."""
+        return self._call(contract.STATUS)
+
+    def services(self, query: ServicesQuery) -> ServicesPage:
+        """Each service's request rate, error rate and latency percentiles."""
+        query.check()
+        return cast("ServicesPage", self._call(contract.SERVICES, query.params()))
+
+    def traces(self, query: TraceQuery) -> TracesPage:
+        """Recent traces matching ``query``."""
+        query.check()
+        return cast("TracesPage", self._call(contract.TRACES, query.params()))
+
+    def trace(self, trace_id: str) -> TraceDoc:
+        """One trace, by its id or a unique start of it."""
+        return cast("TraceDoc", self._call(contract.TRACE, path={"trace_id": trace_id}))
+
+    def logs(self, query: LogQuery) -> LogsPage:
+        """Log records matching ``query``, oldest first."""
+        query.check()
+        return cast("LogsPage", self._call(contract.LOGS, query.params()))
+
+    def follow_logs(self, query: LogQuery, read_timeout: float = 15.0) -> ApiStream:
+        """The records matching ``query`` and then each new one as it is stored, as an open
+        stream (see :meth:`open_stream`)."""
+        query.check()
+        return self.open_stream(contract.LOG_STREAM, query.params(), read_timeout)
+
+    def metrics(self, since: str) -> MetricsPage:
+        """Every metric with points since ``since``."""
+        contract.check_since(since)
+        return cast("MetricsPage", self._call(contract.METRICS, {"since": since}))
+
+    def metric(self, query: MetricQuery) -> MetricSeries:
+        """One metric's series over time."""
+        query.check()
+        path = {"name": query.name}
+        return cast("MetricSeries", self._call(contract.METRIC, query.params(), path=path))
+
+    def service_map(self, since: str) -> ServiceMapDoc:
+        """Which services call which since ``since``."""
+        contract.check_since(since)
+        return cast("ServiceMapDoc", self._call(contract.SERVICE_MAP, {"since": since}))
+
+    def sql(self, request: SqlRequest) -> SqlResult:
+        """Run a read-only SQL query over the documented views."""
+        request.check()
+        body = {"sql": request.sql, "max_rows": request.max_rows}
+        return cast("SqlResult", self._call(contract.SQL, body=body))
+
+    def first_seen(self, query: FirstSeenQuery) -> FirstSeen:
+        """The first telemetry whose resource has an attribute, since a time."""
+        query.check()
+        return cast("FirstSeen", self._call(contract.FIRST_SEEN, query.params()))
+
+    def tokens(self) -> TokenList:
+        """The TCP API's tokens (never the tokens themselves)."""
+        return cast("TokenList", self._call(contract.TOKENS))
+
+    def create_token(self, name: str, role: str) -> TokenCreated:
+        """A new token for the TCP API; the answer holds it, and nothing ever shows it again."""
+        body = {"name": name, "role": role}
+        return cast("TokenCreated", self._call(contract.TOKEN_CREATE, body=body))
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke the token named ``name``."""
+        self._call(contract.TOKEN_REVOKE, path={"name": name})
+
+    def audit(self, query: AuditQuery) -> AuditPage:
+        """The audit log, newest first."""
+        query.check()
+        return cast("AuditPage", self._call(contract.AUDIT, query.params()))
+
+    # -- transport ------------------------------------------------------------------------------
 
     def open_stream(
-        self, path: str, params: Mapping[str, Any] | None = None, read_timeout: float = 15.0
+        self,
+        endpoint: Endpoint,
+        params: Mapping[str, Any] | None = None,
+        read_timeout: float = 15.0,
     ) -> ApiStream:
         """GET an NDJSON stream and return it open: iterating it yields each document, and its
         :meth:`ApiStream.close` may be called from another thread to end a blocked read.
@@ -212,7 +304,8 @@ class ApiClient:
         """
         conn = self._connection(self.timeout)
         try:
-            conn.request("GET", self._url(path + _query(params)), headers=self._headers())
+            target = self._url(endpoint.url() + _query(params))
+            conn.request(endpoint.method, target, headers=self._headers())
             # Kept now: once the answer says it closes the connection, http.client hands the
             # socket over to the response and forgets it.
             sock = conn.sock
@@ -232,17 +325,9 @@ class ApiClient:
         sock.settimeout(read_timeout)
         return ApiStream(self, conn, sock, response, read_timeout)
 
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST a JSON body to ``/api/v1<path>``."""
-        return self._call("POST", path, body)
-
-    def delete(self, path: str) -> dict[str, Any]:
-        """DELETE ``/api/v1<path>``."""
-        return self._call("DELETE", path, None)
-
     def _url(self, path: str) -> str:
         prefix = self.endpoint.prefix if self.endpoint is not None else ""
-        return f"{prefix}/api/v1{path}"
+        return f"{prefix}{contract.PREFIX}{path}"
 
     def _headers(self, json_body: bool = False) -> dict[str, str]:
         headers = {"Content-Type": "application/json"} if json_body else {}
@@ -320,14 +405,26 @@ class ApiClient:
             )
         if not document:
             return ApiError(f"the daemon sent a reply that is not JSON ({response.status})")
-        return ApiError(error, hint=hint if isinstance(hint, str) else None)
+        hint = hint if isinstance(hint, str) else None
+        param = document.get("param")
+        if response.status == 400 and isinstance(param, str):
+            return InvalidParameter(param, error, hint)
+        return ApiError(error, hint=hint)
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    def _call(
+        self,
+        endpoint: Endpoint,
+        params: Mapping[str, Any] | None = None,
+        *,
+        path: Mapping[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         conn = self._connection(self.timeout)
         try:
             payload = json.dumps(body).encode() if body is not None else None
             headers = self._headers(json_body=payload is not None)
-            conn.request(method, self._url(path), body=payload, headers=headers)
+            target = self._url(endpoint.url(**(path or {})) + _query(params))
+            conn.request(endpoint.method, target, body=payload, headers=headers)
             response = conn.getresponse()
             data = response.read()
         except (OSError, http.client.HTTPException) as e:

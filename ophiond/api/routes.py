@@ -1,4 +1,5 @@
-"""The query endpoints of the local API: parse the parameters, ask :mod:`store.queries`."""
+"""The query endpoints of the local API: read the parameters into the contract's request types,
+which check them, and ask :mod:`store.queries`."""
 
 from __future__ import annotations
 
@@ -6,53 +7,40 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ophiond.api.server import ApiRequest, Role, Route
-from ophiond.errors import NotFound, OphionError, TimeSpecError
+from ophiond.api import contract
+from ophiond.api.contract import (
+    AuditQuery,
+    FirstSeenQuery,
+    LogQuery,
+    MetricQuery,
+    ServicesQuery,
+    TraceQuery,
+    check_since,
+)
+from ophiond.api.server import ApiRequest, Route
+from ophiond.errors import NotFound
 from ophiond.store.metricseries import metric_series
-from ophiond.store.queries import LogSearch, Queries, TraceSearch, severity_floor
-from ophiond.timespec import parse_duration_ns, parse_since
+from ophiond.store.queries import LogSearch, Queries
 
 if TYPE_CHECKING:
+    from ophiond.state.audit import AuditLog
     from ophiond.store.feed import LogFeed
     from ophiond.store.partitions import PartitionSet
 
-_DEFAULT_SINCE = "1h"
+
+def _since(request: ApiRequest, default: str = "1h") -> str:
+    return request.param("since") or default
 
 
-def _since(
-    request: ApiRequest, default: str = _DEFAULT_SINCE, now: dt.datetime | None = None
-) -> dt.datetime:
-    return parse_since(request.param("since") or default, now)
-
-
-def _int_param(request: ApiRequest, name: str, default: int, low: int, high: int) -> int:
-    text = request.param(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise OphionError(f"{name} must be a whole number, not {text!r}") from None
-    if not low <= value <= high:
-        raise OphionError(f"{name} must be between {low} and {high}, not {value}")
-    return value
-
-
-def _duration_ns(text: str, name: str) -> int:
-    try:
-        return parse_duration_ns(text)
-    except TimeSpecError as e:
-        raise TimeSpecError(f"{name}: {e.message}", hint=e.hint) from None
-
-
-def _attributes(request: ApiRequest) -> list[tuple[str, str]]:
-    pairs = []
-    for item in request.params("attr"):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise OphionError(f"attribute filter {item!r} is not KEY=VALUE")
-        pairs.append((key, value))
-    return pairs
+def _log_query(request: ApiRequest) -> LogQuery:
+    return LogQuery(
+        since=_since(request),
+        service=request.param("service"),
+        severity=request.param("severity"),
+        grep=request.param("grep"),
+        trace=request.param("trace"),
+        limit=request.param("limit") or 100,
+    )
 
 
 def query_routes(partitions: PartitionSet, feed: LogFeed, timeout_s: float) -> list[Route]:
@@ -62,11 +50,9 @@ def query_routes(partitions: PartitionSet, feed: LogFeed, timeout_s: float) -> l
     def services(request: ApiRequest) -> dict[str, Any]:
         # One clock reading for both ends: `since=15m` with `step=15s` is exactly 60 steps.
         now = dt.datetime.now(dt.UTC)
-        since = _since(request, now=now)
-        step = request.param("step")
-        if step is None:
+        since, step_ns = ServicesQuery(_since(request), request.param("step")).check(now)
+        if step_ns is None:
             return {"since": since.isoformat(), "services": queries.services(since, now)}
-        step_ns = _duration_ns(step, "step")
         return {
             "since": since.isoformat(),
             "step_ns": step_ns,
@@ -74,50 +60,29 @@ def query_routes(partitions: PartitionSet, feed: LogFeed, timeout_s: float) -> l
         }
 
     def traces(request: ApiRequest) -> dict[str, Any]:
-        status = request.param("status")
-        if status not in (None, "ok", "error"):
-            raise OphionError(f"status must be ok or error, not {status!r}")
-        sort = request.param("sort") or "start"
-        if sort not in ("start", "duration"):
-            raise OphionError(
-                f"sort must be start or duration, not {sort!r}",
-                hint="start lists the newest traces first, duration the slowest",
-            )
-        min_d, max_d = request.param("min_duration"), request.param("max_duration")
-        search = TraceSearch(
+        search = TraceQuery(
             since=_since(request),
             service=request.param("service"),
             name=request.param("name"),
-            min_duration_ns=parse_duration_ns(min_d) if min_d else None,
-            max_duration_ns=parse_duration_ns(max_d) if max_d else None,
-            status=status,
-            attributes=_attributes(request),
-            limit=_int_param(request, "limit", 20, 1, 10_000),
-            sort=sort,
-        )
+            min_duration=request.param("min_duration"),
+            max_duration=request.param("max_duration"),
+            status=request.param("status"),
+            attr=tuple(request.params("attr")),
+            limit=request.param("limit") or 20,
+            sort=request.param("sort") or "start",
+        ).check()
         return {"since": search.since.isoformat(), "traces": queries.traces(search)}
 
     def trace(request: ApiRequest) -> dict[str, Any]:
         return queries.trace(request.path_params["trace_id"])
 
-    def _log_search(request: ApiRequest) -> LogSearch:
-        severity = request.param("severity")
-        return LogSearch(
-            since=_since(request),
-            service=request.param("service"),
-            min_severity=severity_floor(severity) if severity else None,
-            grep=request.param("grep"),
-            trace_id=request.param("trace"),
-            limit=_int_param(request, "limit", 100, 1, 100_000),
-        )
-
     def logs(request: ApiRequest) -> dict[str, Any]:
-        return {"logs": queries.logs(_log_search(request))}
+        return {"logs": queries.logs(_log_query(request).check())}
 
     def logs_stream(request: ApiRequest) -> Iterator[dict[str, Any] | None]:
         # Everything that can fail (parameters, the backlog query) happens here, before the
         # answer's headers are sent; only then does the stream start.
-        search = _log_search(request)
+        search = _log_query(request).check()
         # Subscribe before reading the backlog, so nothing committed in between is missed; what
         # arrives in both is dropped from the live side.
         subscription = feed.subscribe()
@@ -144,33 +109,60 @@ def query_routes(partitions: PartitionSet, feed: LogFeed, timeout_s: float) -> l
             subscription.close()
 
     def metrics(request: ApiRequest) -> dict[str, Any]:
-        since = _since(request)
+        since = check_since(_since(request))
         return {"since": since.isoformat(), "metrics": queries.metric_names(since)}
 
     def metric(request: ApiRequest) -> dict[str, Any]:
         name = request.path_params["name"]
-        since = _since(request)
         now = dt.datetime.now(dt.UTC)
-        step = request.param("step")
-        points = queries.metric_points(name, since, request.param("service"))
+        query = MetricQuery(name, _since(request), request.param("service"), request.param("step"))
+        since, step_ns = query.check()
+        points = queries.metric_points(name, since, query.service)
         if not points:
             raise NotFound(
                 f"no points of metric {name!r} since {since.isoformat(timespec='seconds')}",
                 hint="ophion metrics lists the metrics that have points",
             )
-        return metric_series(name, points, since, now, parse_duration_ns(step) if step else None)
+        return metric_series(name, points, since, now, step_ns)
 
     def service_map(request: ApiRequest) -> dict[str, Any]:
-        since = _since(request)
+        since = check_since(_since(request))
         return {"since": since.isoformat(), **queries.service_map(since)}
 
+    def first_seen(request: ApiRequest) -> dict[str, Any]:
+        key, value, since = FirstSeenQuery(
+            request.param("resource_attribute") or "", _since(request)
+        ).check()
+        found = queries.first_seen(key, value, since)
+        if found is None:
+            return {"found": False, "signal": None, "service": None, "what": None, "at": None}
+        return {"found": True, **found}
+
     return [
-        Route("GET", "/api/v1/services", Role.READ, services),
-        Route("GET", "/api/v1/traces", Role.READ, traces),
-        Route("GET", "/api/v1/traces/{trace_id}", Role.READ, trace),
-        Route("GET", "/api/v1/logs", Role.READ, logs),
-        Route("GET", "/api/v1/logs/stream", Role.READ, logs_stream, stream=True),
-        Route("GET", "/api/v1/metrics", Role.READ, metrics),
-        Route("GET", "/api/v1/metrics/{name}", Role.READ, metric),
-        Route("GET", "/api/v1/map", Role.READ, service_map),
+        Route(contract.SERVICES, services),
+        Route(contract.TRACES, traces),
+        Route(contract.TRACE, trace),
+        Route(contract.LOGS, logs),
+        Route(contract.LOG_STREAM, logs_stream),
+        Route(contract.METRICS, metrics),
+        Route(contract.METRIC, metric),
+        Route(contract.SERVICE_MAP, service_map),
+        Route(contract.FIRST_SEEN, first_seen),
     ]
+
+
+def audit_routes(audit: AuditLog) -> list[Route]:
+    """``/api/v1/audit``: the audit log, newest first (admin)."""
+
+    def entries(request: ApiRequest) -> dict[str, Any]:
+        since, action, limit = AuditQuery(
+            _since(request, "7d"),
+            request.param("action"),
+            request.param("limit") or 100,
+        ).check()
+        return {
+            "since": since.isoformat(),
+            "entries": [e.to_json() for e in audit.entries(since, action, limit)],
+        }
+
+    return [Route(contract.AUDIT, entries)]

@@ -15,12 +15,12 @@ import socketserver
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import IntEnum
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ophiond.api.contract import PREFIX, Endpoint, Role
 from ophiond.errors import OphionError, RequestRefused
 from ophiond.serving import (
     ClientLimits,
@@ -34,14 +34,6 @@ from ophiond.serving import (
 log = logging.getLogger(__name__)
 
 _MAX_BODY = 1 << 20
-
-
-class Role(IntEnum):
-    """What a caller may do; each role includes the ones below it."""
-
-    READ = 1  # queries
-    OPERATE = 2  # acknowledge or silence alerts, run playbooks
-    ADMIN = 3  # tokens, configuration
 
 
 @dataclass
@@ -81,18 +73,23 @@ Handler = Callable[[ApiRequest], Any]
 
 @dataclass(frozen=True)
 class Route:
-    """A handler, the role it needs, and whether it streams NDJSON."""
+    """An endpoint of the contract and the handler that answers it."""
 
-    method: str
-    template: str  # "/api/v1/traces/{trace_id}"
-    role: Role
+    endpoint: Endpoint
     handler: Handler
-    stream: bool = False
+
+    @property
+    def role(self) -> Role:
+        return self.endpoint.role
+
+    @property
+    def stream(self) -> bool:
+        return self.endpoint.stream
 
     def match(self, method: str, path: str) -> dict[str, str] | None:
-        if method != self.method:
+        if method != self.endpoint.method:
             return None
-        want = self.template.strip("/").split("/")
+        want = (PREFIX + self.endpoint.path).strip("/").split("/")
         got = path.strip("/").split("/")
         if len(want) != len(got):
             return None
@@ -210,7 +207,7 @@ class ApiHandler(TrackedHandler):
         try:
             result = route.handler(request)
         except OphionError as e:
-            self.reply(e.http_status, {"error": e.message, "hint": e.hint})
+            self.reply(e.http_status, e.to_json())
             return
         except Exception:
             log.exception("API %s %s failed", method, url.path)
@@ -224,7 +221,7 @@ class ApiHandler(TrackedHandler):
         try:
             self.reply(HTTPStatus.OK, result)
         except OphionError as e:
-            self.reply(e.http_status, {"error": e.message, "hint": e.hint})
+            self.reply(e.http_status, e.to_json())
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception:
@@ -251,7 +248,7 @@ class ApiHandler(TrackedHandler):
         except OphionError as e:
             # Headers are out; end the stream with an error line the client shows.
             log.warning("stream %s ended: %s", self.path, e.message)
-            line = json.dumps({"error": e.message, "hint": e.hint}).encode() + b"\n"
+            line = json.dumps(e.to_json()).encode() + b"\n"
             try:
                 self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(line), line))
             except OSError:

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
 
-from ophiond.api.server import ApiHandler, ApiServerBase, Role, Route
+from ophiond.api.contract import Role
+from ophiond.api.server import ApiHandler, ApiServerBase, Route
 from ophiond.api.tokens import TokenStore
 from ophiond.config import ListenAddress, is_loopback
 from ophiond.serving import ClientLimits, ServerThread, bind_tcp

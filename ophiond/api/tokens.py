@@ -26,7 +26,9 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ophiond.api.server import ApiRequest, Role, Route
+from ophiond.api import contract
+from ophiond.api.contract import Role
+from ophiond.api.server import ApiRequest, Route
 from ophiond.errors import OphionError, TokenError
 
 if TYPE_CHECKING:
@@ -252,7 +254,7 @@ def token_routes(store: TokenStore, audit: Recorder) -> list[Route]:
         return {"revoked": name}
 
     return [
-        Route("POST", "/api/v1/tokens", Role.ADMIN, create),
-        Route("GET", "/api/v1/tokens", Role.ADMIN, list_tokens),
-        Route("DELETE", "/api/v1/tokens/{name}", Role.ADMIN, revoke),
+        Route(contract.TOKEN_CREATE, create),
+        Route(contract.TOKENS, list_tokens),
+        Route(contract.TOKEN_REVOKE, revoke),
     ]

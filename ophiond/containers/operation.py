@@ -32,7 +32,7 @@ from ophiond.containers.recreate import (
     current_image_id,
     spec_from_inspect,
 )
-from ophiond.containers.verify import Arrival, wait_for_telemetry
+from ophiond.containers.verify import Arrival, FirstSeen, wait_for_telemetry
 from ophiond.errors import ContainerError, RolledBack
 
 # A sidecar (Go) points back at its application with this label.
@@ -315,27 +315,28 @@ class Outcome:
 def apply(
     client: Any,
     the_plan: Plan,
-    api: Any | None,
+    first_seen: FirstSeen | None,
     timeout: float,
     progress: Callable[[str], None],
 ) -> Outcome:
-    """Swap (or start the sidecar), verify unless ``api`` is None, then keep or roll back."""
+    """Swap (or start the sidecar), verify with ``first_seen`` (the daemon's answer to "has
+    telemetry with this id arrived?") unless it is None, then keep or roll back."""
     from ophiond.containers.volume import ensure_volume
 
     if the_plan.bundle.path is not None:
         ensure_volume(client, the_plan.bundle, the_plan.container.attrs["Image"], progress)
     since = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)).strftime("%Y-%m-%d %H:%M:%S")
     if the_plan.sidecar is not None:
-        return _apply_sidecar(client, the_plan, api, timeout, since, progress)
+        return _apply_sidecar(client, the_plan, first_seen, timeout, since, progress)
     assert the_plan.spec is not None
     swap = Swap(client, the_plan.container.attrs, the_plan.spec)
     swap.run(progress)
     with swap.trial():
-        if api is None:
+        if first_seen is None:
             _settle(swap)
             swap.commit()
             return Outcome(None)
-        arrival = _wait(api, the_plan, since, timeout, progress, swap.new_state)
+        arrival = _wait(first_seen, the_plan, since, timeout, progress, swap.new_state)
         if arrival is None:
             state = swap.new_state()
             if not state.get("Running"):
@@ -350,7 +351,7 @@ def apply(
 
 
 def _wait(
-    api: Any,
+    first_seen: FirstSeen,
     the_plan: Plan,
     since: str,
     timeout: float,
@@ -361,7 +362,7 @@ def _wait(
     ``state``) stopped."""
     progress(f"waiting up to {timeout:.0f}s for telemetry from {the_plan.name}")
     return wait_for_telemetry(
-        api,
+        first_seen,
         the_plan.settings.instrumentation_id,
         since,
         timeout,
@@ -389,7 +390,7 @@ def _settle(swap: Swap) -> None:
 def _apply_sidecar(
     client: Any,
     the_plan: Plan,
-    api: Any | None,
+    first_seen: FirstSeen | None,
     timeout: float,
     since: str,
     progress: Callable[[str], None],
@@ -404,10 +405,10 @@ def _apply_sidecar(
     try:
         with docker_errors(f"starting the sidecar {name}"):
             client.api.start(sidecar_id)
-        if api is None:
+        if first_seen is None:
             return Outcome(None)
         arrival = _wait(
-            api,
+            first_seen,
             the_plan,
             since,
             timeout,

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ophiond.containers.inject import ID_ATTRIBUTE
+
+# Asks the daemon for the first telemetry since an ISO time whose resource has the attribute
+# KEY=VALUE; answers {"found": bool, "signal", "service", "what", "at"}. The CLI gives one that
+# calls the API (ApiClient.first_seen); the daemon's own engines can give one over the store.
+FirstSeen = Callable[[str, str], Mapping[str, Any]]
 
 _ID = re.compile(r"^[0-9a-f]{8,64}$")
 
@@ -25,41 +30,29 @@ class Arrival:
     waited_s: float
 
 
-def _query(instrumentation_id: str, since: str) -> str:
-    # The id is ours (hex), checked before it reaches SQL; the time is ours too.
-    attribute = f"resource_attributes->>'$.\"{ID_ATTRIBUTE}\"' = '{instrumentation_id}'"
-    return f"""
-        SELECT * FROM (
-          SELECT 'span' AS signal, service_name, name AS what, start_time AS first_at
-            FROM spans WHERE start_time >= TIMESTAMP '{since}' AND {attribute}
-          UNION ALL
-          SELECT 'metric', service_name, metric_name, timestamp
-            FROM metric_points WHERE timestamp >= TIMESTAMP '{since}' AND {attribute}
-          UNION ALL
-          SELECT 'log', service_name, left(body, 120), timestamp
-            FROM logs WHERE timestamp >= TIMESTAMP '{since}' AND {attribute}
-        ) ORDER BY first_at LIMIT 1
-    """
-
-
 def wait_for_telemetry(
-    api: Any,
+    first_seen: FirstSeen,
     instrumentation_id: str,
     since: str,
     timeout: float,
     still_running: Callable[[], bool],
     interval: float = 1.0,
 ) -> Arrival | None:
-    """Poll the daemon until telemetry with the id arrives; None on timeout or when the
-    container stopped running meanwhile (``still_running`` says False)."""
+    """Ask the daemon (``first_seen``) until telemetry with the id arrives; None on timeout or
+    when the container stopped running meanwhile (``still_running`` says False)."""
     assert _ID.match(instrumentation_id), instrumentation_id
     started = time.monotonic()
-    sql = _query(instrumentation_id, since)
+    attribute = f"{ID_ATTRIBUTE}={instrumentation_id}"
     while True:
-        rows = api.post("/sql", {"sql": sql, "max_rows": 1})["rows"]
-        if rows:
-            signal, service, what, at = rows[0]
-            return Arrival(signal, service, str(what), str(at), time.monotonic() - started)
+        seen = first_seen(attribute, since)
+        if seen["found"]:
+            return Arrival(
+                str(seen["signal"]),
+                str(seen["service"]),
+                str(seen["what"]),
+                str(seen["at"]),
+                time.monotonic() - started,
+            )
         if time.monotonic() - started >= timeout or not still_running():
             return None
         time.sleep(interval)

@@ -620,6 +620,42 @@ class Queries:
             for row in rows
         ]
 
+    def first_seen(self, key: str, value: str, since: dt.datetime) -> dict[str, Any] | None:
+        """The first span, metric point or log record since ``since`` whose resource has the
+        attribute ``key`` = ``value`` (what ``ophion instrument`` waits for), or None."""
+        path = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        since_ns = _ts(since)
+        rows = self._rows(
+            """
+            SELECT * FROM (
+              SELECT 'span' AS signal, service_name, name AS what, epoch_ns(start_time) AS at_ns
+                FROM raw_spans
+                WHERE start_time >= make_timestamp_ns(?::BIGINT)
+                  AND json_extract_string(resource_attributes, ?) = ?
+              UNION ALL
+              SELECT 'metric', service_name, metric_name, epoch_ns(timestamp)
+                FROM raw_metric_points
+                WHERE timestamp >= make_timestamp_ns(?::BIGINT)
+                  AND json_extract_string(resource_attributes, ?) = ?
+              UNION ALL
+              SELECT 'log', service_name, left(body, 120), epoch_ns(timestamp)
+                FROM raw_logs
+                WHERE timestamp >= make_timestamp_ns(?::BIGINT)
+                  AND json_extract_string(resource_attributes, ?) = ?
+            ) ORDER BY at_ns LIMIT 1
+            """,
+            [since_ns, path, value] * 3,
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return {
+            "signal": row["signal"],
+            "service": row["service_name"],
+            "what": str(row["what"]),
+            "at": iso_ns(row["at_ns"]),
+        }
+
     def metric_points(
         self, name: str, since: dt.datetime, service: str | None
     ) -> list[dict[str, Any]]:
