@@ -375,6 +375,7 @@ def test_go_runs_as_a_sidecar_in_the_apps_process_namespace(
     """The sidecar path, in process: this sandbox's engine cannot start privileged containers
     (runc cannot apply every capability here), so the sidecar the Go agent asks for is checked
     to be privileged and then started without it; the stand-in needs no more."""
+    from ophion_cli.commands.instrument import first_seen_over
     from ophiond.containers import operation
     from ophiond.containers.agents.go import GoAgent
 
@@ -399,7 +400,7 @@ def test_go_runs_as_a_sidecar_in_the_apps_process_namespace(
     assert "privileged sidecar" in plan.bundle.description
     assert asked[0]["HostConfig"]["Privileged"] is True
     assert asked[0]["HostConfig"]["PidMode"] == f"container:{before['Id']}"
-    outcome = operation.apply(env.client, plan, daemon.api, 60, lambda _m: None)
+    outcome = operation.apply(env.client, plan, first_seen_over(daemon.api), 60, lambda _m: None)
     assert outcome.arrival is not None and outcome.arrival.service_name == name
     assert outcome.arrival.what.startswith("attached to pid ")  # it saw the app's process
 

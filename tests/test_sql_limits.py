@@ -307,12 +307,11 @@ def test_exports_are_acknowledged_and_stored_while_heavy_queries_run(daemon: Run
         # a flush first, so flushes run while the other one holds the memory).
         while not stop.is_set():
             try:
-                daemon.api.post(
-                    "/sql",
-                    {
-                        "sql": "SELECT max(length(s)) FROM (SELECT string_agg(range::VARCHAR, "
+                daemon.api.sql(
+                    SqlRequest(
+                        "SELECT max(length(s)) FROM (SELECT string_agg(range::VARCHAR, "
                         "',') s FROM range(3000000) GROUP BY range % 3)"
-                    },
+                    )
                 )
                 outcomes.append("ok")
             except ApiError as e:

@@ -112,7 +112,7 @@ def instrument(
     if dry_run:
         show.dry_run()
         return
-    watch = None if daemon is None or no_verify else _first_seen(daemon)
+    watch = None if daemon is None or no_verify else first_seen_over(daemon)
     outcome = apply(docker, the_plan, watch, timeout, progress)
     show.outcome(the_plan, outcome)
 
@@ -146,8 +146,9 @@ def _cache_dir() -> Path:
     return Path(load_settings().validate().paths.data_dir) / "instrumentation"
 
 
-def _first_seen(daemon: ApiClient) -> FirstSeen:
-    """How ``ophion instrument`` asks the daemon whether the injection's telemetry arrived."""
+def first_seen_over(daemon: ApiClient) -> FirstSeen:
+    """How ``ophion instrument`` asks the daemon, through its API, whether the injection's
+    telemetry arrived."""
     from ophiond.api.contract import FirstSeenQuery
 
     def first_seen(attribute: str, since: str) -> Mapping[str, Any]:
