@@ -32,6 +32,13 @@ TokenOption = Annotated[
         show_default=False,
     ),
 ]
+SinceOption = Annotated[
+    str,
+    typer.Option(
+        "--since",
+        help="Window start: a duration back from now (30s, 15m, 2h, 1d) or an ISO time.",
+    ),
+]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print one JSON document instead of a table.")
 ]

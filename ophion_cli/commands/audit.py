@@ -6,7 +6,14 @@ from typing import Annotated
 
 import typer
 
-from ophion_cli.options import ApiOption, JsonOption, TokenOption, client, usage_errors
+from ophion_cli.options import (
+    ApiOption,
+    JsonOption,
+    SinceOption,
+    TokenOption,
+    client,
+    usage_errors,
+)
 from ophion_cli.output import print_json
 from ophion_cli.output import status as show
 
@@ -15,13 +22,7 @@ app = typer.Typer()
 
 @app.command()
 def audit(
-    since: Annotated[
-        str,
-        typer.Option(
-            "--since",
-            help="Window start: a duration back from now (30s, 15m, 2h, 1d) or an ISO time.",
-        ),
-    ] = "7d",
+    since: SinceOption = "7d",
     action: Annotated[
         str | None,
         typer.Option(

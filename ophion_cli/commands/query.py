@@ -10,18 +10,18 @@ from typing import Annotated, Any
 
 import typer
 
-from ophion_cli.options import ApiOption, JsonOption, TokenOption, client, usage_errors
+from ophion_cli.options import (
+    ApiOption,
+    JsonOption,
+    SinceOption,
+    TokenOption,
+    client,
+    usage_errors,
+)
 from ophion_cli.output import print_json, print_json_line, views
 
 app = typer.Typer()
 
-SinceOption = Annotated[
-    str,
-    typer.Option(
-        "--since",
-        help="Window start: a duration back from now (30s, 15m, 2h, 1d) or an ISO time.",
-    ),
-]
 ServiceOption = Annotated[str | None, typer.Option("--service", "-s", help="Only this service.")]
 
 
