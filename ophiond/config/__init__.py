@@ -2,232 +2,77 @@
 
 Every field of :class:`Settings` has a docstring; ``docs/configuration.md`` is written from them
 and a test keeps the two in step. Paths come from platformdirs, all moved under ``OPHION_HOME``
-when it is set.
+when it is set (:mod:`ophiond.config.paths`); durations, sizes and addresses are parsed by
+:mod:`ophiond.config.values`.
 
 Besides its flat keys, config.toml may hold tables (``[alerting]``), each read into a *section*:
-a dataclass documented the same way, listed in :func:`config_sections`.
+a dataclass documented the same way, listed in :func:`config_sections`
+(:mod:`ophiond.config.tables`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import ipaddress
-import math
 import os
-import re
 import tomllib
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from ophiond.config.paths import APP_NAME, SYSTEM_HOME, Paths, default_paths
+from ophiond.config.tables import (
+    Section,
+    check_sections,
+    config_sections,
+    default_sections,
+    read_table,
+    set_from_env,
+    unknown_table,
+)
+from ophiond.config.values import (
+    ListenAddress,
+    coerce_scalar,
+    is_loopback,
+    parse_duration,
+    parse_listen,
+    parse_size,
+)
 from ophiond.errors import ConfigError
 from ophiond.model import IngestLimits
 
 if TYPE_CHECKING:
     from ophiond.serving import ClientLimits
 
-APP_NAME = "ophion"
+__all__ = [
+    "APP_NAME",
+    "DEFAULT_API_LISTEN",
+    "SETTING_NAMES",
+    "SYSTEM_HOME",
+    "ListenAddress",
+    "Paths",
+    "Section",
+    "Settings",
+    "ValidSettings",
+    "config_sections",
+    "default_paths",
+    "default_workers",
+    "field_docs",
+    "is_loopback",
+    "load_settings",
+    "parse_duration",
+    "parse_listen",
+    "parse_size",
+    "read_table",
+    "settings_reference",
+]
+
 # The TCP API's address when it is just turned on (the original OPHION platform's API port).
 DEFAULT_API_LISTEN = "127.0.0.1:8080"
-# Where a system service (share/systemd/ophiond.service) keeps its state; the CLI looks here last.
-SYSTEM_HOME = Path("/var/lib/ophion")
-
-
-# ---------------------------------------------------------------------------------------------
-# Paths
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where ophion keeps its configuration, data and runtime state."""
-
-    config_file: Path
-    data_dir: Path
-    state_dir: Path
-
-    @property
-    def pid_file(self) -> Path:
-        return self.state_dir / "ophiond.pid"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.state_dir / "ophiond.lock"
-
-    @property
-    def api_socket(self) -> Path:
-        return self.state_dir / "api.sock"
-
-    @property
-    def listen_file(self) -> Path:
-        """The addresses the running daemon actually listens on (ports of 0 resolved)."""
-        return self.state_dir / "listen.json"
-
-    @property
-    def tokens_file(self) -> Path:
-        """Hashes, names and roles of the TCP API's bearer tokens (mode 0600)."""
-        return self.state_dir / "tokens.json"
-
-    @property
-    def admin_token_file(self) -> Path:
-        """The admin token written on first start (mode 0600)."""
-        return self.state_dir / "admin.token"
-
-    @property
-    def log_file(self) -> Path:
-        """stderr of a daemon started in the background by ``ophion daemon start``."""
-        return self.state_dir / "ophiond.log"
-
-    @property
-    def rules_dir(self) -> Path:
-        """Rule files, beside the config file in use; the alerting engine reads them."""
-        return self.config_file.parent / "rules"
-
-    @property
-    def playbooks_dir(self) -> Path:
-        """Playbook files, beside the config file in use; the healing engine reads them."""
-        return self.config_file.parent / "playbooks"
-
-
-def default_paths(env: Mapping[str, str] | None = None) -> Paths:
-    """Paths from ``OPHION_HOME`` when set, else the platform's per-user directories."""
-    env = os.environ if env is None else env
-    home = env.get("OPHION_HOME")
-    if home:
-        root = Path(home).expanduser().absolute()
-        return Paths(root / "config.toml", root / "data", root / "state")
-    import platformdirs  # imported here: only needed when OPHION_HOME is not set
-
-    return Paths(
-        Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml",
-        Path(platformdirs.user_data_dir(APP_NAME)),
-        Path(platformdirs.user_state_dir(APP_NAME)),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Value parsers shared by the config file, the environment and the flags
-
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
-_SIZE_UNITS = {
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_duration(text: str | int | float, what: str = "duration") -> float:
-    """Seconds from ``250ms``, ``1.5s``, ``2m``, ``12h``, ``7d``, ``1w`` (a bare number is seconds)."""
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        if text < 0:
-            raise ConfigError(f"{what} must not be negative: {text}")
-        return float(text)
-    match = _DURATION_RE.match(str(text))
-    if not match:
-        raise ConfigError(
-            f"{what}: {text!r} is not a duration",
-            hint="use a number and a unit: 250ms, 1.5s, 2m, 12h, 7d, 1w",
-        )
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-def parse_size(text: str | int, what: str = "size") -> int:
-    """Bytes from ``512MB``, ``20MiB``, ``10GB`` or a bare number of bytes."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text < 0:
-            raise ConfigError(f"{what} must not be negative: {text}")
-        return text
-    match = _SIZE_RE.match(str(text))
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in _SIZE_UNITS and unit != "":
-        raise ConfigError(
-            f"{what}: {text!r} is not a size", hint="use a number and a unit: 512MB, 20MiB, 10GB"
-        )
-    return int(float(match.group(1)) * _SIZE_UNITS.get(unit, 1))
-
-
-@dataclass(frozen=True)
-class ListenAddress:
-    """A host and port to listen on; ``None`` from :func:`parse_listen` means the listener is off."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address or ``localhost``) is this machine's loopback interface."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # another host name: it may resolve to anything
-
-
-def parse_listen(text: str, what: str = "listen address") -> ListenAddress | None:
-    """``HOST:PORT``, ``[::1]:PORT`` or ``off``. A port of 0 lets the system pick a free one."""
-    text = text.strip()
-    if text.lower() in ("off", "none", "disabled", ""):
-        return None
-    match = re.match(r"^\[([^\]]+)\]:(\d+)$", text) or re.match(r"^([^:\[\]]+):(\d+)$", text)
-    if not match:
-        raise ConfigError(
-            f"{what}: {text!r} is not HOST:PORT",
-            hint="for example 127.0.0.1:4317, [::1]:4317, 0.0.0.0:4317 or off",
-        )
-    port = int(match.group(2))
-    if port > 65535:
-        raise ConfigError(f"{what}: port {port} is out of range (0-65535)")
-    return ListenAddress(match.group(1), port)
-
-
-# ---------------------------------------------------------------------------------------------
-# Sections: the tables of config.toml
 
 V = TypeVar("V")
-V_co = TypeVar("V_co", covariant=True)
 T = TypeVar("T")
-
-
-class Section(Protocol[V_co]):
-    """A table of config.toml: a dataclass with a docstring under every field, like
-    :class:`Settings`, and a ``validate`` that parses it into what its engine uses.
-
-    Fields are ``str``, ``int``, ``float`` or ``bool`` (durations and sizes are strings that
-    ``validate`` parses, naming the key as ``table.key``), another such dataclass (a sub-table,
-    ``[table.sub]``) or a list of them (an array of tables, ``[[table.items]]``). Every field of
-    a section and of its sub-tables has a default, since the table may be absent; a dataclass
-    in a list may have required fields.
-    """
-
-    def validate(self) -> V_co: ...
-
-
-def config_sections() -> dict[str, type[Section[Any]]]:
-    """The tables config.toml may hold, by name: an engine with settings adds its line here.
-
-    Its section class lives in a light module of its own (dataclasses and the parsers of this
-    one), imported in this function so that it may import from this module and so that
-    importing ``ophiond.config`` stays cheap. No engine has settings yet.
-    """
-    return {}
-
-
-def _default_sections() -> dict[type[Any], Any]:
-    return {cls: cls() for cls in config_sections().values()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,7 +201,7 @@ class Settings:
     # Resolved values, filled by :meth:`validate`; not settings themselves.
     paths: Paths = field(default_factory=lambda: default_paths(), repr=False)
     # The tables, by section class (see config_sections); read with :meth:`section`.
-    sections: dict[type[Any], Any] = field(default_factory=_default_sections, repr=False)
+    sections: dict[type[Any], Any] = field(default_factory=default_sections, repr=False)
 
     def section(self, cls: type[T]) -> T:
         """The table read into the section class ``cls``, as written (not yet validated)."""
@@ -549,192 +394,7 @@ def _unknown_key(key: str, where: str) -> ConfigError:
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
-    return _coerce_as(_FIELD_TYPES[name], name, value, where)
-
-
-# TOML has true and false; an environment variable can only spell them.
-_BOOLEANS = {
-    **dict.fromkeys(("true", "yes", "on", "1"), True),
-    **dict.fromkeys(("false", "no", "off", "0"), False),
-}
-
-
-def _coerce_as(kind: str, name: str, value: Any, where: str) -> Any:
-    """``value`` as a field of type ``kind`` (``str``, ``int``, ``float`` or ``bool``)."""
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
-            return _BOOLEANS[value.strip().lower()]
-        raise ConfigError(f"{where}: {name} must be true or false, not {value!r}")
-    if kind == "int":
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: {name} must be a whole number, not {value!r}")
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {name} must be a whole number, not {value!r}") from None
-    if kind == "float":
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: {name} must be a number, not {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {name} must be a number, not {value!r}") from None
-        if not math.isfinite(number):
-            raise ConfigError(f"{where}: {name} must be a finite number, not {value!r}")
-        return number
-    if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise ConfigError(f"{where}: {name} must be a string, not {value!r}")
-    return str(value)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading tables into section dataclasses
-
-
-@dataclass(frozen=True)
-class _TableField:
-    name: str
-    kind: str  # str, int, float, bool; "table" (a sub-table) or "tables" (an array of tables)
-    table: type[Any] | None  # the dataclass of a sub-table or of each item of an array
-    required: bool
-
-
-_SCALARS = {str: "str", int: "int", float: "float", bool: "bool"}
-_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")  # no "__": it separates env parts
-
-
-_TABLE_FIELDS: dict[type[Any], dict[str, _TableField]] = {}
-
-
-def _is_table_class(hint: object) -> TypeGuard[type[Any]]:
-    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
-
-
-def _table_fields(cls: type[Any]) -> dict[str, _TableField]:
-    """The keys of a table read into the dataclass ``cls``; a TypeError for a class that
-    cannot be one (a mistake in ophiond, found by the first test that loads it)."""
-    if cls in _TABLE_FIELDS:
-        return _TABLE_FIELDS[cls]
-    if not _is_table_class(cls):
-        raise TypeError(f"{cls.__name__} is not a dataclass, so it cannot be a config table")
-    hints = typing.get_type_hints(cls)
-    fields: dict[str, _TableField] = {}
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        if not _NAME_RE.match(f.name):
-            raise TypeError(f"{cls.__name__}.{f.name}: a config key is lower_case, without '__'")
-        hint = hints[f.name]
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        args = typing.get_args(hint)
-        if hint in _SCALARS:
-            fields[f.name] = _TableField(f.name, _SCALARS[hint], None, required)
-        elif _is_table_class(hint):
-            _table_fields(hint)
-            fields[f.name] = _TableField(f.name, "table", hint, required)
-        elif typing.get_origin(hint) is list and len(args) == 1 and _is_table_class(args[0]):
-            _table_fields(args[0])
-            fields[f.name] = _TableField(f.name, "tables", args[0], required)
-        else:
-            raise TypeError(
-                f"{cls.__name__}.{f.name}: a config key is str, int, float, bool, a dataclass "
-                f"or a list of dataclasses, not {hint}"
-            )
-    _TABLE_FIELDS[cls] = fields
-    return fields
-
-
-def read_table(cls: type[T], data: Mapping[str, Any], name: str, where: str) -> T:
-    """The dataclass ``cls`` from a TOML table, as strict as the flat settings: an unknown key
-    or a value of the wrong type is a :class:`ConfigError` naming ``name.key`` and ``where``.
-
-    For the sections of config.toml, and for files of their own (rules, playbooks) that are
-    one table at the top, such as a dataclass with a ``rules: list[Rule]`` field.
-    """
-    fields = _table_fields(cls)
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        spec = fields.get(key)
-        if spec is None:
-            raise _unknown_table_key(key, name, fields, where)
-        values[key] = _read_value(spec, value, f"{name}.{key}", where)
-    missing = [f.name for f in fields.values() if f.required and f.name not in values]
-    if missing:
-        raise ConfigError(f"{where}: {name} needs {', '.join(missing)}")
-    return cls(**values)
-
-
-def _read_value(spec: _TableField, value: Any, dotted: str, where: str) -> Any:
-    if spec.kind == "table":
-        assert spec.table is not None
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: {dotted} must be a table ([{dotted}]), not {value!r}")
-        return read_table(spec.table, value, dotted, where)
-    if spec.kind == "tables":
-        assert spec.table is not None
-        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-            raise ConfigError(
-                f"{where}: {dotted} must be an array of tables ([[{dotted}]]), not {value!r}"
-            )
-        return [
-            read_table(spec.table, item, f"{dotted}[{i}]", where) for i, item in enumerate(value)
-        ]
-    return _coerce_as(spec.kind, dotted, value, where)
-
-
-def _set_from_env(table: T, name: str, path: list[str], text: str, where: str) -> T:
-    """``table`` with the key at ``path`` (below sub-tables) set from an environment variable."""
-    key, rest = path[0], path[1:]
-    fields = _table_fields(type(table))
-    spec = fields.get(key)
-    dotted = f"{name}.{key}"
-    if spec is None:
-        raise _unknown_table_key(key, name, fields, where)
-    if spec.kind == "table" and rest:
-        value = _set_from_env(getattr(table, key), dotted, rest, text, where)
-    elif spec.kind == "table":
-        raise ConfigError(
-            f"{where}: {dotted} is a table", hint="set one of its keys, OPHION_<TABLE>__<KEY>"
-        )
-    elif spec.kind == "tables":
-        raise ConfigError(f"{where}: {dotted} is an array of tables", hint="set it in config.toml")
-    elif rest:
-        raise ConfigError(f"{where}: {dotted} is not a table, it has no {rest[0]!r}")
-    else:
-        value = _coerce_as(spec.kind, dotted, text, where)
-    return cast(T, dataclasses.replace(cast(Any, table), **{key: value}))
-
-
-def _unknown_table_key(
-    key: str, name: str, fields: Mapping[str, _TableField], where: str
-) -> ConfigError:
-    close = difflib.get_close_matches(key, list(fields), n=1)
-    hint = (
-        f"did you mean '{name}.{close[0]}'?"
-        if close
-        else f"[{name}] has {', '.join(fields) or 'no keys'}"
-    )
-    return ConfigError(f"{where}: unknown setting '{name}.{key}'", hint=hint)
-
-
-def _unknown_table(key: str, known: Mapping[str, type[Any]], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    tables = ", ".join(f"[{name}]" for name in known) or "none, this ophiond reads no tables"
-    hint = (f"did you mean [{close[0]}]? " if close else "") + f"known tables: {tables}"
-    return ConfigError(f"{where}: unknown table [{key}]", hint=hint)
-
-
-def _check_sections(sections: Mapping[str, type[Any]]) -> None:
-    for name, cls in sections.items():
-        if not _NAME_RE.match(name) or name in SETTING_NAMES:
-            raise TypeError(f"config section name {name!r}: lower_case, not a flat setting")
-        if not callable(getattr(cls, "validate", None)):
-            raise TypeError(f"config section {cls.__name__} has no validate()")
-        _table_fields(cls)
-    if len(set(sections.values())) < len(sections):
-        raise TypeError("a config section class is listed under two names")
+    return coerce_scalar(_FIELD_TYPES[name], name, value, where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -755,7 +415,7 @@ def load_settings(
     """
     env = os.environ if env is None else env
     sections = config_sections() if sections is None else sections
-    _check_sections(sections)
+    check_sections(sections, SETTING_NAMES)
     paths = default_paths(env)
     values: dict[str, Any] = {}
     tables: dict[str, Any] = {}
@@ -777,7 +437,7 @@ def load_settings(
             elif key in SETTING_NAMES:
                 values[key] = _coerce(key, value, str(path))
             elif isinstance(value, dict):
-                raise _unknown_table(key, sections, str(path))
+                raise unknown_table(key, sections, str(path))
             else:
                 raise _unknown_key(key, str(path))
     paths = Paths(path, paths.data_dir, paths.state_dir)
@@ -792,8 +452,8 @@ def load_settings(
         if "__" in key:  # OPHION_<TABLE>__<KEY>: no flat setting has a double underscore
             name, *keys = key.split("__")
             if name not in sections:
-                raise _unknown_table(name, sections, where)
-            tables[name] = _set_from_env(tables[name], name, keys, value, where)
+                raise unknown_table(name, sections, where)
+            tables[name] = set_from_env(tables[name], name, keys, value, where)
             continue
         if key not in SETTING_NAMES:
             raise _unknown_key(key, where)
