@@ -122,7 +122,7 @@ def test_a_failed_flush_keeps_the_records_and_retries(
 ) -> None:
     partitions = _open(tmp_path)
     writer = _writer(partitions)
-    real_insert = writer._insert
+    real_insert = writer.inserter.insert
     failures = [0]
 
     def flaky_insert(batches: object, segment: int) -> None:
@@ -131,7 +131,7 @@ def test_a_failed_flush_keeps_the_records_and_retries(
             raise StoreError("disk full (simulated)", transient=True)
         real_insert(batches, segment)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(writer, "_insert", flaky_insert)
+    monkeypatch.setattr(writer.inserter, "insert", flaky_insert)
     writer.start()
     failures[0] = 1
     writer.submit(decode_traces(_trace_request(4))).wait()

@@ -387,7 +387,7 @@ def test_a_flush_without_memory_stops_the_queries_holding_it_and_stores_its_reco
         assert time.monotonic() < deadline, "the query never started"
         time.sleep(0.01)
     # The flush's insert finds no memory once, as when the query holds it.
-    insert_rows = writer._insert_rows
+    insert_rows = writer.inserter._insert_rows
     failures = [duckdb.OutOfMemoryException("Out of Memory Error: could not allocate block")]
 
     def short_of_memory(batches: Any, segment: int, slice_bytes: int | None = None) -> set[str]:
@@ -395,7 +395,7 @@ def test_a_flush_without_memory_stops_the_queries_holding_it_and_stores_its_reco
             raise failures.pop()
         return insert_rows(batches, segment, slice_bytes)
 
-    monkeypatch.setattr(writer, "_insert_rows", short_of_memory)
+    monkeypatch.setattr(writer.inserter, "_insert_rows", short_of_memory)
     writer.start()
     writer.submit(_spans(3)).wait()
     writer.sync()
@@ -437,7 +437,7 @@ def test_a_commit_that_fails_after_it_took_effect_is_not_stored_twice(
 
     partitions, writer = _store(tmp_path)
     writer.make_room = (lambda: 1) if make_room else None
-    writer._cursor = CommitThenFail(writer._cursor)  # type: ignore[assignment]
+    writer.inserter._cursor = CommitThenFail(writer.inserter._cursor)  # type: ignore[assignment]
     writer.start()
     writer.submit(_spans(3)).wait()
     writer.sync()

@@ -1,6 +1,6 @@
 """Dead letters: acknowledged requests DuckDB refused to store, kept aside with the reason.
 
-When a flush fails, the writer finds the request(s) that make it fail (:mod:`writer`) and
+When a flush fails, the writer finds the request(s) that make it fail (:mod:`inserting`) and
 moves each here instead of retrying the whole flush for ever, which would stop all storage.
 A dead letter is one file, ``<data>/dead-letter/<segment>-<sequence>.journal``: one journal
 record (the request's tables as Arrow IPC streams, see :mod:`journal`) whose header also holds

@@ -8,30 +8,30 @@ the client with success only once it reports the batch durable. Two threads do t
 - the *flusher thread* inserts what the journal holds into DuckDB in large chunks, one per
   journal segment, read back from the segment's file, so that waiting records take no memory
   (DuckDB needs a third of the CPU per record, and stores them more compactly, than with one
-  request per commit), spans sorted by trace id and log records by time. It flushes
-  when enough records wait, when the oldest has waited ``flush_interval``, and whenever a
-  reader asks (:meth:`Writer.sync`, called before every query), so readers see every
-  acknowledged record. Between flushes it runs housekeeping (roll-over, retention).
+  request per commit), spans sorted by trace id and log records by time
+  (:mod:`ophiond.store.inserting`). It flushes when enough records wait, when the oldest has
+  waited ``flush_interval``, and whenever a reader asks (:meth:`Writer.sync`, called before
+  every query), so readers see every acknowledged record. Between flushes it runs
+  housekeeping (roll-over, retention).
 
 The bound applies to records accepted and not yet in DuckDB (queued or journaled); when it is
 reached :class:`QueueFull` tells the receiver to answer with a retryable error. On start the
 journal's records that DuckDB lacks are replayed (:meth:`Writer.recover`).
 
-No record can stop storage: when a flush fails, the writer looks for the request(s) that make
+No record can stop storage: when a flush fails, the inserter looks for the request(s) that make
 it fail (halving the chunk in trial transactions that are rolled back), moves them to the
-dead-letter directory with DuckDB's reason (:mod:`deadletter`) and stores the rest. A journal
+dead-letter directory with DuckDB's reason (:mod:`deadletter`) and stores the rest
+(:mod:`ophiond.store.inserting`). What the journal lost on disk before DuckDB had it is named
+in the log, the audit log and ``losses.jsonl`` (:mod:`ophiond.store.losses`). A journal
 segment is deleted only once a checkpoint has put its records in the partition file itself,
 so losing DuckDB's write-ahead log cannot lose an acknowledged record.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
-import json
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING
 
 from ophiond.batchio import encode_tables
 from ophiond.errors import QueueFull, StoreError, WriterStopped
-from ophiond.store import tracefilter
 from ophiond.store.deadletter import DeadLetters
+from ophiond.store.inserting import Inserter, by_signal
 from ophiond.store.journal import (
     Journal,
     JournalLoss,
@@ -50,13 +50,10 @@ from ophiond.store.journal import (
     find_losses,
     read_segment,
 )
+from ophiond.store.losses import LossLog
 from ophiond.store.partitions import ROW_GROUP_SIZE
-from ophiond.store.readers import is_out_of_memory
-from ophiond.store.schema import FLUSH_TAGGED
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from ophiond.model import DecodedBatch, Recorder
     from ophiond.store.partitions import PartitionSet
     from ophiond.telemetry import Telemetry
@@ -78,23 +75,6 @@ FLUSH_INTERVAL_S = 5.0
 # segments waiting for it hold this many bytes (bounds the journal's size on disk).
 CHECKPOINT_INTERVAL_S = 30.0
 CHECKPOINT_BYTES = 128 << 20  # (or an eighth of the disk budget, when that is less)
-# A request that makes a flush fail is tried alone twice, this far apart, before it is moved
-# to the dead letters: a squeeze on memory that passes must not condemn a good request.
-_CONFIRM_PAUSE_S = 0.2
-# After a failed flush, each table goes in in slices of at most this many bytes (Arrow's
-# count). DuckDB at its 64 MB memory limit cannot compress one INSERT of more than about 16 MB
-# of values of several kB each (300 spans with 60 kB attributes: Out of Memory); in slices it
-# can. Flushes go in whole otherwise: each INSERT ends a row group, and small ones cost disk.
-_SLICE_BYTES = 4 << 20
-# The order rows are inserted in at a flush. A trace's spans sit together, so a trace lookup
-# skips most row groups by their min/max trace id; log records go in time order, so a search
-# of the newest ones skips the older row groups.
-_SORT_KEYS = {
-    "spans": "trace_id",
-    "span_events": "trace_id",
-    "span_links": "trace_id",
-    "logs": "timestamp",
-}
 
 
 class PendingWrite:
@@ -155,13 +135,6 @@ class _Chunk:
         self.last = sequence
 
 
-def _by_signal(records: list[JournalRecord]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for record in records:
-        counts[record.signal] = counts.get(record.signal, 0) + record.records
-    return counts
-
-
 class Writer:
     """Owns all writes to the store; runs housekeeping (roll-over, retention) after every
     flush and when asked (:meth:`housekeep`, the daemon's scheduled job)."""
@@ -191,24 +164,19 @@ class Writer:
         self.flush_interval = flush_interval
         self.journal = Journal(partitions.data_dir / "journal")
         self.dead_letters = DeadLetters(partitions.data_dir / "dead-letter")
-        # What the journal lost on disk before DuckDB had it, found at start or at a flush,
-        # this run or an earlier one (kept in losses.jsonl until someone deletes it).
-        self.losses: list[JournalLoss] = []
-        self._losses_file = partitions.data_dir / "losses.jsonl"
-        self._load_losses()
+        self._cursor = partitions.con.cursor()
+        # Puts journal records in DuckDB, and moves the requests DuckDB refuses to the dead
+        # letters (it holds make_room and fatal: see the properties below).
+        self.inserter = Inserter(self._cursor, partitions, self.dead_letters)
+        # What the journal lost on disk before DuckDB had it (losses), and where that is kept.
+        self.loss_log = LossLog(partitions.data_dir / "losses.jsonl", self.journal)
         # The last flush's error while storage is failing (None when the last one worked),
         # and since when it has been failing.
         self.storage_error: str | None = None
         self.failing_since: float | None = None
-        # Set when DuckDB invalidated the database: only a restart helps (see _note_fatal).
-        self.fatal: str | None = None
         # Called with each acknowledged batch (the live log feed listens here).
         self.on_commit: Callable[[DecodedBatch], None] | None = None
-        # Called when DuckDB has no memory for an insert: stops the queries holding it (ingest
-        # goes first) and returns how many there were (query.stop_readers).
-        self.make_room: Callable[[], int] | None = None
-        # The audit log: partitions retention deletes, requests dead-lettered or lost.
-        self.audit: Recorder | None = None
+        self._audit: Recorder | None = None
         self._cond = threading.Condition()
         self._journal_lock = threading.Lock()  # appends vs. the flusher's rotation
         self._queue: deque[PendingWrite] = deque()
@@ -240,8 +208,40 @@ class Writer:
         self._flusher = threading.Thread(
             target=self._guarded, args=(self._flush_loop,), name="ophion-flusher", daemon=True
         )
-        self._cursor = partitions.con.cursor()
         self.last_progress = time.monotonic()
+
+    # -- what the daemon sets and reads (kept by the parts that use them) ---------------------
+
+    @property
+    def losses(self) -> list[JournalLoss]:
+        """What the journal lost on disk before DuckDB had it, found at start or at a flush,
+        this run or an earlier one (kept in losses.jsonl until someone deletes it)."""
+        return self.loss_log.losses
+
+    @property
+    def fatal(self) -> str | None:
+        """Set when DuckDB invalidated the database: only a restart helps
+        (see :meth:`Inserter._note_fatal`)."""
+        return self.inserter.fatal
+
+    @property
+    def make_room(self) -> Callable[[], int] | None:
+        """Called when DuckDB has no memory for an insert: stops the queries holding it (ingest
+        goes first) and returns how many there were (query.stop_readers)."""
+        return self.inserter.make_room
+
+    @make_room.setter
+    def make_room(self, make_room: Callable[[], int] | None) -> None:
+        self.inserter.make_room = make_room
+
+    @property
+    def audit(self) -> Recorder | None:
+        """The audit log: partitions retention deletes, requests dead-lettered or lost."""
+        return self._audit
+
+    @audit.setter
+    def audit(self, audit: Recorder | None) -> None:
+        self._audit = self.inserter.audit = self.loss_log.audit = audit
 
     # -- the receivers' side ------------------------------------------------------------------
 
@@ -298,15 +298,15 @@ class Writer:
             for number, contents in self.journal.replay(after=applied)
         ]
         for loss in find_losses(applied, summaries):
-            self._lost(loss)
-            self._keep_damaged(loss.segment)
+            self.loss_log.record(loss)
+            self.loss_log.keep_damaged(loss.segment)
         replayed = 0
         for segment, _summary in summaries:
             records = read_segment(self.journal.path(segment)).records
             if not records:
                 continue
-            dead = self._store(records, segment)
-            stored = _by_signal(records)
+            dead = self.inserter.store(records, segment)
+            stored = by_signal(records)
             for signal, n in stored.items():
                 self.telemetry.recovered(signal, n - dead.get(signal, 0))
             replayed += sum(stored.values()) - sum(dead.values())
@@ -317,67 +317,13 @@ class Writer:
         newest = summaries[-1][1].last_sequence if summaries and summaries[-1][0] == last else None
         self._applied_segment = max(self._applied_segment, applied)
         if last > self._applied_segment:  # segments with nothing to store: DuckDB has them all
-            self._insert([], last)
+            self.inserter.insert([], last)
             self._applied_segment = last
         self.journal.open(after=last, previous=newest)
         self._checkpoint()
         if replayed:
             log.info("stored %d records from the ingest journal (after an unclean stop)", replayed)
         return replayed
-
-    def _lost(self, loss: JournalLoss) -> None:
-        """Count and name a loss: in the log, in :attr:`losses` and in the data directory's
-        ``losses.jsonl``, so that ``ophion status`` still names it after a restart."""
-        self.losses.append(loss)
-        if loss.acknowledged is False:
-            log.info("%s", loss.describe())
-        else:
-            log.error("%s", loss.describe())
-        entry = {**dataclasses.asdict(loss), "at": dt.datetime.now(dt.UTC).isoformat()}
-        if self.audit is not None:
-            self.audit.record(
-                "ophiond",
-                "journal.loss",
-                f"segment {loss.segment:012d}",
-                requests=loss.requests,
-                acknowledged=loss.acknowledged,
-                reason=loss.reason,
-            )
-        try:
-            with self._losses_file.open("a") as f:
-                f.write(json.dumps(entry) + "\n")
-        except OSError as e:
-            log.warning("cannot record the loss in %s: %s", self._losses_file, e)
-
-    def _load_losses(self) -> None:
-        try:
-            lines = self._losses_file.read_text().splitlines()
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            log.warning("cannot read %s: %s", self._losses_file, e)
-            return
-        for line in lines:
-            try:
-                entry = json.loads(line)
-                self.losses.append(
-                    JournalLoss(
-                        entry["segment"], entry["requests"], entry["acknowledged"], entry["reason"]
-                    )
-                )
-            except (ValueError, KeyError, TypeError):
-                log.warning("%s: a line cannot be read: %.80s", self._losses_file, line)
-
-    def _keep_damaged(self, segment: int) -> None:
-        """Keep a copy of a damaged segment (a second name for the same file) for a look; the
-        journal deletes its own name as usual once DuckDB has what could be read."""
-        path = self.journal.path(segment)
-        try:
-            os.link(path, path.with_name(path.name + ".damaged"))
-        except (FileNotFoundError, FileExistsError):
-            pass
-        except OSError as e:
-            log.warning("cannot keep damaged journal segment %s: %s", path.name, e)
 
     def start(self) -> None:
         """Start the writer's threads; the flusher's first work is a housekeeping round (a
@@ -600,13 +546,13 @@ class Writer:
                     return False
         try:
             records = self._read_chunk(chunk)
-            dead = self._store(records, chunk.segment)
+            dead = self.inserter.store(records, chunk.segment)
         except StoreError as e:
             self._flush_failed(e)
             return False
         self._applied_segment = chunk.segment
         self._unchecked_bytes += chunk.size
-        read = _by_signal(records)
+        read = by_signal(records)
         for signal, accepted in chunk.by_signal.items():
             lost = accepted - read.get(signal, 0)
             dead_lettered = dead.get(signal, 0)
@@ -640,16 +586,18 @@ class Writer:
                 raise StoreError(f"cannot read journal segment {path}: {e}") from e
             if not chunk.loss_noted:  # (once, however often the flush is retried)
                 chunk.loss_noted = True
-                self._lost(JournalLoss(chunk.segment, chunk.batches, True, "the file is missing"))
+                self.loss_log.record(
+                    JournalLoss(chunk.segment, chunk.batches, True, "the file is missing")
+                )
             return []
         if len(contents.records) < chunk.batches and not chunk.loss_noted:
             # Retrying cannot bring them back: said once, however often the flush is retried.
             chunk.loss_noted = True
             where = "; ".join(contents.damaged) or f"{contents.tail} bytes at its end damaged"
-            self._lost(
+            self.loss_log.record(
                 JournalLoss(chunk.segment, chunk.batches - len(contents.records), True, where)
             )
-            self._keep_damaged(chunk.segment)
+            self.loss_log.keep_damaged(chunk.segment)
             log.error(
                 "journal segment %s lost %d of its %d requests on disk after they were "
                 "acknowledged; storing the %d that can be read",
@@ -659,112 +607,6 @@ class Writer:
                 len(contents.records),
             )
         return contents.records
-
-    def _store(self, records: list[JournalRecord], segment: int) -> dict[str, int]:
-        """Insert ``records`` and mark ``segment`` applied, in one transaction. If DuckDB
-        refuses, find the records it refuses, move them to the dead letters and store the rest;
-        return the records moved, by signal. Raise :class:`StoreError` when the failure is not
-        any record's (the disk, or it did not happen again): the flush is then retried."""
-        try:
-            self._insert([r.tables for r in records], segment)
-            return {}
-        except StoreError as e:
-            if e.transient or not records:
-                raise
-            failure = e
-        try:
-            self._insert([r.tables for r in records], segment, _SLICE_BYTES)
-            log.warning("%s; stored it in smaller inserts instead", failure.message)
-            return {}
-        except StoreError as e:
-            if e.transient:
-                raise
-        log.error("%s; looking for the request(s) that cause it", failure.message)
-        if self.make_room is not None:  # (the search must not blame a record for their memory)
-            self.make_room()
-        refused = self._refused(records)
-        if not refused:
-            raise failure
-        dead: list[JournalRecord] = []
-        written: list[JournalRecord] = []
-        for index, reason in refused:
-            record = records[index]
-            if self.dead_letters.put(segment, record, reason):
-                written.append(record)
-            dead.append(record)
-            if self.audit is not None:
-                self.audit.record(
-                    "ophiond",
-                    "records.dead_letter",
-                    f"segment {segment:012d} request {record.sequence}",
-                    signal=record.signal,
-                    records=record.records,
-                    reason=reason,
-                )
-            log.error(
-                "journal segment %012d, request %d (%d %s records) cannot be stored and was "
-                "moved to %s: %s",
-                segment,
-                record.sequence,
-                record.records,
-                record.signal,
-                self.dead_letters.directory,
-                reason,
-            )
-        doomed = {index for index, _ in refused}
-        keep = [r for i, r in enumerate(records) if i not in doomed]
-        try:
-            self._insert([r.tables for r in keep], segment, _SLICE_BYTES)
-        except StoreError:
-            # Retried later from the start, when the records may all go in after all: a dead
-            # letter must never stand for a record that is also stored.
-            for record in written:
-                self.dead_letters.withdraw(segment, record)
-            raise
-        return _by_signal(dead)
-
-    def _refused(self, records: list[JournalRecord]) -> list[tuple[int, str]]:
-        """The records DuckDB refuses on their own, with its reason: halves of ``records`` are
-        tried in transactions that are rolled back, and a record that fails alone is tried
-        once more after a pause."""
-        found: list[tuple[int, str]] = []
-        pending = [list(range(len(records)))]
-        while pending:
-            indexes = pending.pop()
-            error = self._trial([records[i] for i in indexes])
-            if error is None:
-                continue
-            if len(indexes) > 1:
-                middle = len(indexes) // 2
-                pending += [indexes[middle:], indexes[:middle]]
-                continue
-            time.sleep(_CONFIRM_PAUSE_S)
-            if self._trial([records[indexes[0]]]) is not None:
-                found.append((indexes[0], error))
-        return sorted(found)
-
-    def _trial(self, records: list[JournalRecord]) -> str | None:
-        """Insert ``records`` (in slices) and roll back: DuckDB's error, or None when it took
-        them. Raise a transient :class:`StoreError` when the error is not the records' (the
-        disk, or a database DuckDB invalidated): the search stops there."""
-        import duckdb
-        import pyarrow as pa
-
-        cur = self._cursor
-        try:
-            cur.execute("BEGIN")
-            self._insert_rows([r.tables for r in records], 0, _SLICE_BYTES)
-        except (duckdb.IOException, duckdb.FatalException) as e:
-            self._note_fatal(e)
-            raise StoreError(f"cannot write to the store: {e}", transient=True) from e
-        except (duckdb.Error, pa.ArrowException) as e:
-            return str(e).splitlines()[0]
-        finally:
-            try:
-                cur.execute("ROLLBACK")
-            except duckdb.Error:
-                pass  # the failed statement may already have ended the transaction
-        return None
 
     def _finish(
         self, group: list[PendingWrite], error: StoreError | None, release: bool = True
@@ -785,136 +627,6 @@ class Writer:
                     self.on_commit(pending.batch)
                 except Exception:  # a follower's problem must not stop the writer
                     log.exception("passing records to followers failed")
-
-    def _insert(
-        self,
-        batches: list[dict[str, pa.Table]],
-        segment: int,
-        slice_bytes: int | None = None,
-        make_room: bool = True,
-    ) -> None:
-        """One transaction: every table's rows (tagged with the flush, which is the journal
-        segment, where tracefilter.py says so), the flush's trace-id filter, and the journal
-        segment they complete; each table in one INSERT, or in slices of ``slice_bytes``.
-        When DuckDB has no memory for it, the queries holding memory are stopped
-        (:attr:`make_room`) and it is tried once more at once; a memory error with no query
-        to blame is the records' (not transient)."""
-        import duckdb
-        import pyarrow as pa
-
-        cur = self._cursor
-        alias = self.partitions.current.alias
-        # A ROLLBACK that found no memory left the last transaction open and aborted, and every
-        # statement fails until one succeeds.
-        with contextlib.suppress(duckdb.Error):
-            cur.execute("ROLLBACK")
-        if self._committed_anyway(alias, segment):
-            return
-        committing = False
-        try:
-            cur.execute("BEGIN")
-            trace_ids = self._insert_rows(batches, segment, slice_bytes)
-            if trace_ids:
-                cur.execute(
-                    f"INSERT INTO {alias}.main.trace_filters VALUES (?, ?::BLOB::BIT)",
-                    [segment, tracefilter.build(trace_ids)],
-                )
-            cur.execute(f"UPDATE {alias}.main.journal_applied SET segment = ?", [segment])
-            committing = True
-            cur.execute("COMMIT")
-        except (duckdb.Error, pa.ArrowException) as e:
-            try:
-                cur.execute("ROLLBACK")
-            except duckdb.Error:
-                pass  # the failed statement may already have ended the transaction
-            if committing and self._committed_anyway(alias, segment):
-                return
-            if is_out_of_memory(e) and make_room and self.make_room and self.make_room():
-                log.warning("no memory for a flush: stopped the queries holding it; once more")
-                self._insert(batches, segment, slice_bytes, make_room=False)
-                return
-            self._note_fatal(e)
-            raise StoreError(
-                f"cannot write to {self.partitions.current.path.name}: {e}",
-                # The disk (full, failing) or a database DuckDB invalidated, rather than a
-                # record: retry, never dead-letter. (Memory queries held was made room for
-                # above; what is left is the records'.)
-                transient=isinstance(e, duckdb.IOException | duckdb.FatalException),
-            ) from e
-
-    def _note_fatal(self, error: Exception) -> None:
-        """DuckDB invalidated the database (it says so with a FatalException): nothing works
-        on this instance again; :attr:`fatal` tells the daemon to stop so that it is
-        restarted (the journal keeps every acknowledged record meanwhile)."""
-        import duckdb
-
-        if isinstance(error, duckdb.FatalException) and self.fatal is None:
-            self.fatal = str(error).splitlines()[0]
-            log.critical("DuckDB can no longer use the store until ophiond restarts: %s", error)
-
-    def _committed_anyway(self, alias: str, segment: int) -> bool:
-        """Whether partition ``alias`` already records ``segment`` as stored: DuckDB can report
-        a COMMIT as failed after it took effect (it found no memory for what follows it), and
-        storing the segment again would store it twice. False when DuckDB cannot say now."""
-        import duckdb
-
-        if not segment:
-            return False
-        try:
-            row = self._cursor.execute(
-                f"SELECT max(segment) FROM {alias}.main.journal_applied"
-            ).fetchone()
-        except duckdb.Error:
-            return False
-        if not row or row[0] is None or row[0] < segment:
-            return False
-        log.warning("journal segment %d was stored by a COMMIT that reported failure", segment)
-        return True
-
-    def _insert_rows(
-        self, batches: list[dict[str, pa.Table]], segment: int, slice_bytes: int | None = None
-    ) -> set[str]:
-        """Insert every table's rows in the open transaction (in slices of ``slice_bytes``
-        when given); return the trace ids."""
-        import duckdb
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        by_table: dict[str, list[pa.Table]] = {}
-        for batch in batches:
-            for name, table in batch.items():
-                if table.num_rows:
-                    by_table.setdefault(name, []).append(table)
-        cur = self._cursor
-        alias = self.partitions.current.alias
-        trace_ids: set[str] = set()
-        for name, parts in by_table.items():
-            combined = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
-            if name in _SORT_KEYS:  # (Arrow sorts for less CPU than an ORDER BY in DuckDB)
-                combined = combined.sort_by(_SORT_KEYS[name])
-            # One statement per table: DuckDB ends a row group where an INSERT ends (in
-            # slices of 16k rows, each flush left small row groups: 10 bytes more per span).
-            tag = ""
-            if name in FLUSH_TAGGED:
-                tag = ", ?::UBIGINT AS flush"
-                trace_ids.update(pc.unique(combined["trace_id"]).to_pylist())
-            rows = combined.num_rows
-            step = rows
-            if slice_bytes and combined.nbytes > slice_bytes:
-                step = max(1, rows * slice_bytes // combined.nbytes)
-            for offset in range(0, rows, step):
-                cur.register("_ophion_batch", combined.slice(offset, step))
-                try:
-                    cur.execute(
-                        f"INSERT INTO {alias}.main.{name} BY NAME SELECT *{tag} FROM _ophion_batch",
-                        [segment] if tag else [],
-                    )
-                finally:
-                    # (in a transaction the failed INSERT aborted, this fails too: the error
-                    # that matters is the INSERT's, and the rollback drops the registration)
-                    with contextlib.suppress(duckdb.Error):
-                        cur.unregister("_ophion_batch")
-        return trace_ids
 
     def _checkpoint(self, force: bool = True) -> None:
         """Fold DuckDB's write-ahead log into the current partition's file, then delete the
