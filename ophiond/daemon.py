@@ -226,7 +226,6 @@ class Daemon:
                 self.http.start()
                 started.append(self.http)
 
-            self._write_state_files()
             self.audit.record(
                 "ophiond",
                 "daemon.start",
@@ -235,11 +234,15 @@ class Daemon:
                 pid=os.getpid(),
                 listen=self._listen(),
             )
+            # Every thread is started: the main thread takes the stop signals from now on,
+            # before anyone learns from the listen file or systemd that the daemon is up (a
+            # signal sent at once must be handled, not left pending behind the mask).
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+            self._write_state_files()
             sd_notify("READY=1\nSTATUS=receiving OTLP")
             log.info(
                 "ophiond %s ready (pid %d, data in %s)", __version__, os.getpid(), paths.data_dir
             )
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
             failed = self._serve()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
