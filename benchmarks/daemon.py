@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ophiond.api.client import ApiClient
+from ophiond.api.contract import SqlRequest
 
 REPO = Path(__file__).resolve().parent.parent
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -84,12 +85,12 @@ class Daemon:
 
     def accepted(self) -> dict[str, int]:
         """Records acknowledged since this daemon started, per signal, from the API's /status."""
-        signals = self.api.get("/status")["signals"]
+        signals = self.api.status()["signals"]
         return {name: int(counts["accepted"]) for name, counts in signals.items()}
 
     def count(self, view: str) -> int:
         """Rows in one of the SQL views (all partitions), through the API."""
-        result = self.api.post("/sql", {"sql": f"SELECT count(*) FROM {view}"})
+        result = self.api.sql(SqlRequest(f"SELECT count(*) FROM {view}"))
         return int(result["rows"][0][0])
 
     def log(self) -> str:

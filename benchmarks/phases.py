@@ -29,6 +29,7 @@ from benchmarks.profile import (
 from benchmarks.queries import time_queries
 from benchmarks.senders import ReplayResult, replay
 from benchmarks.workload import RARE_LOG_TEXT, PayloadStream, Pool, build_pool
+from ophiond.api.contract import SqlRequest
 
 MB = 1_000_000
 # The data covers the 23 hours before the run, so "since=1d" sees all of it and the last hour
@@ -279,9 +280,8 @@ def load_and_query_phase(
     trace_id, customer = _known_trace(pools["traces"], settings)
     with running(home) as daemon:
         spans, logs = daemon.count("spans"), daemon.count("logs")
-        last_hour = daemon.api.post(
-            "/sql",
-            {"sql": ("SELECT count(*) FROM spans WHERE start_time >= now() - INTERVAL 1 HOUR")},
+        last_hour = daemon.api.sql(
+            SqlRequest("SELECT count(*) FROM spans WHERE start_time >= now() - INTERVAL 1 HOUR")
         )
         results["stored_spans"], results["stored_logs"] = spans, logs
         results["spans_last_hour"] = int(last_hour["rows"][0][0])

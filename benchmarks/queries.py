@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ophiond.api.client import ApiClient
+from ophiond.api.contract import LogQuery, ServicesQuery, TraceQuery
 
 
 @dataclass
@@ -57,28 +58,28 @@ def time_queries(
         time_query(
             "trace_by_id",
             f"GET /traces/{trace_id}",
-            lambda: api.get(f"/traces/{trace_id}"),
+            lambda: api.trace(trace_id),
             lambda answer: len(answer["spans"]),
             runs,
         ),
         time_query(
             "services_1h",
             "GET /services?since=1h",
-            lambda: api.get("/services", {"since": "1h"}),
+            lambda: api.services(ServicesQuery("1h")),
             lambda answer: len(answer["services"]),
             runs,
         ),
         time_query(
             "attribute_filter",
             f"GET /traces?attr={key}={value}&since=1d",
-            lambda: api.get("/traces", {"attr": f"{key}={value}", "since": "1d"}),
+            lambda: api.traces(TraceQuery("1d", attr=(f"{key}={value}",))),
             lambda answer: len(answer["traces"]),
             runs,
         ),
         time_query(
             "log_search",
             f"GET /logs?grep={grep}&since=1d",
-            lambda: api.get("/logs", {"grep": grep, "since": "1d"}),
+            lambda: api.logs(LogQuery("1d", grep=grep)),
             lambda answer: len(answer["logs"]),
             runs,
         ),

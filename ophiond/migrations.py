@@ -50,5 +50,7 @@ def migrate(
 
 def applied(con: duckdb.DuckDBPyConnection, catalog: str) -> int:
     """The newest migration recorded in ``catalog`` (0 for none)."""
-    row = con.execute(f"SELECT max(version) FROM {catalog}.schema_migrations").fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
+    # fetchall, not fetchone: a result left unread keeps its transaction open on ``con``, and
+    # then no checkpoint can give back the blocks it still sees (the file grows with each one).
+    [(newest,)] = con.execute(f"SELECT max(version) FROM {catalog}.schema_migrations").fetchall()
+    return int(newest) if newest is not None else 0

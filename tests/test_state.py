@@ -44,6 +44,18 @@ def test_entries_survive_a_reopen_and_the_migrations_run_once(tmp_path: Path) ->
     reopened.close()
 
 
+def test_the_file_stays_small_however_many_changes_are_checkpointed(tmp_path: Path) -> None:
+    # Each change is checkpointed into the file; a result left unread on the store's connection
+    # once kept a transaction open, so no checkpoint could give blocks back: 18 kB more a change.
+    store = StateStore.open(tmp_path)
+    audit = AuditLog(store)
+    for n in range(200):
+        audit.record("ophiond", "test.write", str(n), n=n)
+    assert store.size() < 400_000, store.size()
+    assert len(audit.entries(LONG_AGO, limit=1000)) == 200
+    store.close()
+
+
 def test_a_copy_of_the_file_is_a_backup(tmp_path: Path) -> None:
     (tmp_path / "live").mkdir()
     store = StateStore.open(tmp_path / "live")

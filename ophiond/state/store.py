@@ -51,7 +51,14 @@ class StateStore:
         try:
             con = duckdb.connect(
                 str(path),
-                config={"threads": 1, "memory_limit": "64MB", "enable_external_access": False},
+                config={
+                    "threads": 1,
+                    "memory_limit": "64MB",
+                    "enable_external_access": False,
+                    # Small rows, few of them: 16 KiB blocks keep a new store at ~80 kB
+                    # instead of ~1 MB (a file keeps the block size it was created with).
+                    "default_block_size": "16384",
+                },
             )
         except duckdb.IOException as e:
             raise StoreError(

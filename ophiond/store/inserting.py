@@ -267,12 +267,14 @@ class Inserter:
         if not segment:
             return False
         try:
-            row = self._cursor.execute(
+            # (fetchall: a result left unread on the writer's cursor keeps a transaction open,
+            # and checkpoints are refused while it is)
+            [(stored,)] = self._cursor.execute(
                 f"SELECT max(segment) FROM {alias}.main.journal_applied"
-            ).fetchone()
+            ).fetchall()
         except duckdb.Error:
             return False
-        if not row or row[0] is None or row[0] < segment:
+        if stored is None or stored < segment:
             return False
         log.warning("journal segment %d was stored by a COMMIT that reported failure", segment)
         return True
