@@ -494,6 +494,12 @@ def _setup_logging(level: str) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
+    # The scheduler's own warnings (a job that could not start in time) in the same format;
+    # its per-run chatter (INFO: "Running job ...") stays out.
+    scheduler_log = logging.getLogger("apscheduler")
+    scheduler_log.handlers[:] = [handler]
+    scheduler_log.setLevel(max(logging.WARNING, logger.level))
+    scheduler_log.propagate = False
 
 
 def _checked(config_file: Path) -> str:

@@ -31,8 +31,9 @@ class OphionError(Exception):
         return self.message
 
     def to_json(self) -> dict[str, Any]:
-        """The error as the local API answers it."""
-        return {"error": self.message, "hint": self.hint}
+        """The error as the local API answers it; ``kind`` names its class, so that a client
+        raises the same one (:data:`REMOTE`)."""
+        return {"error": self.message, "hint": self.hint, "kind": type(self).__name__}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,3 +197,20 @@ class DaemonNotRunning(OphionError):
 
 class ApiError(OphionError):
     """The daemon's local API answered with an error."""
+
+
+# The errors a client of the local API raises as themselves when the daemon answers with one
+# (by its ``kind``); any other becomes an ApiError with the same message and hint.
+REMOTE: dict[str, type[OphionError]] = {
+    cls.__name__: cls
+    for cls in (
+        ConfigError,
+        TimeSpecError,
+        StoreError,
+        NotFound,
+        QueryError,
+        SqlRefused,
+        QueryNotRun,
+        TokenError,
+    )
+}

@@ -108,23 +108,24 @@ class Scheduler:
         """Each job: name, what it does, its interval, runs, failures and missed runs, its last
         run (time, seconds it took, error) and its next run."""
         listed = []
-        for name, record in self._records.items():
+        for name, record in list(self._records.items()):
             job = self._scheduler.get_job(name)
             next_run = getattr(job, "next_run_time", None) if job is not None else None
-            listed.append(
-                {
-                    "name": name,
-                    "description": record.description,
-                    "interval_s": record.interval_s,
-                    "runs": record.runs,
-                    "failures": record.failures,
-                    "missed": record.missed,
-                    "last_run": record.last_run.isoformat() if record.last_run else None,
-                    "last_duration_s": record.last_duration_s,
-                    "last_error": record.last_error,
-                    "next_run": next_run.isoformat() if next_run else None,
-                }
-            )
+            with record.lock:
+                listed.append(
+                    {
+                        "name": name,
+                        "description": record.description,
+                        "interval_s": record.interval_s,
+                        "runs": record.runs,
+                        "failures": record.failures,
+                        "missed": record.missed,
+                        "last_run": record.last_run.isoformat() if record.last_run else None,
+                        "last_duration_s": record.last_duration_s,
+                        "last_error": record.last_error,
+                        "next_run": next_run.isoformat() if next_run else None,
+                    }
+                )
         return listed
 
     @staticmethod

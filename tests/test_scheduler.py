@@ -118,3 +118,21 @@ def test_ophion_status_lists_the_housekeeping_job_with_its_last_and_next_run(
     assert shown.returncode == 0, shown.stderr
     line = next(line for line in shown.stdout.splitlines() if line.startswith("housekeeping"))
     assert "1s" in line and "ok in" in line
+
+
+def test_housekeeping_asked_of_a_stopped_writer_fails_instead_of_passing_for_done(
+    tmp_path: Any,
+) -> None:
+    from ophiond.store.partitions import PartitionSet, connect
+    from ophiond.store.writer import Writer
+    from ophiond.telemetry import Telemetry
+
+    partitions = PartitionSet(connect(256 << 20, tmp_path), tmp_path)
+    partitions.open()
+    writer = Writer(partitions, Telemetry(), 1000, 10**12, 86400)
+    writer.start()
+    writer.housekeep()  # a working writer does it
+    writer.stop()
+    with pytest.raises(StoreError, match="the writer has stopped"):
+        writer.housekeep(timeout=5)
+    partitions.close()

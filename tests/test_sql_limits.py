@@ -16,7 +16,7 @@ from conftest import RunningDaemon, make_sdk_spans, ophion
 
 from ophiond.api.contract import SqlRequest
 from ophiond.config import load_settings
-from ophiond.errors import ApiError, ConfigError, QueryNotRun, SqlRefused
+from ophiond.errors import ConfigError, OphionError, QueryNotRun, SqlRefused
 from ophiond.store.partitions import PartitionSet, connect
 from ophiond.store.query import QuerySlots, run_query
 from ophiond.store.readers import ReaderLimits, directory_size, limit_readers
@@ -262,7 +262,7 @@ def test_queries_beyond_sql_max_concurrent_wait_their_turn(daemon_factory: Any) 
     def first() -> None:
         try:
             daemon.api.sql(SqlRequest(slow))
-        except ApiError as e:
+        except OphionError as e:
             outcomes["first"] = e.message
 
     sent = time.monotonic()
@@ -314,7 +314,7 @@ def test_exports_are_acknowledged_and_stored_while_heavy_queries_run(daemon: Run
                     )
                 )
                 outcomes.append("ok")
-            except ApiError as e:
+            except OphionError as e:
                 outcomes.append(e.message)
 
     threads = [threading.Thread(target=heavy_queries) for _ in range(2)]

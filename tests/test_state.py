@@ -196,3 +196,15 @@ def test_each_partition_retention_deletes_is_in_the_audit_log_with_its_reason(
     assert (entry.actor, entry.subject, entry.detail["reason"]) == ("retention", oldest, "age")
     assert entry.detail["bytes"] > 0
     store.close()
+
+
+def test_recording_never_raises_when_the_store_cannot_be_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What was done is done: a broken state store must not fail the flush, the start or the
+    # token creation that records it (the daemon's log still says what happened).
+    store = StateStore.open(tmp_path)
+    audit = AuditLog(store)
+    store.close()
+    audit.record("socket", "token.create", "ci", role="read")
+    assert "audit log: cannot record token.create ci by socket" in caplog.text

@@ -7,7 +7,11 @@ a refused question (both ``OphionError`` with a message and a hint).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ophiond.api.client import ApiClient, ApiStream
 
 
 class Source(Protocol):
@@ -40,59 +44,68 @@ class ApiSource:
     def __init__(self, api: str | None, token: str | None) -> None:
         self._api = api
         self._token = token
-        self._client: Any = None
+        self._client: ApiClient | None = None
 
-    def _call(self, method: str, *args: Any) -> Any:
-        """``ApiClient.<method>(*args)`` on a client made on first use (finding the local
-        daemon reads its state files) and made again after the daemon went away: it may come
-        back elsewhere (a new socket, a new port)."""
+    def _call(self, ask: Callable[[ApiClient], Mapping[str, Any]]) -> dict[str, Any]:
+        """``ask(client)`` on a client made on first use (finding the local daemon reads its
+        state files) and made again after the daemon went away: it may come back elsewhere (a
+        new socket, a new port)."""
         from ophiond.api.client import connect
         from ophiond.errors import DaemonNotRunning
 
         if self._client is None:
             self._client = connect(self._api, self._token)
         try:
-            return getattr(self._client, method)(*args)
+            return dict(ask(self._client))
         except DaemonNotRunning:
             self._client = None
             raise
 
     def status(self) -> dict[str, Any]:
-        return dict(self._call("status"))
+        return self._call(lambda api: api.status())
 
     def services(self, since: str, step: str | None = None) -> dict[str, Any]:
         from ophiond.api.contract import ServicesQuery
 
-        return dict(self._call("services", ServicesQuery(since, step)))
+        return self._call(lambda api: api.services(ServicesQuery(since, step)))
 
     def traces(self, params: dict[str, Any]) -> dict[str, Any]:
         from ophiond.api.contract import TraceQuery
 
-        return dict(self._call("traces", TraceQuery(**_fields(params))))
+        return self._call(lambda api: api.traces(TraceQuery(**_fields(params))))
 
     def trace(self, trace_id: str) -> dict[str, Any]:
-        return dict(self._call("trace", trace_id))
+        return self._call(lambda api: api.trace(trace_id))
 
     def logs(self, params: dict[str, Any]) -> dict[str, Any]:
         from ophiond.api.contract import LogQuery
 
-        return dict(self._call("logs", LogQuery(**_fields(params))))
+        return self._call(lambda api: api.logs(LogQuery(**_fields(params))))
 
     def metrics(self, since: str) -> dict[str, Any]:
-        return dict(self._call("metrics", since))
+        return self._call(lambda api: api.metrics(since))
 
     def metric(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
         from ophiond.api.contract import MetricQuery
 
-        return dict(self._call("metric", MetricQuery(name, **_fields(params))))
+        return self._call(lambda api: api.metric(MetricQuery(name, **_fields(params))))
 
     def service_map(self, since: str) -> dict[str, Any]:
-        return dict(self._call("service_map", since))
+        return self._call(lambda api: api.service_map(since))
 
-    def open_log_stream(self, params: dict[str, Any]) -> Any:
+    def open_log_stream(self, params: dict[str, Any]) -> ApiStream:
         from ophiond.api.contract import LogQuery
+        from ophiond.errors import DaemonNotRunning
 
-        return self._call("follow_logs", LogQuery(**_fields(params)))
+        if self._client is None:
+            from ophiond.api.client import connect
+
+            self._client = connect(self._api, self._token)
+        try:
+            return self._client.follow_logs(LogQuery(**_fields(params)))
+        except DaemonNotRunning:
+            self._client = None
+            raise
 
 
 def _fields(params: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import socket
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlencode, urlsplit
@@ -42,7 +43,7 @@ from ophiond.api.contract import (
     TracesPage,
 )
 from ophiond.config import SYSTEM_HOME, is_loopback
-from ophiond.errors import ApiError, DaemonNotRunning, InvalidParameter, OphionError
+from ophiond.errors import REMOTE, ApiError, DaemonNotRunning, InvalidParameter, OphionError
 
 _START_HINT = "start it with: ophion daemon start   (or: systemctl start ophiond)"
 # The conventional port of the TCP API, used when --api http://HOST names none.
@@ -405,11 +406,11 @@ class ApiClient:
             )
         if not document:
             return ApiError(f"the daemon sent a reply that is not JSON ({response.status})")
-        hint = hint if isinstance(hint, str) else None
-        param = document.get("param")
-        if response.status == 400 and isinstance(param, str):
-            return InvalidParameter(param, error, hint)
-        return ApiError(error, hint=hint)
+        try:
+            status = HTTPStatus(response.status)
+        except ValueError:
+            return ApiError(error, hint=hint if isinstance(hint, str) else None)
+        return remote_error(document, status)
 
     def _call(
         self,
@@ -482,7 +483,7 @@ class ApiStream:
                 document: dict[str, Any] = json.loads(line)
                 if "error" in document:
                     self.close()
-                    raise ApiError(document["error"], hint=document.get("hint"))
+                    raise remote_error(document, HTTPStatus.BAD_REQUEST)
                 return document
 
     def _readline(self) -> bytes:
@@ -549,6 +550,23 @@ class ApiStream:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def remote_error(document: Mapping[str, Any], status: HTTPStatus) -> OphionError:
+    """The error the daemon answered with, as the class it raised when the API names one we
+    know (``kind``), else :class:`ApiError`; with its message and hint."""
+    error = str(document.get("error") or f"HTTP {status.value}")
+    hint = document.get("hint")
+    hint = hint if isinstance(hint, str) else None
+    param = document.get("param")
+    if status == HTTPStatus.BAD_REQUEST and isinstance(param, str):
+        return InvalidParameter(param, error, hint)
+    kind = REMOTE.get(str(document.get("kind")))
+    if kind is None:
+        return ApiError(error, hint=hint)
+    same = kind(error, hint)
+    same.http_status = status
+    return same
 
 
 def _query(params: Mapping[str, Any] | None) -> str:

@@ -261,12 +261,15 @@ class SqlRequest:
     max_rows: int = 10_000
 
     def check(self) -> None:
+        """Raises :class:`QueryError` (what ``ophion sql`` always answered these with)."""
+        from ophiond.errors import QueryError
+
         if not isinstance(self.sql, str) or not self.sql.strip():
-            _refuse("sql", "no SQL given")
+            raise QueryError("no SQL given")
         if not isinstance(self.max_rows, int) or isinstance(self.max_rows, bool):
-            _refuse("max_rows", "max_rows must be a positive whole number")
+            raise QueryError("max_rows must be a positive whole number")
         if self.max_rows < 1:
-            _refuse("max_rows", "max_rows must be a positive whole number")
+            raise QueryError("max_rows must be a positive whole number")
 
 
 @dataclass(frozen=True)

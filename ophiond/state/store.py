@@ -97,21 +97,31 @@ class StateStore:
         import duckdb
 
         with self._lock:
-            cursor = self._con.cursor()
             try:
+                cursor = self._con.cursor()
                 cursor.execute("BEGIN")
+            except duckdb.Error as e:
+                raise StoreError(f"cannot write the state store {self.path}: {e}") from e
+            try:
                 try:
                     yield cursor
                 except BaseException:
-                    cursor.execute("ROLLBACK")
+                    with contextlib.suppress(duckdb.Error):  # (the error raised says more)
+                        cursor.execute("ROLLBACK")
                     raise
                 try:
                     cursor.execute("COMMIT")
-                    cursor.execute("CHECKPOINT")
                 except duckdb.Error as e:
                     raise StoreError(f"cannot write the state store {self.path}: {e}") from e
+                try:
+                    cursor.execute("CHECKPOINT")
+                except duckdb.Error as e:
+                    # Committed all the same (in the write-ahead log): the next change, or the
+                    # next start, checkpoints it.
+                    log.warning("state store %s: checkpoint failed: %s", self.path, e)
             finally:
-                cursor.close()
+                with contextlib.suppress(duckdb.Error):
+                    cursor.close()
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:

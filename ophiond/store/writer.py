@@ -365,7 +365,9 @@ class Writer:
             done = self._housekeeping_done >= ticket
         if not ended:
             raise StoreError(f"housekeeping did not run within {timeout:g} s (a flush is long)")
-        if done and error is not None:
+        if not done:
+            raise StoreError("housekeeping did not run: the writer has stopped")
+        if error is not None:
             raise StoreError(f"housekeeping failed, will retry: {error}")
 
     def is_healthy(self, stall_after: float = 60.0) -> bool:
