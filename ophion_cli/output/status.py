@@ -79,8 +79,8 @@ def status(doc: dict[str, Any]) -> None:
     state = doc.get("state")
     if state:
         _out.print(
-            f"state    {human_bytes(state['bytes'])} in {state['path']} (alert states, audit "
-            "log; never deleted by retention)"
+            f"state    {human_bytes(state['bytes'])} in {state['path']} (the audit log; "
+            "never deleted by retention)"
         )
     _jobs(doc.get("jobs") or [])
 
