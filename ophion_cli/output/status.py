@@ -6,6 +6,7 @@ Fetching lives in the commands, so ``--json`` shows the same data."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -15,7 +16,7 @@ from rich.table import Table
 from ophion_cli.output import human_bytes, human_duration, stdout_console
 
 if TYPE_CHECKING:
-    from ophiond.api.contract import AuditPage
+    from ophiond.api.contract import AuditPage, StatusDoc
 
 _out = stdout_console()
 
@@ -45,7 +46,7 @@ _RARE_COUNTERS = (
 )
 
 
-def status(doc: dict[str, Any]) -> None:
+def status(doc: StatusDoc) -> None:
     storage = doc["storage"]
     queue = doc["queue"]
     signals = doc["signals"]
@@ -159,7 +160,7 @@ def started(running: Any, paths: Any) -> None:
     _out.print(f"  log        {paths.log_file}")
 
 
-def daemon_summary(summary: dict[str, Any]) -> None:
+def daemon_summary(summary: Mapping[str, Any]) -> None:
     """The first lines of ``ophion status`` and all of ``ophion daemon status``."""
     listen = summary["listen"]
     _out.print(

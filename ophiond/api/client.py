@@ -36,6 +36,7 @@ from ophiond.api.contract import (
     ServicesQuery,
     SqlRequest,
     SqlResult,
+    StatusDoc,
     TokenCreated,
     TokenList,
     TraceDoc,
@@ -213,9 +214,9 @@ class ApiClient:
 
     # -- the endpoints (ophiond.api.contract), one method each ---------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusDoc:
         """The daemon's status: version, listen addresses, counters, storage, jobs."""
-        return self._call(contract.STATUS)
+        return cast("StatusDoc", self._call(contract.STATUS))
 
     def services(self, query: ServicesQuery) -> ServicesPage:
         """Each service's request rate, error rate and latency percentiles."""

@@ -305,6 +305,21 @@ class AuditQuery:
 # Responses (the JSON documents; nested parts typed where callers read them)
 
 
+class StatusDoc(TypedDict):
+    """``GET /status``: what ``ophion status --json`` prints (docs/daemon.md says each part)."""
+
+    version: str
+    pid: int
+    started_at: str
+    uptime_s: float
+    listen: dict[str, str | None]  # grpc, http, api, api_tcp
+    signals: dict[str, dict[str, int]]  # per signal: requests, received, ..., stored, waiting
+    queue: dict[str, int]  # depth, capacity
+    jobs: list[dict[str, Any]]  # the scheduler's jobs, with their last and next run
+    state: dict[str, Any]  # path, bytes, schema
+    storage: dict[str, Any]  # data_dir, bytes, partitions, retention, what failed or was lost
+
+
 class ServiceRow(TypedDict, total=False):
     service: str
     requests: int
