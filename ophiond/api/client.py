@@ -466,7 +466,10 @@ class ApiStream:
         self._sock = sock
         self._response = response
         self.read_timeout = read_timeout
-        self._lock = threading.Lock()
+        # Reentrant: Ctrl-C raises KeyboardInterrupt wherever the reading thread is, also just
+        # after a `with self._lock:` acquired the lock and before its block began, which leaves
+        # the lock held; the close() that follows in the same thread must not wait for it.
+        self._lock = threading.RLock()
         self._closed = False  # close() was called, or the stream ended: no more reads
         self._reading = False  # a thread is inside readline()
         self._released = False  # the connection's file descriptors are closed
