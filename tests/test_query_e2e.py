@@ -14,6 +14,7 @@ import json
 import math
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -729,16 +730,33 @@ def _ended_by_ctrl_c(process: subprocess.Popen[str]) -> int:
     try:
         return process.wait(30)
     except subprocess.TimeoutExpired:
+        where = _stuck_where(process.pid)
         process.kill()
         process.wait()
         stderr = process.stderr.read() if process.stderr else ""
         raise AssertionError(
-            f"Ctrl-C did not end the follower in 30 s; stderr: {stderr!r}"
+            f"Ctrl-C did not end the follower in 30 s; stderr: {stderr!r}; {where}"
         ) from None
     finally:
         took = time.monotonic() - started
         if took > 5:
             print(f"the follower took {took:.1f} s to end after Ctrl-C")  # (shown when it fails)
+
+
+def _stuck_where(pid: int) -> str:
+    """What a process that did not end is doing: its signal state and, with py-spy, its stack."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+    except OSError as e:
+        return f"(no /proc: {e})"
+    keys = ("State", "SigQ", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt", "Threads")
+    found = [line for line in status if line.startswith(keys)]
+    stack = ""
+    if shutil.which("py-spy"):
+        dump = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True)
+        stack = dump.stdout + dump.stderr
+    return f"status {found}, wchan {wchan!r}, stack:\n{stack}"
 
 
 # Slow while ophiond takes up to 5 s to stop with a stream open (see the stop test).
