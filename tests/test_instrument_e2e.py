@@ -140,7 +140,9 @@ def test_python_app_is_instrumented_and_uninstrumented(
 
     with Traffic(f"http://127.0.0.1:{port}/work"):
         done = ophion("instrument", name, "--timeout", "90", timeout=300)
-    assert done.returncode == 0, done.stderr + done.stdout
+    assert done.returncode == 0, (
+        done.stderr + done.stdout + "\nophiond log:\n" + daemon.log()[-4000:]
+    )
     assert "language python" in flat(done.stdout)
     assert "is instrumented: its first telemetry arrived" in flat(done.stdout)
     assert f"ophion traces --service {name}" in flat(done.stdout)
