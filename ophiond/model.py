@@ -1,8 +1,8 @@
 """The vocabulary every layer shares: the signals, a decoded request, and the column layout
 of each stored table.
 
-The receivers (:mod:`ophiond.otlp`) make :class:`DecodedBatch`\ es and hand them to a
-:class:`BatchSink`; the store (:mod:`ophiond.store`) is one. Neither imports the other: both
+The receivers (:mod:`ophiond.otlp`) make decoded batches (:class:`DecodedBatch`) and hand
+them to a :class:`BatchSink`; the store (:mod:`ophiond.store`) is one. Neither imports the other: both
 import this module (and :mod:`ophiond.batchio` for the bytes of a batch), and the daemon wires
 them together.
 """

@@ -11,7 +11,7 @@ found without a daemon, and the rule for it is written once. A bad value raises
 :class:`~ophiond.errors.InvalidParameter` naming the parameter, which the CLI shows as a usage
 error of its option of the same name.
 
-The response types are ``TypedDict``\\ s of the JSON documents, as the store's queries build
+The response types are ``TypedDict`` types of the JSON documents, as the store's queries build
 them; docs/api.md describes the fields.
 """
 
