@@ -735,7 +735,6 @@ def _ended_by_ctrl_c(process: subprocess.Popen[str]) -> int:
     six busy loops on this 2-core machine; the wait allows for much worse). A follower that
     ignored the signal would run for ever (the daemon's keep-alives keep its read from timing
     out): this fails then, showing what the follower was doing."""
-    started = time.monotonic()
     try:
         return process.wait(10)
     except subprocess.TimeoutExpired:
@@ -746,10 +745,6 @@ def _ended_by_ctrl_c(process: subprocess.Popen[str]) -> int:
         raise AssertionError(
             f"Ctrl-C did not end the follower in 10 s; stderr: {stderr!r}; {where}"
         ) from None
-    finally:
-        took = time.monotonic() - started
-        if took > 5:
-            print(f"the follower took {took:.1f} s to end after Ctrl-C")  # (shown when it fails)
 
 
 def _stuck_where(pid: int) -> str:

@@ -8,10 +8,12 @@ a refused question (both ``OphionError`` with a message and a hint).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from ophiond.api.client import ApiClient, ApiStream
+
+T = TypeVar("T")
 
 
 class Source(Protocol):
@@ -46,7 +48,7 @@ class ApiSource:
         self._token = token
         self._client: ApiClient | None = None
 
-    def _call(self, ask: Callable[[ApiClient], Mapping[str, Any]]) -> dict[str, Any]:
+    def _ask(self, ask: Callable[[ApiClient], T]) -> T:
         """``ask(client)`` on a client made on first use (finding the local daemon reads its
         state files) and made again after the daemon went away: it may come back elsewhere (a
         new socket, a new port)."""
@@ -56,10 +58,14 @@ class ApiSource:
         if self._client is None:
             self._client = connect(self._api, self._token)
         try:
-            return dict(ask(self._client))
+            return ask(self._client)
         except DaemonNotRunning:
             self._client = None
             raise
+
+    def _call(self, ask: Callable[[ApiClient], Mapping[str, Any]]) -> dict[str, Any]:
+        """A document the API answered, as a plain dict for the screens."""
+        return dict(self._ask(ask))
 
     def status(self) -> dict[str, Any]:
         return self._call(lambda api: api.status())
@@ -95,17 +101,8 @@ class ApiSource:
 
     def open_log_stream(self, params: dict[str, Any]) -> ApiStream:
         from ophiond.api.contract import LogQuery
-        from ophiond.errors import DaemonNotRunning
 
-        if self._client is None:
-            from ophiond.api.client import connect
-
-            self._client = connect(self._api, self._token)
-        try:
-            return self._client.follow_logs(LogQuery(**_fields(params)))
-        except DaemonNotRunning:
-            self._client = None
-            raise
+        return self._ask(lambda api: api.follow_logs(LogQuery(**_fields(params))))
 
 
 def _fields(params: dict[str, Any]) -> dict[str, Any]:
